@@ -1,0 +1,49 @@
+"""Packaging for microkit. Templates live at the top level and ship as package data under microkit/templates."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+
+
+def read_version() -> str:
+    for line in (HERE / "microkit" / "__init__.py").read_text().splitlines():
+        if line.startswith("__version__"):
+            return line.split("=", 1)[1].strip().strip('"')
+    raise RuntimeError("microkit/__init__.py has no __version__")
+
+
+setup(
+    name="microkit",
+    version=read_version(),
+    description="From one Python web process to many services: gevent workers, a gateway, a registry.",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["microkit", "microkit.*"]) + ["microkit.templates"],
+    package_dir={"microkit.templates": "templates"},
+    include_package_data=True,
+    package_data={"microkit.templates": ["**/*", "**/.gitignore"]},
+    install_requires=[
+        "gevent>=24.2",
+        "greenlet>=3.0",
+        "bottle>=0.13",
+        "click>=8.1",
+        "peewee>=3.17",
+        "redis>=5.0",
+        "tomlkit>=0.12",
+        "httptools>=0.6",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "psycopg2-binary>=2.9",
+            "pymysql>=1.1",
+            "build>=1.0",
+        ],
+        "postgres": ["psycopg2-binary>=2.9"],
+        "mysql": ["pymysql>=1.1"],
+    },
+    entry_points={"console_scripts": ["microkit = microkit.cli:main"]},
+)

@@ -1,0 +1,97 @@
+"""The `microkit` command. Errors become one line on stderr and an exit code:
+0 success, 1 runtime failure, 2 bad usage or bad config. `--debug` (or MICROKIT_DEBUG=1) shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import click
+
+from . import __version__, config, scaffold
+from .errors import MicrokitError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def debug_enabled() -> bool:
+    return os.environ.get("MICROKIT_DEBUG", "") not in ("", "0", "false", "no")
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, "--version", prog_name="microkit", message="%(prog)s %(version)s")
+@click.option("--debug", is_flag=True, help="Show tracebacks of errors (also MICROKIT_DEBUG=1).")
+def cli(debug: bool) -> None:
+    """microkit: from one Python web process to many services."""
+    if debug:
+        os.environ["MICROKIT_DEBUG"] = "1"
+
+
+config_option = click.option(
+    "-c", "--config", "config_file", type=click.Path(dir_okay=False), default=None,
+    help="microkit.toml to use (default: $MICROKIT_CONFIG, else the nearest in this folder or a parent).")
+
+
+@cli.group()
+def new() -> None:
+    """Scaffold a project or a service from templates."""
+
+
+@new.command("project")
+@click.argument("name")
+def new_project(name: str) -> None:
+    """Create the project folder NAME with microkit.toml, services/, README.md and .gitignore."""
+    scaffold.apply(scaffold.plan_project(name), Path.cwd())
+    click.echo(f"created {name}/")
+    click.echo(f"next: cd {name} && microkit new service users")
+
+
+@new.command("service")
+@click.argument("name")
+@click.option("--template", "-t", default="rest", show_default=True,
+              help="A built-in template name, or the path of your own template folder.")
+@click.option("--route", default=None, help='Path prefix at the gateway.  [default: "/NAME"]')
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Worker processes for the service.")
+@config_option
+def new_service(name: str, template: str, route: str | None, workers: int, config_file: str | None) -> None:
+    """Add services/NAME and its [services.NAME] table in microkit.toml."""
+    project = config.discover(config_file)
+    plan = scaffold.plan_service(project, name, template=template, route=route, workers=workers)
+    scaffold.apply(plan, project.root)
+    click.echo(f"created services/{name}/ and [services.{name}] in {config.display_path(project.path)}")
+    click.echo(f"next: pytest services/{name}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the console script: run the CLI and turn every error into one line and an exit code."""
+    try:
+        result = cli.main(args=argv, prog_name="microkit", standalone_mode=False)
+    except click.exceptions.UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx else "microkit"
+        fail(f"{exc.format_message()} (see `{command} --help`)", 2)
+    except click.exceptions.Abort:
+        fail("aborted", 1)
+    except click.ClickException as exc:
+        fail(exc.format_message(), exc.exit_code)
+    except MicrokitError as exc:
+        fail(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        fail("interrupted", 130)
+    except Exception as exc:
+        fail(f"unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)", 1)
+    sys.exit(result if isinstance(result, int) else 0)
+
+
+def fail(message: str, code: int) -> None:
+    if debug_enabled() and sys.exc_info()[0] is not None:
+        traceback.print_exc()
+    click.echo(f"microkit: error: {message}", err=True)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -8,7 +8,7 @@ import datetime
 import os
 from pathlib import Path
 
-from peewee import CharField, DatabaseProxy, DateTimeField, Model
+from peewee import CharField, DatabaseProxy, DateTimeField, Model, SqliteDatabase
 from playhouse.db_url import connect
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -38,12 +38,12 @@ MODELS = [{{model}}]
 
 def init_db(url: str | None = None) -> None:
     """Point the models at a database. No connection is opened until a request needs one."""
-    url = url or os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
-    if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    db.initialize(connect(url))
+    db.initialize(connect(url or os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL))
 
 
 def create_tables() -> None:
+    """Create missing tables (and an SQLite file's folder): run on the first request of a process."""
+    if isinstance(db.obj, SqliteDatabase) and db.obj.database != ":memory:":
+        Path(db.obj.database).parent.mkdir(parents=True, exist_ok=True)
     with db.connection_context():
         db.create_tables(MODELS, safe=True)

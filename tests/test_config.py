@@ -1,0 +1,157 @@
+"""microkit.toml parsing: every bad value is refused with a message naming file, key and value."""
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from microkit import config
+from microkit.config import Address
+from microkit.errors import ConfigError
+
+HEAD = '[project]\nname = "shop"\n'
+USERS = '[services.users]\napp = "services.users.app:app"\nroute = "/users"\n'
+
+
+def parse(text, environ=None):
+    return config.parse(text, Path("microkit.toml"), environ or {})
+
+
+def error_of(text, environ=None) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse(text, environ)
+    assert info.value.exit_code == 2
+    return str(info.value)
+
+
+def test_full_config_is_parsed_into_read_only_objects():
+    conf = parse(HEAD + '[registry]\nurl = "redis://127.0.0.1:6379/3"\n'
+                 '[gateway]\nlisten = "0.0.0.0:8080"\nworkers = 2\n' + USERS
+                 + 'workers = 3\nenv = { DATABASE_URL = "sqlite:///data/u.db" }\ntimeout = 5\n'
+                 '[services.clock]\ncommand = "python clock.py"\nlisten = "[::1]:0"\naccess_log = false\n')
+    assert conf.project.name == "shop"
+    assert conf.registry.url == "redis://127.0.0.1:6379/3" and not conf.registry.embedded
+    assert conf.gateway.listen == Address("0.0.0.0", 8080) and conf.gateway.workers == 2
+    users = conf.services["users"]
+    assert (users.app, users.route, users.workers, users.timeout) == ("services.users.app:app", "/users", 3, 5.0)
+    assert users.env["DATABASE_URL"] == "sqlite:///data/u.db"
+    assert users.listen == Address("127.0.0.1", 0) and users.graceful_timeout == 10.0
+    clock = conf.services["clock"]
+    assert clock.command == "python clock.py" and clock.app is None and clock.route is None
+    assert str(clock.listen) == "[::1]:0" and clock.access_log is False
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        users.workers = 1
+    with pytest.raises(TypeError):
+        conf.services["x"] = users
+    with pytest.raises(TypeError):
+        users.env["X"] = "1"
+
+
+def test_defaults():
+    conf = parse(HEAD)
+    assert conf.registry.embedded and conf.gateway.listen == Address("127.0.0.1", 8000)
+    assert dict(conf.services) == {}
+
+
+@pytest.mark.parametrize("text, message", [
+    (HEAD + USERS + 'workers = "two"\n',
+     'microkit.toml: services.users.workers: expected an integer >= 1, got "two"'),
+    (HEAD + USERS + "workers = 0\n",
+     "microkit.toml: services.users.workers: expected an integer >= 1, got 0"),
+    (HEAD + USERS + "workers = true\n",
+     "microkit.toml: services.users.workers: expected an integer >= 1, got true"),
+    (HEAD + USERS + "wokers = 2\n",
+     'microkit.toml: services.users.wokers: unknown key; did you mean "workers"?'),
+    (HEAD + "[gatway]\n",
+     'microkit.toml: gatway: unknown key; did you mean "gateway"?'),
+    (HEAD + "[gateway]\nport = 1\n",
+     "microkit.toml: gateway.port: unknown key (known: listen, workers)"),
+    (HEAD + '[services.users]\napp = "services.users.app:app"\nroute = "users"\n',
+     'microkit.toml: services.users.route: expected a path prefix like "/users" '
+     '(starts with "/", no trailing "/"), got "users"'),
+    (HEAD + '[services.users]\napp = "services.users.app:app"\nroute = "/users/"\n',
+     'microkit.toml: services.users.route: expected a path prefix like "/users" '
+     '(starts with "/", no trailing "/"), got "/users/"'),
+    (HEAD + '[services.users]\napp = "services.users.app:app"\nroute = "/a/../b"\n',
+     'microkit.toml: services.users.route: expected a path prefix like "/users" '
+     '(starts with "/", no trailing "/"), got "/a/../b"'),
+    (HEAD + USERS + '[services.people]\napp = "services.people.app:app"\nroute = "/users"\n',
+     'microkit.toml: services.people.route: "/users" is already the route of services.users'),
+    (HEAD + '[services.users]\napp = "services/users/app.py"\n',
+     'microkit.toml: services.users.app: expected "module:attr" (e.g. "services.users.app:app"), '
+     'got "services/users/app.py"'),
+    (HEAD + '[services.users]\napp = "a:b:c"\n',
+     'microkit.toml: services.users.app: expected "module:attr" (e.g. "services.users.app:app"), got "a:b:c"'),
+    (HEAD + '[services.users]\nroute = "/users"\n',
+     'microkit.toml: services.users: needs exactly one of app = "module:attr" or command = "..."'),
+    (HEAD + '[services.users]\napp = "a:b"\ncommand = "run"\n',
+     'microkit.toml: services.users: needs exactly one of app = "module:attr" or command = "..."'),
+    (HEAD + '[services.my-svc]\napp = "a:b"\n',
+     "microkit.toml: services.my-svc: service names must be Python identifiers (letters, digits, _)"),
+    (HEAD + '[gateway]\nlisten = "localhost"\n',
+     'microkit.toml: gateway.listen: expected "HOST:PORT" (e.g. "127.0.0.1:8000"), got "localhost"'),
+    (HEAD + '[gateway]\nlisten = "127.0.0.1:70000"\n',
+     'microkit.toml: gateway.listen: expected "HOST:PORT" (e.g. "127.0.0.1:8000"), got "127.0.0.1:70000"'),
+    (HEAD + "[gateway]\nlisten = 8000\n",
+     'microkit.toml: gateway.listen: expected "HOST:PORT" (e.g. "127.0.0.1:8000"), got 8000'),
+    (HEAD + '[registry]\nurl = "http://x"\n',
+     'microkit.toml: registry.url: unknown registry scheme "http://" (known: redis://, rediss://; '
+     'leave url out for the embedded registry), got "http://x"'),
+    (HEAD + USERS + "env = { PORT = 8000 }\n",
+     "microkit.toml: services.users.env: PORT: expected a string, got 8000"),
+    (HEAD + USERS + 'env = "A=1"\n',
+     'microkit.toml: services.users.env: expected a table like { DATABASE_URL = "sqlite:///data/x.db" }, '
+     'got "A=1"'),
+    (HEAD + USERS + "timeout = -1\n",
+     "microkit.toml: services.users.timeout: expected a number of seconds > 0, got -1"),
+    (HEAD + USERS + 'access_log = "no"\n',
+     'microkit.toml: services.users.access_log: expected true or false, got "no"'),
+    ('services = "users"\n' + HEAD,
+     'microkit.toml: services: expected a table ([services]), got "users"'),
+    ("[project]\n", "microkit.toml: project.name: is required"),
+    ('[project]\nname = "my shop"\n',
+     'microkit.toml: project.name: expected a Python identifier, got "my shop"'),
+])
+def test_bad_config_names_file_key_and_value(text, message):
+    assert error_of(text) == message
+
+
+def test_toml_syntax_error_gives_the_line():
+    assert error_of(HEAD + "[services.users\napp = 1\n") == (
+        "microkit.toml: line 3, column 16: invalid TOML: Expected ']' at the end of a table declaration")
+
+
+def test_registry_url_from_the_environment_overrides_the_file():
+    conf = parse(HEAD + '[registry]\nurl = "redis://a:6379/0"\n', {"MICROKIT_REGISTRY_URL": "redis://b:6379/1"})
+    assert conf.registry.url == "redis://b:6379/1"
+    assert error_of(HEAD, {"MICROKIT_REGISTRY_URL": "mysql://x"}).startswith(
+        'MICROKIT_REGISTRY_URL: unknown registry scheme "mysql://"')
+
+
+def test_not_utf8_and_missing_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "microkit.toml").write_bytes(b'[project]\nname = "\xff"\n')
+    with pytest.raises(ConfigError, match=r"^microkit.toml: not UTF-8 text \(byte 18\)$"):
+        config.load(tmp_path / "microkit.toml")
+    with pytest.raises(ConfigError, match=r"^other.toml: no such file$"):
+        config.load(tmp_path / "other.toml")
+
+
+class TestDiscovery:
+    def test_explicit_file_wins(self, tmp_path):
+        assert config.find("x.toml", {"MICROKIT_CONFIG": "y.toml"}, tmp_path) == Path("x.toml")
+
+    def test_environment_next(self, tmp_path):
+        assert config.find(None, {"MICROKIT_CONFIG": "y.toml"}, tmp_path) == Path("y.toml")
+
+    def test_this_folder_or_a_parent(self, tmp_path):
+        (tmp_path / "microkit.toml").write_text(HEAD)
+        deep = tmp_path / "services" / "users"
+        deep.mkdir(parents=True)
+        assert config.find(None, {}, deep) == tmp_path.resolve() / "microkit.toml"
+        assert config.discover(None, {}, deep).root == tmp_path.resolve()
+
+    def test_none_found(self, tmp_path):
+        with pytest.raises(ConfigError, match=r"no microkit.toml in .* or any parent folder "
+                                              r"\(run `microkit new project NAME`, or pass -c FILE\)"):
+            config.find(None, {}, tmp_path)

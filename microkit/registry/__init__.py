@@ -1,0 +1,47 @@
+"""Service discovery: where instances register and gateways find them, chosen by URL scheme.
+
+`connect(url, project_root=..., namespace=...)` is the one entry point: `redis://` and `rediss://` give
+the multi-host RedisRegistry, no URL gives the EmbeddedRegistry in `<project_root>/.microkit/registry.db`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from microkit.errors import ConfigError
+from microkit.registry.base import (
+    DEFAULT_TTL, HEARTBEAT_INTERVAL, POLL_INTERVAL, Instance, Registry, RegistryUnavailable, Snapshot,
+)
+from microkit.registry.embedded import EmbeddedRegistry
+from microkit.registry.heartbeat import Heartbeat
+from microkit.registry.redis_registry import RedisRegistry, redacted
+from microkit.registry.watcher import Watcher
+
+__all__ = [
+    "DEFAULT_TTL", "HEARTBEAT_INTERVAL", "POLL_INTERVAL", "EmbeddedRegistry", "Heartbeat", "Instance",
+    "RedisRegistry", "Registry", "RegistryUnavailable", "Snapshot", "Watcher", "connect", "embedded_path",
+    "schemes",
+]
+
+schemes: dict[str, Callable[[str, str], Registry]] = {
+    "redis": RedisRegistry,
+    "rediss": RedisRegistry,
+}
+
+
+def embedded_path(project_root: Path) -> Path:
+    """Where a project's embedded registry lives."""
+    return Path(project_root) / ".microkit" / "registry.db"
+
+
+def connect(url: str | None, *, project_root: Path, namespace: str) -> Registry:
+    """The registry for `url` (None: the embedded one), isolated under `namespace`; nothing connects yet."""
+    if url is None:
+        return EmbeddedRegistry(embedded_path(project_root), namespace)
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme not in schemes:
+        known = ", ".join(f"{name}://" for name in schemes)
+        raise ConfigError(f"unknown registry URL {redacted(url)!r}: known schemes are {known} "
+                          f"(or no URL for the embedded registry)")
+    return schemes[scheme](url, namespace)

@@ -1,0 +1,200 @@
+"""PEP 3333 glue: environ keys for request headers, and the response an app writes through start_response."""
+
+import sys
+from collections.abc import Callable, Iterable
+from email.utils import formatdate
+from time import time
+from urllib.parse import unquote_to_bytes
+
+_KEYS: dict[bytes, str] = {}
+_DATE = [0, ""]
+
+
+def server_environ(host: str, port: int, extra: dict | None) -> dict:
+    """The environ keys shared by every request a server receives."""
+    environ = {
+        "SERVER_NAME": host,
+        "SERVER_PORT": str(port),
+        "SCRIPT_NAME": "",
+        "SERVER_SOFTWARE": "microkit",
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "http",
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+        "wsgi.input_terminated": True,
+    }
+    environ.update(extra or {})
+    return environ
+
+
+def environ_key(name: bytes) -> str | None:
+    """CGI name of a request header (`HTTP_X_FOO`), or None for names with `_`, which are dropped."""
+    key = _KEYS.get(name)
+    if key is None:
+        if b"_" in name:
+            return None
+        key = name.decode("latin-1").upper().replace("-", "_")
+        if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            key = "HTTP_" + key
+        if len(_KEYS) < 512:
+            _KEYS[name] = key
+    return key
+
+
+def set_target(environ: dict, target: bytes) -> None:
+    """Fill PATH_INFO (percent-decoded, latin-1), QUERY_STRING, RAW_URI and REQUEST_URI from the request target."""
+    raw = target.decode("latin-1")
+    environ["RAW_URI"] = environ["REQUEST_URI"] = raw
+    if not target.startswith(b"/"):
+        scheme, sep, rest = target.partition(b"://")
+        target = b"/" + rest.partition(b"/")[2] if sep and scheme.lower() in (b"http", b"https") else target
+    path, _, query = target.partition(b"?")
+    if b"#" in query or b"#" in path:
+        path = path.partition(b"#")[0]
+        query = query.partition(b"#")[0]
+    environ["PATH_INFO"] = (unquote_to_bytes(path) if b"%" in path else path).decode("latin-1")
+    environ["QUERY_STRING"] = query.decode("latin-1")
+
+
+def _date_line() -> str:
+    """The `Date` header line, formatted at most once per second."""
+    now = int(time())
+    if now != _DATE[0]:
+        _DATE[0], _DATE[1] = now, f"Date: {formatdate(now, usegmt=True)}\r\n"
+    return _DATE[1]
+
+
+class Response:
+    """One response: start_response, write(), and framing (Content-Length, chunked or close-delimited)."""
+
+    __slots__ = (
+        "_send", "_head_only", "_http10", "keep_alive", "status", "headers", "code",
+        "headers_sent", "_bodyless", "_chunked", "_length", "_sent",
+    )
+
+    def __init__(self, send: Callable[[bytes], None], head_only: bool, http10: bool, keep_alive: bool) -> None:
+        self._send = send
+        self._head_only = head_only
+        self._http10 = http10
+        self.keep_alive = keep_alive
+        self.status: str | None = None
+        self.headers: list[tuple[str, str]] = []
+        self.code = 0
+        self.headers_sent = False
+        self._bodyless = False
+        self._chunked = False
+        self._length: int | None = None
+        self._sent = 0
+
+    def start_response(
+        self, status: str, headers: list[tuple[str, str]], exc_info=None
+    ) -> Callable[[bytes], None]:
+        """PEP 3333 start_response: a second call needs exc_info, which is re-raised once headers are out."""
+        if exc_info is not None:
+            try:
+                if self.headers_sent:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+        elif self.status is not None:
+            raise AssertionError("start_response called a second time without exc_info")
+        if type(status) is not str or status[3:4] != " " or not status[:3].isdigit() or not status.isascii():
+            raise ValueError(f"invalid WSGI status {status!r}")
+        if type(headers) is not list:
+            raise TypeError("WSGI response headers must be a list")
+        self.status = status
+        self.headers = headers
+        return self.write
+
+    def _head(self, body_len: int | None) -> bytes:
+        """Serialize the status line and headers, choosing the body framing."""
+        status = self.status
+        if status is None:
+            raise AssertionError("the application did not call start_response")
+        code = int(status[:3])
+        self._bodyless = self._head_only or code < 200 or code == 204 or code == 304
+        parts = ["HTTP/1.1 ", status, "\r\n"]
+        length = None
+        has_date = False
+        for name, value in self.headers:
+            lower = name.lower()
+            if lower == "content-length":
+                length = value
+            elif lower == "date":
+                has_date = True
+            elif lower == "connection":
+                if "close" in value.lower():
+                    self.keep_alive = False
+                continue
+            elif lower == "transfer-encoding":
+                raise ValueError("a WSGI application must not set Transfer-Encoding")
+            parts += (name, ": ", value, "\r\n")
+        if length is not None:
+            if not (length.isascii() and length.isdigit()):
+                raise ValueError(f"invalid Content-Length {length!r}")
+            self._length = int(length)
+        elif self._bodyless:
+            pass
+        elif body_len is not None:
+            parts += ("Content-Length: ", str(body_len), "\r\n")
+            self._length = body_len
+        elif self._http10:
+            self.keep_alive = False
+        else:
+            parts.append("Transfer-Encoding: chunked\r\n")
+            self._chunked = True
+        if not has_date:
+            parts.append(_date_line())
+        if not self.keep_alive:
+            parts.append("Connection: close\r\n")
+        elif self._http10:
+            parts.append("Connection: keep-alive\r\n")
+        parts.append("\r\n")
+        head = "".join(parts)
+        lines = head.count("\r\n")
+        if head.count("\n") != lines or head.count("\r") != lines:
+            raise ValueError("CR or LF inside a response header")
+        data = head.encode("latin-1")
+        self.code = code
+        self.headers_sent = True
+        return data
+
+    def _emit(self, head: bytes, data: bytes) -> None:
+        """Send the head (if any) and one body piece in a single sendall, framed and length-checked."""
+        if self._bodyless:
+            data = b""
+        elif self._length is not None:
+            room = self._length - self._sent
+            if len(data) > room:
+                data = data[:room]
+                self.keep_alive = False
+            self._sent += len(data)
+        elif self._chunked and data:
+            data = b"%x\r\n%s\r\n" % (len(data), data)
+        if head or data:
+            self._send(head + data if head else data)
+
+    def write(self, data: bytes) -> None:
+        """The PEP 3333 write() callable: sends headers on first use, then `data`."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"WSGI body chunks must be bytes, not {type(data).__name__}")
+        self._emit(b"" if self.headers_sent else self._head(None), bytes(data))
+
+    def finish(self, result: Iterable[bytes]) -> None:
+        """Send the app's body iterable, then end the framing; headers wait for the first non-empty chunk."""
+        if not self.headers_sent and (type(result) is list or type(result) is tuple):
+            body = b"".join(result)
+            self._emit(self._head(len(body)), body)
+        else:
+            for chunk in result:
+                if chunk or self.headers_sent:
+                    self.write(chunk)
+        if not self.headers_sent:
+            self._emit(self._head(0), b"")
+        elif self._chunked:
+            self._send(b"0\r\n\r\n")
+        if self._length is not None and self._sent < self._length and not self._bodyless:
+            self.keep_alive = False
+

@@ -234,3 +234,4 @@ def test_connect_chooses_the_backend_by_scheme(tmp_path):
 def test_instance_round_trips_through_json():
     instance = Instance("users", "::1", 9001, meta={"weight": 2, "tags": ["a"]}, last_seen=5.0)
     assert Instance.from_json(instance.to_json()) == instance
+    assert {instance: 1}[Instance.from_json(instance.to_json())] == 1

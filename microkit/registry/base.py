@@ -43,6 +43,10 @@ class Instance:
     last_seen: float = 0.0
     meta: dict[str, Any] = field(default_factory=dict)
 
+    def __hash__(self) -> int:
+        """Hash by identity so instances can key balancer and health tables despite the `meta` dict."""
+        return hash(self.instance_id)
+
     def to_json(self) -> str:
         """Serialize for storage; the same text in Redis and SQLite."""
         return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)

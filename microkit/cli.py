@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import traceback
@@ -12,7 +13,8 @@ from pathlib import Path
 import click
 
 from . import __version__, config, scaffold
-from .errors import MicrokitError
+from .errors import MicrokitError, SupervisorError, UsageError
+from .supervisor import control
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -64,6 +66,85 @@ def new_service(name: str, template: str, route: str | None, workers: int, confi
     scaffold.apply(plan, project.root)
     click.echo(f"created services/{name}/ and [services.{name}] in {config.display_path(project.path)}")
     click.echo(f"next: pytest services/{name}")
+
+
+@cli.command()
+@click.argument("services", nargs=-1)
+@config_option
+@click.option("--reload", "reload_", is_flag=True,
+              help="Development: reload a service's workers when its Python files change.")
+@click.option("--no-access-log", is_flag=True, help="No log line per request (overrides access_log).")
+def up(services: tuple[str, ...], config_file: str | None, reload_: bool, no_access_log: bool) -> None:
+    """Run the project's services (or the SERVICES named) in the foreground.
+
+    Each service runs as `workers` gevent worker processes sharing one socket (or as its command).
+    Prints `ready: ...` once every service answers its health path. SIGINT/SIGTERM stop gracefully,
+    SIGHUP reloads with no downtime, SIGTTIN/SIGTTOU add or remove a worker of every service.
+    """
+    from .supervisor.arbiter import Arbiter
+    project = config.discover(config_file)
+    arbiter = Arbiter(project, services, reload=reload_, access_log=False if no_access_log else None)
+    if arbiter.run():
+        raise SupervisorError("every service failed to start (see the errors above)")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@config_option
+def status(as_json: bool, config_file: str | None) -> None:
+    """Show each service of the running `microkit up`: its workers' pid, port, state, restarts, uptime."""
+    project = config.discover(config_file)
+    reply = control.request(project.root, {"command": "status"})
+    reply.pop("ok", None)
+    if as_json:
+        click.echo(json.dumps(reply, indent=2))
+        return
+    click.echo(f"microkit up: pid {reply['pid']}, project {reply['project']}, up {duration(reply['uptime'])}")
+    rows = [("SERVICE", "WORKER", "PID", "PORT", "STATE", "RESTARTS", "UPTIME")]
+    for service in reply["services"]:
+        rows.append((service["name"], f"{service['kind']}, {service['workers']} wanted", "", "",
+                     service["state"], str(service["restarts"]), ""))
+        for worker in service["instances"]:
+            rows.append(("", worker["name"], str(worker["pid"]), str(worker["port"]), worker["state"],
+                         str(worker["restarts"]), duration(worker["uptime"])))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
+
+
+@cli.command()
+@click.argument("services", nargs=-1)
+@config_option
+def reload(services: tuple[str, ...], config_file: str | None) -> None:
+    """Rolling restart of the running services (or the SERVICES named): new code, no refused request."""
+    project = config.discover(config_file)
+    reply = control.request(project.root, {"command": "reload", "services": list(services)})
+    click.echo(f"reloading {', '.join(reply['services'])}")
+
+
+@cli.command()
+@click.argument("counts", nargs=-1, required=True, metavar="SERVICE=N...")
+@config_option
+def scale(counts: tuple[str, ...], config_file: str | None) -> None:
+    """Change how many workers the running services have, e.g. `microkit scale users=3 orders=1`."""
+    workers = {}
+    for item in counts:
+        name, _, number = item.partition("=")
+        if not name or not number.isdigit() or int(number) < 1:
+            raise UsageError(f"expected SERVICE=N with N >= 1 (e.g. users=3), got {item!r}")
+        workers[name] = int(number)
+    project = config.discover(config_file)
+    reply = control.request(project.root, {"command": "scale", "workers": workers})
+    click.echo(", ".join(f"{name}={reply['workers'][name]}" for name in workers))
 
 
 def main(argv: list[str] | None = None) -> None:

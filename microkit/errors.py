@@ -23,3 +23,13 @@ class ScaffoldError(MicrokitError):
     """A `microkit new` refusal: nothing has been written."""
 
     exit_code = 2
+
+
+class SupervisorError(MicrokitError):
+    """`microkit up` could not run (a port in use, every service failed, one already running)."""
+
+    exit_code = 1
+
+
+class NotRunningError(SupervisorError):
+    """A command that talks to a running `microkit up` found none for this project."""

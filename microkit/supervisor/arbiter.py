@@ -1,0 +1,286 @@
+"""The arbiter: the process `microkit up` runs. It binds each service's socket once, forks the workers,
+and then only watches: it reads their output, replaces what dies, answers `microkit status/reload/scale`
+and reacts to signals.
+
+Signal handlers only queue the signal (and wake the loop through the wake-up pipe); the loop dispatches
+to `handle_<name>`. The loop is a plain `selectors` loop without threads, so forking stays safe, and
+this module imports neither gevent nor any app: the workers do that after the fork.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+from ..config import Config, ServiceConfig
+from ..errors import SupervisorError, UsageError
+from . import control
+from .command import CommandGroup, CommandSpec, check_health
+from .group import FATAL, AppGroup, Group
+from .printer import Printer
+from .process import SUPERVISOR_SIGNALS, bind
+from .reloader import Reloader, app_scope, command_scope
+from .worker import AppSpec
+
+TICK = 0.1
+READY_PROBE_INTERVAL = 0.5
+
+
+class Arbiter:
+    def __init__(self, config: Config, services: Sequence[str] = (), reload: bool = False,
+                 access_log: bool | None = None, printer: Printer | None = None):
+        self.config = config
+        self.root = config.root
+        self.names = self.select(config, services)
+        self.watch_files = reload
+        self.access_log = access_log
+        self.printer = printer or Printer()
+        self.selector = selectors.DefaultSelector()
+        self.groups: dict[str, Group] = {}
+        self.control = control.ControlServer(self.root, self.handle_request)
+        self.reloader: Reloader | None = None
+        self.signals: list[int] = []
+        self.stopping = False
+        self.announced = False
+        self.next_ready_probe = 0.0
+        self.started = time.time()
+        self.wake_r = self.wake_w = -1
+
+    @staticmethod
+    def select(config: Config, names: Sequence[str]) -> list[str]:
+        if not config.services:
+            raise UsageError(f"{config.path.name} has no services yet (add one with `microkit new service NAME`)")
+        unknown = [n for n in names if n not in config.services]
+        if unknown:
+            raise UsageError(f"no service named {unknown[0]!r} in {config.path.name} "
+                             f"(known: {', '.join(config.services)})")
+        return list(dict.fromkeys(names)) or list(config.services)
+
+    # Setup and teardown.
+
+    def run(self) -> int:
+        """Serve until stopped; 0 after a graceful stop, 1 when every service failed."""
+        try:
+            self.setup()
+            return self.loop()
+        finally:
+            self.teardown()
+
+    def setup(self) -> None:
+        self.control.open()
+        for name in self.names:
+            self.groups[name] = self.make_group(self.config.services[name])
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        self.selector.register(self.wake_r, selectors.EVENT_READ, self.drain_wakeups)
+        self.selector.register(self.control.sock, selectors.EVENT_READ, self.control.serve_one)
+        signal.set_wakeup_fd(self.wake_w)
+        for signum in SUPERVISOR_SIGNALS:
+            signal.signal(signum, self.queue_signal)
+        if self.watch_files:
+            self.reloader = Reloader(self.root, {
+                name: app_scope(self.root, s.app) if s.app else command_scope(self.root, name)
+                for name, s in ((n, self.config.services[n]) for n in self.names)})
+        self.printer.say(f"supervisor pid {os.getpid()}, project {self.config.project.name} at {self.root}"
+                         + (" (reloading on changes)" if self.watch_files else ""))
+
+    def make_group(self, service: ServiceConfig) -> Group:
+        if service.command:
+            spec = CommandSpec(name=service.name, command=service.command, root=self.root,
+                               host=service.listen.host, port=service.listen.port, env=service.env,
+                               timeout=service.timeout, graceful_timeout=service.graceful_timeout,
+                               health=service.health)
+            return CommandGroup(spec, service.workers, self.printer, self.watch)
+        try:
+            listener = bind(service.listen)
+        except OSError as exc:
+            raise SupervisorError(f"services.{service.name}: cannot listen on {service.listen}: "
+                                  f"{exc.strerror or exc}") from None
+        spec = AppSpec(name=service.name, app=service.app, root=self.root, env=service.env,
+                       timeout=service.timeout, graceful_timeout=service.graceful_timeout,
+                       health=service.health,
+                       access_log=service.access_log if self.access_log is None else self.access_log)
+        return AppGroup(spec, service.workers, listener, self.printer, self.watch)
+
+    def teardown(self) -> None:
+        for group in self.groups.values():
+            group.kill()
+            for instance in group.instances:
+                try:
+                    os.waitpid(instance.pid, 0)
+                except ChildProcessError:
+                    pass
+            group.close()
+        if self.wake_w >= 0:
+            signal.set_wakeup_fd(-1)
+            for signum in SUPERVISOR_SIGNALS:
+                signal.signal(signum, signal.SIG_DFL)
+        for key in list(self.selector.get_map().values()):
+            if isinstance(key.fileobj, int):
+                os.close(key.fileobj)
+        self.selector.close()
+        self.control.close()
+        if self.wake_w >= 0:
+            os.close(self.wake_w)
+
+    # The loop.
+
+    def loop(self) -> int:
+        while True:
+            for key, _ in self.selector.select(TICK):
+                key.data()
+            while self.signals:
+                signum = self.signals.pop(0)
+                getattr(self, f"handle_{signal.Signals(signum).name[3:].lower()}")()
+            for group in self.groups.values():
+                group.tick()
+            if self.stopping:
+                if all(group.done for group in self.groups.values()):
+                    self.printer.say("stopped")
+                    return 0
+                continue
+            if all(group.state == FATAL for group in self.groups.values()) and not self.reloader:
+                self.printer.say("every service failed to start; stopping")
+                return 1
+            self.announce_ready()
+            if self.reloader:
+                self.reload_changed()
+
+    def watch(self, fd: int, on_line: Callable[[str], None]) -> None:
+        """Call `on_line` for each line read from `fd` (a child's pipe), closing it at end of file."""
+        os.set_blocking(fd, False)
+        pending = bytearray()
+
+        def readable() -> None:
+            try:
+                data = os.read(fd, 65536)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if data:
+                pending.extend(data)
+                *lines, rest = pending.split(b"\n")
+                pending[:] = rest
+            else:
+                lines = [bytes(pending)] if pending else []
+                self.selector.unregister(fd)
+                os.close(fd)
+            for line in lines:
+                on_line(line.decode("utf-8", "replace").rstrip("\r"))
+
+        self.selector.register(fd, selectors.EVENT_READ, readable)
+
+    def drain_wakeups(self) -> None:
+        try:
+            while os.read(self.wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def queue_signal(self, signum: int, frame: object) -> None:
+        if signum != signal.SIGCHLD and len(self.signals) < 16:
+            self.signals.append(signum)
+
+    def announce_ready(self) -> None:
+        """Print `ready: ...` once, when every service that did not fail answers its health path."""
+        now = time.monotonic()
+        if self.announced or now < self.next_ready_probe:
+            return
+        alive = [g for g in self.groups.values() if g.state != FATAL]
+        if not alive or not all(g.healthy for g in alive):
+            return
+        self.next_ready_probe = now + READY_PROBE_INTERVAL
+        for group in alive:
+            if isinstance(group, AppGroup) and not check_health(group.host, group.port, group.spec.health, 2.0):
+                return
+        self.announced = True
+        failed = [name for name, g in self.groups.items() if g.state == FATAL]
+        line = "ready: " + ", ".join(f"{g.name} {' '.join(g.urls())}" for g in alive)
+        self.printer.plain(line + (f" (failed: {', '.join(failed)})" if failed else ""))
+
+    def reload_changed(self) -> None:
+        files, services = self.reloader.poll()
+        if not services:
+            return
+        shown = ", ".join(str(p.relative_to(self.root)) for p in files[:3]) + (" ..." if len(files) > 3 else "")
+        self.printer.say(f"changed: {shown}; reloading {', '.join(services)}")
+        for name in services:
+            self.groups[name].reload()
+
+    # Signals.
+
+    def handle_int(self) -> None:
+        self.handle_term()
+
+    def handle_term(self) -> None:
+        if self.stopping:
+            self.printer.say("stopping now")
+            self.handle_quit()
+            return
+        self.stopping = True
+        self.printer.say("stopping: finishing in-flight requests")
+        for group in self.groups.values():
+            group.stop()
+
+    def handle_quit(self) -> None:
+        self.stopping = True
+        for group in self.groups.values():
+            group.kill()
+
+    def handle_hup(self) -> None:
+        self.reload([])
+
+    def handle_ttin(self) -> None:
+        self.scale({name: group.desired + 1 for name, group in self.groups.items()})
+
+    def handle_ttou(self) -> None:
+        self.scale({name: group.desired - 1 for name, group in self.groups.items() if group.desired > 1})
+
+    # Commands, from signals or from `microkit reload/scale/status`.
+
+    def reload(self, names: Sequence[str]) -> list[str]:
+        names = list(names) or list(self.groups)
+        for name in names:
+            self.groups[name].reload()
+        return names
+
+    def scale(self, workers: dict[str, int]) -> None:
+        for name, count in workers.items():
+            self.groups[name].scale(count)
+
+    def status(self) -> dict:
+        return {"pid": os.getpid(), "project": self.config.project.name, "root": str(self.root),
+                "uptime": round(time.time() - self.started, 1),
+                "services": [group.status() for group in self.groups.values()]}
+
+    def handle_request(self, message: dict) -> dict:
+        """One control request (see `control`); never raises for a bad request."""
+        command = message.get("command")
+        if self.stopping and command != "status":
+            return {"ok": False, "error": "`microkit up` is stopping"}
+        if command == "status":
+            return {"ok": True, **self.status()}
+        if command == "reload":
+            names = message.get("services") or []
+            unknown = [n for n in names if n not in self.groups]
+            if unknown:
+                return {"ok": False, "error": f"no running service named {unknown[0]!r} "
+                                              f"(running: {', '.join(self.groups)})"}
+            return {"ok": True, "services": self.reload(names)}
+        if command == "scale":
+            workers = message.get("workers") or {}
+            for name, count in workers.items():
+                if name not in self.groups:
+                    return {"ok": False, "error": f"no running service named {name!r} "
+                                                  f"(running: {', '.join(self.groups)})"}
+                if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                    return {"ok": False, "error": f"{name}: expected a number of workers >= 1, got {count!r}"}
+            self.scale(workers)
+            return {"ok": True, "workers": {n: g.desired for n, g in self.groups.items()}}
+        return {"ok": False, "error": f"unknown command {command!r}"}

@@ -1,0 +1,148 @@
+"""Command services: `[services.x] command = "..."` runs any program (an asyncio or aiohttp server, say)
+with `PORT` (and `HOST`) in its environment, one port per instance. Its health is its answer to
+`GET <health path>` over HTTP: an instance is ready at its first 200, and one that has not answered 200
+for `timeout` seconds is killed and replaced, like a blocked worker. Restart, reload and stop are the
+group's, as for gevent workers.
+
+The command is split like a shell would (shlex) and run without a shell, so signals reach the program
+itself; `$PORT`, `${HOST}` and other variables of its environment are expanded in its arguments.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import shlex
+import string
+import subprocess
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from types import MappingProxyType
+from typing import Callable, Mapping
+
+from .group import Group, Watch
+from .printer import Printer
+from .process import die_with_parent, free_port, url
+
+PROBE_TIMEOUT = 0.5
+BOOT_PROBE_INTERVAL = 0.2
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    name: str
+    command: str
+    root: Path
+    host: str = "127.0.0.1"
+    port: int = 0
+    env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    timeout: float = 30.0
+    graceful_timeout: float = 10.0
+    health: str = "/healthz"
+
+    @property
+    def probe_interval(self) -> float:
+        return min(2.0, self.timeout / 3)
+
+
+class CommandProcess:
+    """One running instance of a command, as the arbiter sees it."""
+
+    notify_fd = -1
+
+    def __init__(self, spec: CommandSpec, slot: int, generation: int, port: int):
+        self.spec = spec
+        self.slot = slot
+        self.generation = generation
+        self.port = port
+        self.pid: int | None = None
+        self.started_at = self.last_beat = self.next_probe_at = 0.0
+        self.ready = False
+        self.retiring = False
+        self.kill_at: float | None = None
+        self.aborted = False
+        self.error: str | None = None
+        self.output_fd = -1
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.spec.name}.{self.slot}"
+
+    def spawn(self) -> None:
+        env = {**os.environ, **self.spec.env, "PORT": str(self.port), "HOST": self.spec.host,
+               "PYTHONUNBUFFERED": "1"}
+        args = [string.Template(arg).safe_substitute(env) for arg in shlex.split(self.spec.command)]
+        self.process = subprocess.Popen(
+            args, cwd=self.spec.root, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, preexec_fn=partial(die_with_parent, os.getpid()))
+        self.output_fd = os.dup(self.process.stdout.fileno())
+        self.process.stdout.close()
+        self.pid = self.process.pid
+        self.started_at = self.last_beat = time.monotonic()
+
+    def probe(self, now: float) -> None:
+        """Ask the health path, when due; a 200 counts as a beat."""
+        if now < self.next_probe_at or self.retiring:
+            return
+        self.next_probe_at = now + (self.spec.probe_interval if self.ready else BOOT_PROBE_INTERVAL)
+        if check_health(self.spec.host, self.port, self.spec.health):
+            self.ready = True
+            self.last_beat = now
+
+    def on_notify(self, line: str) -> None:
+        """Commands have no notify pipe."""
+
+    def reaped(self, status: int) -> None:
+        if self.process is not None:
+            self.process.returncode = os.waitstatus_to_exitcode(status)
+
+    def signal(self, signum: int) -> None:
+        if self.pid is not None:
+            try:
+                os.kill(self.pid, signum)
+            except ProcessLookupError:
+                pass
+
+
+def check_health(host: str, port: int, path: str, timeout: float = PROBE_TIMEOUT) -> bool:
+    """True when `GET path` answers 200 within `timeout`."""
+    connection = http.client.HTTPConnection("127.0.0.1" if host in ("0.0.0.0", "") else host, port,
+                                            timeout=timeout)
+    try:
+        connection.request("GET", path, headers={"Connection": "close"})
+        response = connection.getresponse()
+        response.read()
+        return response.status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        connection.close()
+
+
+class CommandGroup(Group):
+    """A command service's instances. With `listen` port 0 each new instance gets a free port; with a
+    fixed port P, instance N listens on P + N - 1."""
+
+    kind = "command"
+
+    def __init__(self, spec: CommandSpec, workers: int, printer: Printer, watch: Watch,
+                 clock: Callable[[], float] = time.monotonic):
+        super().__init__(spec.name, workers, spec.timeout, spec.graceful_timeout, printer, watch, clock)
+        self.spec = spec
+
+    def new_instance(self, slot: int) -> CommandProcess:
+        port = self.spec.port + slot - 1 if self.spec.port else free_port(self.spec.host)
+        return CommandProcess(self.spec, slot, self.generation, port)
+
+    def tick(self) -> None:
+        now = self.clock()
+        for instance in self.instances:
+            instance.probe(now)
+        super().tick()
+
+    def urls(self) -> list[str]:
+        return [url(self.spec.host, i.port) for i in sorted(self.instances, key=lambda i: i.slot)
+                if i.ready and not i.retiring]

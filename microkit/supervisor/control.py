@@ -1,0 +1,130 @@
+"""How `microkit status`, `reload` and `scale` reach a running `microkit up`.
+
+`up` listens on a Unix socket, `<project root>/.microkit/supervisor.sock` (or a short path under the
+temp folder when that one is too long for a socket), and records it with its pid in
+`.microkit/supervisor.json`. A client sends one JSON object on one line, `{"command": "status"}`,
+`{"command": "reload", "services": [...]}` or `{"command": "scale", "workers": {"users": 3}}`, and reads
+one JSON line back: `{"ok": true, ...}` or `{"ok": false, "error": "..."}`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import NotRunningError, SupervisorError
+
+STATE_DIR = ".microkit"
+STATE_FILE = "supervisor.json"
+SOCKET_FILE = "supervisor.sock"
+MAX_SOCKET_PATH = 100
+REQUEST_TIMEOUT = 2.0
+
+
+def state_path(root: Path) -> Path:
+    return root / STATE_DIR / STATE_FILE
+
+
+def socket_path(root: Path) -> Path:
+    path = root / STATE_DIR / SOCKET_FILE
+    if len(str(path)) <= MAX_SOCKET_PATH:
+        return path
+    digest = hashlib.sha1(str(root).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"microkit-{digest}.sock"
+
+
+class ControlServer:
+    """The listening end in `up`. The arbiter polls `sock` and calls `serve_one()` when it is readable."""
+
+    def __init__(self, root: Path, handle: Callable[[dict], dict]):
+        self.root = root
+        self.handle = handle
+        self.path = socket_path(root)
+        self.sock: socket.socket | None = None
+
+    def open(self) -> None:
+        """Claim the project: refuse when another `up` answers on the socket, else replace stale files."""
+        (self.root / STATE_DIR).mkdir(exist_ok=True)
+        if self.path.exists():
+            try:
+                other = request(self.root, {"command": "status"}, timeout=1.0)
+            except NotRunningError:
+                self.path.unlink(missing_ok=True)
+            else:
+                raise SupervisorError(f"`microkit up` is already running for this project (pid {other.get('pid')}); "
+                                      f"stop it first, or use `microkit reload`")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(str(self.path))
+        sock.listen(16)
+        sock.setblocking(False)
+        self.sock = sock
+        state = {"pid": os.getpid(), "socket": str(self.path), "started": time.time()}
+        tmp = state_path(self.root).with_suffix(".tmp")
+        tmp.write_text(json.dumps(state))
+        tmp.replace(state_path(self.root))
+
+    def serve_one(self) -> None:
+        """Answer one waiting client. Clients are local and send at once, so a short timeout suffices."""
+        try:
+            conn, _ = self.sock.accept()
+        except BlockingIOError:
+            return
+        with conn:
+            conn.settimeout(1.0)
+            try:
+                message = json.loads(read_line(conn))
+                reply = self.handle(message) if isinstance(message, dict) else {"ok": False, "error": "bad request"}
+            except (OSError, ValueError) as exc:
+                reply = {"ok": False, "error": f"bad request: {exc}"}
+            try:
+                conn.sendall(json.dumps(reply).encode() + b"\n")
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.path.unlink(missing_ok=True)
+            state_path(self.root).unlink(missing_ok=True)
+
+
+def read_line(conn: socket.socket, limit: int = 1 << 20) -> bytes:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+        if len(data) > limit:
+            raise ValueError("message too long")
+    return data
+
+
+def request(root: Path, message: dict, timeout: float = REQUEST_TIMEOUT) -> dict[str, Any]:
+    """Send one command to the `up` running for the project at `root`, and return its reply."""
+    not_running = NotRunningError(f"no `microkit up` is running for {root} (start one with `microkit up`)")
+    try:
+        state = json.loads(state_path(root).read_text())
+        path = state["socket"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise not_running from None
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise not_running from None
+        try:
+            sock.sendall(json.dumps(message).encode() + b"\n")
+            reply = json.loads(read_line(sock))
+        except (OSError, ValueError) as exc:
+            raise SupervisorError(f"`microkit up` (pid {state.get('pid')}) did not answer: {exc}") from None
+    if not reply.get("ok"):
+        raise SupervisorError(reply.get("error", "the supervisor refused the request"))
+    return reply

@@ -1,0 +1,278 @@
+"""A worker: one pre-forked process serving a WSGI app on its group's shared socket, on gevent.
+
+`Worker.__init__` and `spawn()` run in the arbiter and touch nothing process-wide. Everything gevent
+happens in the child, in `init_process()`: it monkey-patches first, and only then imports the engine and
+the app (so a reload loads new code, and the arbiter never holds a hub that a fork would copy).
+
+The child talks to the arbiter on two pipes: its stdout/stderr (lines the arbiter prefixes and prints)
+and a notify pipe of JSON lines: `{"event": "beat"}` from a greenlet every fraction of `timeout` (so a
+long request on a loop that still runs is not "blocked"), `{"event": "ready"}` once it accepts, and
+`{"event": "boot_error", "error": ...}` before exiting with BOOT_ERROR when the app cannot be loaded.
+
+Health: `GET <health path>` goes to the app first; when the app answers 404 (it does not route the
+path), the worker answers 200 itself. So every worker is healthy by default, and an app that wants a
+deeper check (its database, say) routes the path itself.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import resource
+import signal
+import socket
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Callable, Iterable, Mapping
+
+from .process import close_fds_except, die_with_parent, reset_signals
+
+BOOT_ERROR = 3
+HEALTH_BODY = b'{"status": "ok"}'
+
+
+@dataclass(frozen=True)
+class AppSpec:
+    """What a group of workers serves and how. Services build one from their config; the gateway will too."""
+
+    name: str
+    app: str
+    root: Path
+    env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    timeout: float = 30.0
+    graceful_timeout: float = 10.0
+    health: str = "/healthz"
+    access_log: bool = True
+
+    @property
+    def beat_interval(self) -> float:
+        return min(0.5, self.timeout / 4)
+
+
+class Worker:
+    """One worker process of a group, as the arbiter sees it, and the code the child runs."""
+
+    def __init__(self, spec: AppSpec, slot: int, generation: int, listener: socket.socket):
+        self.spec = spec
+        self.slot = slot
+        self.generation = generation
+        self.listener = listener
+        self.port: int = listener.getsockname()[1]
+        self.pid: int | None = None
+        self.started_at = 0.0
+        self.last_beat = 0.0
+        self.ready = False
+        self.retiring = False
+        self.kill_at: float | None = None
+        self.aborted = False
+        self.error: str | None = None
+        self.output_fd = self.notify_fd = -1
+        self.status: int | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.spec.name}.{self.slot}"
+
+    # Arbiter side.
+
+    def spawn(self) -> None:
+        """Fork the child. Returns in the arbiter; the child never returns from here."""
+        output_r, output_w = os.pipe()
+        notify_r, notify_w = os.pipe()
+        parent = os.getpid()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                reset_signals()
+                devnull = os.open(os.devnull, os.O_RDONLY)
+                os.dup2(devnull, 0)
+                os.dup2(output_w, 1)
+                os.dup2(output_w, 2)
+                close_fds_except([notify_w, self.listener.fileno()])
+                code = self.init_process(parent, notify_w)
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                try:
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                finally:
+                    os._exit(code)
+        os.close(output_w)
+        os.close(notify_w)
+        self.pid = pid
+        self.output_fd, self.notify_fd = output_r, notify_r
+        self.started_at = self.last_beat = time.monotonic()
+
+    def on_notify(self, line: str) -> None:
+        """One JSON line from the child's notify pipe."""
+        try:
+            message = json.loads(line)
+        except ValueError:
+            return
+        self.last_beat = time.monotonic()
+        if message.get("event") == "ready":
+            self.ready = True
+        elif message.get("event") == "boot_error":
+            self.error = str(message.get("error", "cannot load the app"))
+
+    def reaped(self, status: int) -> None:
+        self.status = status
+
+    def signal(self, signum: int) -> None:
+        if self.pid is not None:
+            try:
+                os.kill(self.pid, signum)
+            except ProcessLookupError:
+                pass
+
+    # Child side.
+
+    def init_process(self, parent: int, notify_fd: int) -> int:
+        """Set up the child and serve until told to stop; returns the exit code."""
+        from gevent import monkey
+        monkey.patch_all()
+        import gevent
+        import gevent.event
+
+        die_with_parent(parent)
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGABRT, signal.SIG_DFL)
+        sys.stdout.reconfigure(line_buffering=True)
+        sys.stderr.reconfigure(line_buffering=True)
+        notify = Notifier(notify_fd)
+
+        try:
+            app = self.load_app()
+        except Exception as exc:
+            notify.send(event="boot_error", error=boot_error_text(self.spec.app, exc))
+            return BOOT_ERROR
+
+        listener = socket.socket(fileno=self.listener.detach())
+        server = serve(listener, with_health(app, self.spec.health),
+                       access_log if self.spec.access_log else None)
+        stopped = gevent.event.Event()
+        stopping: list[bool] = []
+
+        def graceful_stop() -> None:
+            if stopping:
+                return
+            stopping.append(True)
+            server.stop_accepting()
+            killed = server.drain(self.spec.graceful_timeout)
+            if killed:
+                print(f"graceful timeout ({self.spec.graceful_timeout:g}s): closed {killed} unfinished request(s)")
+            stopped.set()
+
+        gevent.signal_handler(signal.SIGTERM, graceful_stop)
+        gevent.signal_handler(signal.SIGQUIT, stopped.set)
+        gevent.spawn(self.pulse, parent, notify)
+        notify.send(event="ready")
+        print(f"serving {self.spec.app} (pid {os.getpid()})")
+        stopped.wait()
+        return 0
+
+    def load_app(self) -> Callable:
+        """Import the app `module:attr` from the project root, with the service's environment applied."""
+        root = str(self.spec.root)
+        os.chdir(root)
+        if root not in sys.path:
+            sys.path.insert(0, root)
+        os.environ.update(self.spec.env)
+        module_name, attr = self.spec.app.split(":")
+        target: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            target = getattr(target, part)
+        if not callable(target):
+            raise TypeError(f"{self.spec.app} is a {type(target).__name__}, not a WSGI callable")
+        return target
+
+    def pulse(self, parent: int, notify: "Notifier") -> None:
+        """Beat for the arbiter while the loop runs; leave at once if the arbiter is gone."""
+        import gevent
+        while True:
+            if os.getppid() != parent or not notify.send(event="beat"):
+                os._exit(1)
+            gevent.sleep(self.spec.beat_interval)
+
+
+class Notifier:
+    """JSON lines to the arbiter on the notify pipe; never blocks the loop."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        os.set_blocking(fd, False)
+
+    def send(self, **message: Any) -> bool:
+        """False when the arbiter has gone away."""
+        try:
+            os.write(self.fd, json.dumps(message).encode() + b"\n")
+        except BlockingIOError:
+            pass
+        except OSError:
+            return False
+        return True
+
+
+def boot_error_text(app: str, exc: BaseException) -> str:
+    """The import error as the user needs it: the traceback from their code, without ours."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    own = {__file__, importlib.__file__}
+    frames = [f for f in frames if f.filename not in own and not f.filename.startswith("<frozen")]
+    lines = [f"cannot load {app}:"]
+    lines += [line.rstrip() for line in traceback.format_list(frames)]
+    lines += [line.rstrip() for line in traceback.format_exception_only(type(exc), exc)]
+    return "\n".join(lines)
+
+
+def access_log(method: str, path: str, status: int, duration_ms: float) -> None:
+    print(f"{method} {path} {status} {duration_ms:.1f}ms")
+
+
+def with_health(app: Callable, path: str) -> Callable:
+    """The app, with `GET path` answered 200 by the worker when the app itself answers 404."""
+
+    def application(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") != path or environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+            return app(environ, start_response)
+        captured: list = []
+        body: list[bytes] = []
+
+        def capture(status: str, headers: list, exc_info: Any = None) -> Callable:
+            captured[:] = [status, headers]
+            return body.append
+
+        result = app(environ, capture)
+        try:
+            body.extend(result)
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+        if captured and not captured[0].startswith("404"):
+            start_response(*captured)
+            return body
+        start_response("200 OK", [("Content-Type", "application/json"),
+                                  ("Content-Length", str(len(HEALTH_BODY)))])
+        return [HEALTH_BODY]
+
+    return application
+
+
+def serve(listener: socket.socket, app: Callable, log: Callable | None) -> Any:
+    """Start microkit's HTTP engine on the inherited socket."""
+    from microkit.http import HTTPServer, Limits
+    server = HTTPServer(listener, app, limits=Limits(), access_log=log)
+    server.start()
+    return server
+

@@ -8,6 +8,7 @@ bad value, e.g. ``microkit.toml: services.users.workers: expected an integer >= 
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import json
 import keyword
 import os
@@ -138,6 +139,38 @@ def registry_url(value: Any) -> str:
     return value
 
 
+def size(value: Any) -> int:
+    """A byte count: an integer, or a string with a unit ("10MB", "512KB", "1GB")."""
+    units = {"": 1, "B": 1, "KB": 1024, "MB": 1024 ** 2, "GB": 1024 ** 3}
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    match = isinstance(value, str) and re.fullmatch(r"\s*(\d+)\s*([KMG]?B?)\s*", value.upper())
+    if not match:
+        raise Invalid(f'expected a size like 10485760 or "10MB", got {show(value)}')
+    return int(match.group(1)) * units[match.group(2)]
+
+
+def networks(value: Any) -> tuple[str, ...]:
+    """IP addresses or networks (CIDR), as strings; checked now so that a typo fails at load."""
+    if not isinstance(value, list):
+        raise Invalid(f'expected a list like ["127.0.0.1", "10.0.0.0/8"], got {show(value)}')
+    for item in value:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except (TypeError, ValueError):
+            raise Invalid(f"expected IP addresses or networks, got {show(item)}") from None
+    return tuple(value)
+
+
+BALANCE_POLICIES = ("round_robin", "least_outstanding")
+
+
+def balance(value: Any) -> str:
+    if value not in BALANCE_POLICIES:
+        raise Invalid(f"expected one of {', '.join(map(show, BALANCE_POLICIES))}, got {show(value)}")
+    return value
+
+
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -176,11 +209,18 @@ REGISTRY = (
 GATEWAY = (
     Setting("listen", address, Address("127.0.0.1", 8000), "Address the gateway listens on."),
     Setting("workers", integer(1), 1, "Gateway worker processes."),
+    Setting("timeout", seconds, 30.0, "Default time a route may take to answer before the gateway gives 504."),
+    Setting("max_body", size, 10 * 1024 ** 2, 'Largest request body the gateway accepts (413 above it), e.g. "10MB".'),
+    Setting("balance", balance, "round_robin", 'Default balancing: "round_robin" or "least_outstanding".'),
+    Setting("trusted_proxies", networks, (), "Peers whose X-Forwarded-* headers are kept and extended."),
+    Setting("access_log", boolean, True, "One log line per proxied request."),
 )
 SERVICE = (
     Setting("app", app_spec, None, 'The WSGI callable, "module:attr". One of app or command is required.'),
     Setting("command", text, None, "Run a program instead (e.g. an asyncio server); it gets PORT in its environment."),
     Setting("route", route, None, 'Path prefix the gateway routes to this service, e.g. "/users".'),
+    Setting("route_timeout", seconds, None, "Time this route may take at the gateway; default gateway.timeout."),
+    Setting("balance", balance, None, "Balancing for this route; default gateway.balance."),
     Setting("workers", integer(1), 1, "Worker processes."),
     Setting("listen", address, Address("127.0.0.1", 0), "Address the workers share; port 0 picks a free port."),
     Setting("env", env_table, MappingProxyType({}), "Extra environment variables for the workers."),
@@ -212,6 +252,11 @@ class RegistryConfig:
 class GatewayConfig:
     listen: Address
     workers: int
+    timeout: float
+    max_body: int
+    balance: str
+    trusted_proxies: tuple[str, ...]
+    access_log: bool
 
 
 @dataclass(frozen=True)
@@ -220,6 +265,8 @@ class ServiceConfig:
     app: str | None
     command: str | None
     route: str | None
+    route_timeout: float | None
+    balance: str | None
     workers: int
     listen: Address
     env: Mapping[str, str]

@@ -26,12 +26,14 @@ def error_of(text, environ=None) -> str:
 
 def test_full_config_is_parsed_into_read_only_objects():
     conf = parse(HEAD + '[registry]\nurl = "redis://127.0.0.1:6379/3"\n'
-                 '[gateway]\nlisten = "0.0.0.0:8080"\nworkers = 2\n' + USERS
+                 '[gateway]\nlisten = "0.0.0.0:8080"\nworkers = 2\nmax_body = "1MB"\n'
+                 'trusted_proxies = ["10.0.0.0/8", "::1"]\n' + USERS
                  + 'workers = 3\nenv = { DATABASE_URL = "sqlite:///data/u.db" }\ntimeout = 5\n'
                  '[services.clock]\ncommand = "python clock.py"\nlisten = "[::1]:0"\naccess_log = false\n')
     assert conf.project.name == "shop"
     assert conf.registry.url == "redis://127.0.0.1:6379/3" and not conf.registry.embedded
     assert conf.gateway.listen == Address("0.0.0.0", 8080) and conf.gateway.workers == 2
+    assert conf.gateway.max_body == 1024 * 1024 and conf.gateway.trusted_proxies == ("10.0.0.0/8", "::1")
     users = conf.services["users"]
     assert (users.app, users.route, users.workers, users.timeout) == ("services.users.app:app", "/users", 3, 5.0)
     assert users.env["DATABASE_URL"] == "sqlite:///data/u.db"
@@ -50,6 +52,8 @@ def test_full_config_is_parsed_into_read_only_objects():
 def test_defaults():
     conf = parse(HEAD)
     assert conf.registry.embedded and conf.gateway.listen == Address("127.0.0.1", 8000)
+    assert conf.gateway.max_body == 10 * 1024 * 1024 and conf.gateway.timeout == 30.0
+    assert conf.gateway.balance == "round_robin" and conf.gateway.trusted_proxies == ()
     assert dict(conf.services) == {}
 
 
@@ -65,7 +69,14 @@ def test_defaults():
     (HEAD + "[gatway]\n",
      'microkit.toml: gatway: unknown key; did you mean "gateway"?'),
     (HEAD + "[gateway]\nport = 1\n",
-     "microkit.toml: gateway.port: unknown key (known: listen, workers)"),
+     "microkit.toml: gateway.port: unknown key (known: listen, workers, timeout, max_body, balance, "
+     "trusted_proxies, access_log)"),
+    (HEAD + '[gateway]\nmax_body = "ten"\n',
+     'microkit.toml: gateway.max_body: expected a size like 10485760 or "10MB", got "ten"'),
+    (HEAD + '[gateway]\ntrusted_proxies = ["10.0.0.0/8", "proxy"]\n',
+     'microkit.toml: gateway.trusted_proxies: expected IP addresses or networks, got "proxy"'),
+    (HEAD + USERS + 'balance = "random"\n',
+     'microkit.toml: services.users.balance: expected one of "round_robin", "least_outstanding", got "random"'),
     (HEAD + '[services.users]\napp = "services.users.app:app"\nroute = "users"\n',
      'microkit.toml: services.users.route: expected a path prefix like "/users" '
      '(starts with "/", no trailing "/"), got "users"'),

@@ -11,7 +11,6 @@ import textwrap
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import redis
@@ -213,7 +212,7 @@ heartbeat.stop()
 def test_usable_from_a_gevent_patched_worker(shared):
     registry, _ = shared
     result = subprocess.run([sys.executable, "-c", textwrap.dedent(GEVENT_WORKER), REDIS_URL, registry.namespace],
-                            capture_output=True, text=True, timeout=20, cwd=Path(REPO))
+                            capture_output=True, text=True, timeout=20, cwd=REPO)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["readers"] == [1] * 50

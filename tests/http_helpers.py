@@ -58,7 +58,8 @@ class ServerThread:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.call(lambda s: (s.stop_accepting(), s.drain(1.0)))
+        if self._thread.is_alive():
+            self.call(lambda s: (s.stop_accepting(), s.drain(1.0)))
         self._thread.join(5)
         assert not self._thread.is_alive()
 

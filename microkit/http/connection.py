@@ -47,6 +47,7 @@ class Connection:
         self._dead = False
         self._eof = False
         self._resp: Response | None = None
+        self._reading: Input = EMPTY
         self.busy = False
         self.greenlet = getcurrent()
 
@@ -191,6 +192,10 @@ class Connection:
         if not self._resp.headers_sent:
             self._send(_CONTINUE)
 
+    def _closing(self) -> bool:
+        """Whether the response being started must end the connection (drain, or a body never asked for)."""
+        return self._server.draining or self._reading.awaiting_continue
+
     def _next(self) -> tuple | None:
         """Wait for the next complete request head; None when the connection should end."""
         ready = self._ready
@@ -236,9 +241,10 @@ class Connection:
         """Run the app for one request and send its response; True to keep the connection open."""
         server = self._server
         resp = self._resp = Response(
-            self._send, env["REQUEST_METHOD"] == "HEAD", env["SERVER_PROTOCOL"] == "HTTP/1.0",
+            self._send, self._closing, env["REQUEST_METHOD"] == "HEAD", env["SERVER_PROTOCOL"] == "HTTP/1.0",
             keep_alive and not server.draining,
         )
+        self._reading = inp
         log = self._access_log
         started = perf_counter() if log is not None else 0.0
         self.busy = True
@@ -254,7 +260,7 @@ class Connection:
                 close = getattr(result, "close", None)
                 if close is not None:
                     close()
-            keep = resp.keep_alive and not self._dead and not server.draining and (
+            keep = resp.keep_alive and not server.draining and (
                 inp.done or (not inp.awaiting_continue and inp.discard(DISCARD_LIMIT))
             )
             status = resp.code

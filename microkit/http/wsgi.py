@@ -67,15 +67,18 @@ def _date_line() -> str:
 
 
 class Response:
-    """One response: start_response, write(), and framing (Content-Length, chunked or close-delimited)."""
+    """One response: start_response, write(), and framing; `closing()` is asked, when headers go out, whether to end the connection."""
 
     __slots__ = (
-        "_send", "_head_only", "_http10", "keep_alive", "status", "headers", "code",
+        "_send", "_closing", "_head_only", "_http10", "keep_alive", "status", "headers", "code",
         "headers_sent", "_bodyless", "_chunked", "_length", "_sent",
     )
 
-    def __init__(self, send: Callable[[bytes], None], head_only: bool, http10: bool, keep_alive: bool) -> None:
+    def __init__(
+        self, send: Callable[[bytes], None], closing: Callable[[], bool], head_only: bool, http10: bool, keep_alive: bool
+    ) -> None:
         self._send = send
+        self._closing = closing
         self._head_only = head_only
         self._http10 = http10
         self.keep_alive = keep_alive
@@ -118,6 +121,7 @@ class Response:
         parts = ["HTTP/1.1 ", status, "\r\n"]
         length = None
         has_date = False
+        skipped = 0
         for name, value in self.headers:
             lower = name.lower()
             if lower == "content-length":
@@ -127,10 +131,12 @@ class Response:
             elif lower == "connection":
                 if "close" in value.lower():
                     self.keep_alive = False
+                skipped += 1
                 continue
             elif lower == "transfer-encoding":
                 raise ValueError("a WSGI application must not set Transfer-Encoding")
             parts += (name, ": ", value, "\r\n")
+        extra = []
         if length is not None:
             if not (length.isascii() and length.isdigit()):
                 raise ValueError(f"invalid Content-Length {length!r}")
@@ -138,24 +144,26 @@ class Response:
         elif self._bodyless:
             pass
         elif body_len is not None:
-            parts += ("Content-Length: ", str(body_len), "\r\n")
+            extra.append(f"Content-Length: {body_len}\r\n")
             self._length = body_len
         elif self._http10:
             self.keep_alive = False
         else:
-            parts.append("Transfer-Encoding: chunked\r\n")
+            extra.append("Transfer-Encoding: chunked\r\n")
             self._chunked = True
         if not has_date:
-            parts.append(_date_line())
+            extra.append(_date_line())
+        if self.keep_alive and self._closing():
+            self.keep_alive = False
         if not self.keep_alive:
-            parts.append("Connection: close\r\n")
+            extra.append("Connection: close\r\n")
         elif self._http10:
-            parts.append("Connection: keep-alive\r\n")
-        parts.append("\r\n")
-        head = "".join(parts)
-        lines = head.count("\r\n")
+            extra.append("Connection: keep-alive\r\n")
+        extra.append("\r\n")
+        head = "".join(parts) + "".join(extra)
+        lines = len(self.headers) - skipped + len(extra) + 1
         if head.count("\n") != lines or head.count("\r") != lines:
-            raise ValueError("CR or LF inside a response header")
+            raise ValueError("CR or LF inside a response status or header")
         data = head.encode("latin-1")
         self.code = code
         self.headers_sent = True

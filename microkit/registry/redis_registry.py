@@ -9,7 +9,7 @@ Key layout, for namespace `ns`:
 - `ns:changes`: pub/sub channel; a message means "refresh", its JSON body is informative only.
 Readers prune ids whose keys expired, atomically (a Lua script checks EXISTS before SREM), and every
 heartbeat re-adds its id and service, so a pruning race heals within one heartbeat. Index sets carry a
-long TTL refreshed by heartbeats, so an abandoned namespace cleans itself up.
+long TTL refreshed by heartbeats, so an abandoned namespace cleans itself up. Needs Redis 6.2+ (SET ... GET).
 """
 
 from __future__ import annotations

@@ -1,0 +1,30 @@
+"""A WSGI callable with no framework, for the supervisor tests.
+
+/pid      the worker's pid        /sleep?S  sleeps S seconds (gevent, the loop stays responsive)
+/version  VERSION below           /block    a busy loop: blocks the worker's event loop for good
+"""
+
+import os
+import time
+
+VERSION = "v1"
+
+
+def app(environ, start_response):
+    path = environ["PATH_INFO"]
+    query = environ.get("QUERY_STRING", "")
+    if path == "/sleep":
+        time.sleep(float(query or 1))
+        body = b"slept"
+    elif path == "/block":
+        while True:
+            pass
+    elif path == "/pid":
+        body = str(os.getpid()).encode()
+    elif path == "/version":
+        body = VERSION.encode()
+    else:
+        start_response("404 Not Found", [("Content-Type", "text/plain"), ("Content-Length", "9")])
+        return [b"not found"]
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import signal
 import socket
@@ -282,3 +284,27 @@ def test_unknown_service_and_not_running(tmp_path):
         result = run_cli(root, *command)
         assert result.returncode == 1
         assert result.stderr.startswith("microkit: error: no `microkit up` is running")
+
+
+def test_scaffolded_project_is_served(tmp_path):
+    assert run_cli(tmp_path, "new", "project", "shop").returncode == 0
+    root = tmp_path / "shop"
+    assert run_cli(root, "new", "service", "users", "--workers", "2").returncode == 0
+    assert run_cli(root, "new", "service", "orders").returncode == 0
+    up = Up(root)
+    try:
+        urls = up.ready()
+        assert set(urls) == {"users", "orders"}
+        connection = http.client.HTTPConnection(urls["users"].split("//")[1], timeout=5)
+        connection.request("POST", "/users/", body=json.dumps({"name": "ada"}),
+                           headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        assert response.status == 201 and json.loads(response.read())["name"] == "ada"
+        connection.close()
+        status, body = get(urls["users"] + "/users/")
+        assert status == 200 and [u["name"] for u in json.loads(body)] == ["ada"]
+        assert get(urls["orders"] + "/healthz")[0] == 200
+        up.signal(signal.SIGINT)
+        assert up.wait() == 0
+    finally:
+        up.close()

@@ -47,6 +47,7 @@ class Group:
     """Keeps `desired` instances of one service running. Subclasses say how an instance is made."""
 
     kind = "app"
+    waitpid = staticmethod(os.waitpid)
 
     def __init__(self, name: str, workers: int, timeout: float, graceful_timeout: float,
                  printer: Printer, watch: Watch, clock: Callable[[], float] = time.monotonic):
@@ -139,7 +140,7 @@ class Group:
     def reap(self, now: float) -> None:
         for instance in list(self.instances):
             try:
-                pid, status = os.waitpid(instance.pid, os.WNOHANG)
+                pid, status = self.waitpid(instance.pid, os.WNOHANG)
             except ChildProcessError:
                 pid, status = instance.pid, 0
             if pid:

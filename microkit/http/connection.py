@@ -32,6 +32,7 @@ class Connection:
         self._limits = limits = server.limits
         self._max_url = limits.max_request_line - 13
         self._sock = sock
+        self._raw = getattr(sock, "_sock", sock)
         peer = address if isinstance(address, tuple) else ("", 0)
         self._base = {**server.environ, "REMOTE_ADDR": peer[0], "REMOTE_PORT": str(peer[1])}
         self._parser = HttpRequestParser(self)
@@ -180,9 +181,14 @@ class Connection:
         self._feed(data)
 
     def _send(self, data: bytes) -> None:
-        """sendall that reports a gone client as ClientDisconnected."""
+        """sendall that tries one plain send() first (gevent's sendall costs a getsockopt per call)."""
         try:
-            self._sock.sendall(data)
+            try:
+                sent = self._raw.send(data)
+            except BlockingIOError:
+                sent = 0
+            if sent < len(data):
+                self._sock.sendall(memoryview(data)[sent:])
         except OSError as exc:
             self._eof = True
             raise ClientDisconnected() from exc

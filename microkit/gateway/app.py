@@ -1,0 +1,172 @@
+"""The gateway: a Bottle app that routes each request by path prefix to an instance from the registry.
+
+Every configured route becomes Bottle routes (the prefix itself, and everything below it), added
+longest prefix first so the longest one wins; per-route settings ride on the route's config, where
+plugins (auth, rate limits, CORS) read them. A WSGI wrapper in front normalises the path first, so
+Bottle matches what the gateway forwards.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable
+from urllib.parse import unquote_to_bytes
+
+import bottle
+
+from microkit.config import Config
+from microkit.gateway.balancer import Balancer
+from microkit.gateway.proxy import Proxy, ProxyError, TrustedProxies
+from microkit.gateway.routing import BadPath, normalize, split_target
+from microkit.gateway.upstream import Pool
+from microkit.registry import Instance, Snapshot
+
+log = logging.getLogger("microkit.gateway")
+
+ADMIN_PREFIX = "/__microkit"
+STALE_WARNING = 5.0
+
+
+@dataclass(frozen=True)
+class Route:
+    """One gateway route: where it points and how it is governed."""
+
+    prefix: str
+    service: str
+    timeout: float
+    balancer: Balancer
+
+
+def routes_from_config(config: Config) -> list[Route]:
+    """The routing table of a project, longest prefix first."""
+    gateway = config.gateway
+    routes = [Route(s.route, s.name, s.route_timeout or gateway.timeout, Balancer(s.balance or gateway.balance))
+              for s in config.services.values() if s.route is not None]
+    return sorted(routes, key=lambda r: (-len(r.prefix), r.prefix))
+
+
+class Gateway:
+    """Routes, balancers and the proxy, kept current from a registry snapshot."""
+
+    def __init__(self, config: Config, *, pool: Pool | None = None,
+                 access_log: Callable[[str], None] | None = None) -> None:
+        self.config = config
+        self.routes = routes_from_config(config)
+        self.by_service = {route.service: route for route in self.routes}
+        self.pool = pool or Pool()
+        self.proxy = Proxy(self.pool, trusted=TrustedProxies(config.gateway.trusted_proxies),
+                           max_body=config.gateway.max_body)
+        self.access_log = access_log if config.gateway.access_log else None
+        self.snapshot_age: Callable[[], float] = lambda: 0.0
+        self._last_stale_log = 0.0
+        self.app = self._build_app()
+
+    def update(self, snapshot: Snapshot) -> None:
+        """Point each route's balancer at the service's current instances (a registry watcher callback)."""
+        for service, route in self.by_service.items():
+            instances: list[Instance] = snapshot.get(service, [])
+            before = {u.address for u in route.balancer.upstreams}
+            route.balancer.update((i.instance_id, i.host, i.port) for i in instances)
+            for address in before - {u.address for u in route.balancer.upstreams}:
+                self.pool.forget(address)
+
+    def _build_app(self) -> bottle.Bottle:
+        app = bottle.Bottle(catchall=True, autojson=False)
+        app.route(f"{ADMIN_PREFIX}/health", "GET", self._health)
+        for route in self.routes:
+            handler = self._handler(route)
+            paths = ["/", "/<path:path>"] if route.prefix == "/" else \
+                [route.prefix, route.prefix + "/", route.prefix + "/<path:path>"]
+            for path in paths:
+                app.route(path, "ANY", handler, name=None, **{"microkit.route": route})
+        for code in (400, 404, 405, 500):
+            app.error(code)(self._bottle_error)
+        return app
+
+    def _handler(self, route: Route) -> Callable[..., Iterable[bytes]]:
+        def proxy(path: str = "") -> Iterable[bytes]:
+            return self.forward(route)
+        return proxy
+
+    def forward(self, route: Route) -> Iterable[bytes]:
+        """Proxy the current Bottle request along `route`."""
+        environ = bottle.request.environ
+        self._warn_if_stale()
+        try:
+            outcome = self.proxy.forward(environ, route.service, route.balancer, route.timeout)
+        except ProxyError as exc:
+            return self._error(exc.status, str(exc), exc.headers)
+        response = bottle.response
+        response.status = outcome.status
+        has_type = False
+        for name, value in outcome.headers:
+            response.add_header(name, value)
+            has_type = has_type or name.lower() == "content-type"
+        environ["microkit.upstream"] = outcome.upstream
+        environ["microkit.keep_content_type"] = has_type
+        return outcome.body
+
+    def _warn_if_stale(self) -> None:
+        age = self.snapshot_age()
+        now = time.monotonic()
+        if age > STALE_WARNING and now - self._last_stale_log > STALE_WARNING:
+            self._last_stale_log = now
+            log.warning("registry unreachable: routing to the instances known %.0f s ago", age)
+
+    def _error(self, status: int, message: str, headers: Iterable[tuple[str, str]] = ()) -> bytes:
+        response = bottle.response
+        response.status = status
+        response.content_type = "application/json"
+        for name, value in headers:
+            response.set_header(name, value)
+        rid = self.proxy.request_id(bottle.request.environ)
+        response.set_header("X-Request-Id", rid)
+        return json.dumps({"error": message, "status": status, "request_id": rid}).encode()
+
+    def _bottle_error(self, err: bottle.HTTPError) -> bytes:
+        message = "no route for this path" if err.status_code == 404 else (
+            "internal error" if err.status_code >= 500 else str(err.body))
+        if err.status_code >= 500 and err.exception is not None:
+            log.error("gateway error: %s", err.traceback or err.exception)
+        return self._error(err.status_code, message)
+
+    def _health(self) -> bytes:
+        bottle.response.content_type = "application/json"
+        return json.dumps({"status": "ok", "registry_age": round(min(self.snapshot_age(), 1e9), 3)}).encode()
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        """Normalise the path (refusing unsafe encodings), then let Bottle route; keep upstream headers as sent."""
+        raw = environ.get("RAW_URI")
+        if raw is not None:
+            path, _ = split_target(raw.encode("latin-1"))
+            try:
+                normal = normalize(path)
+            except BadPath as exc:
+                body = json.dumps({"error": str(exc), "status": 400}).encode()
+                start_response("400 Bad Request", [("Content-Type", "application/json"),
+                                                   ("Content-Length", str(len(body)))])
+                return [body]
+            if normal != path:
+                environ["PATH_INFO"] = unquote_to_bytes(normal).decode("latin-1")
+
+        def start(status: str, headers: list[tuple[str, str]], exc_info=None):
+            if environ.get("microkit.keep_content_type") is False:
+                headers = [h for h in headers if h[0].lower() != "content-type"]
+            if self.access_log is not None:
+                environ["microkit.status"] = status
+            return start_response(status, headers, exc_info)
+
+        started = time.monotonic()
+        result = self.app(environ, start)
+        if self.access_log is not None:
+            self._log_access(environ, started)
+        return result
+
+    def _log_access(self, environ: dict, started: float) -> None:
+        self.access_log(
+            f'{environ["REQUEST_METHOD"]} {environ.get("RAW_URI") or environ.get("PATH_INFO", "")} '
+            f'{environ.get("microkit.status", "-")[:3]} {(time.monotonic() - started) * 1000:.1f}ms '
+            f'-> {environ.get("microkit.upstream", "-")} id={environ.get("microkit.request_id", "-")}')

@@ -250,6 +250,11 @@ def test_command_service_gets_a_port_each_and_is_health_checked(start):
     os.kill(victim, signal.SIGKILL)
     up.wait_for(rf"\(pid {victim}\) killed by SIGKILL; restarting")
     eventually(lambda: [i["state"] for i in up.service("cmd")["instances"]] == ["ready"] * 2, 5)
+    before = up.pids("cmd")
+    mark = len(up.lines)
+    assert run_cli(up.root, "reload", "cmd").returncode == 0
+    up.wait_for(r"^cmd +\| reloaded$", 10, start=mark)
+    assert not before & up.pids("cmd") and len(up.pids("cmd")) == 2
     up.signal(signal.SIGTERM)
     assert up.wait() == 0
 

@@ -46,6 +46,7 @@ class Arbiter:
         self.signals: list[int] = []
         self.stopping = False
         self.announced = False
+        self.all_failed = False
         self.next_ready_probe = 0.0
         self.started = time.time()
         self.wake_r = self.wake_w = -1
@@ -144,9 +145,15 @@ class Arbiter:
                     self.printer.say("stopped")
                     return 0
                 continue
-            if all(group.state == FATAL for group in self.groups.values()) and not self.reloader:
-                self.printer.say("every service failed to start; stopping")
-                return 1
+            if all(group.state == FATAL for group in self.groups.values()):
+                if not self.reloader:
+                    self.printer.say("every service failed to start; stopping")
+                    return 1
+                if not self.all_failed:
+                    self.printer.say("every service failed to start; waiting for a change to a Python file")
+                self.all_failed = True
+            else:
+                self.all_failed = False
             self.announce_ready()
             if self.reloader:
                 self.reload_changed()

@@ -5,7 +5,9 @@ for `timeout` seconds is killed and replaced, like a blocked worker. Restart, re
 group's, as for gevent workers.
 
 The command is split like a shell would (shlex) and run without a shell, so signals reach the program
-itself; `$PORT`, `${HOST}` and other variables of its environment are expanded in its arguments.
+itself; `$PORT`, `${HOST}` and other variables of its environment are expanded in its arguments. It runs
+in a process group of its own, so a Ctrl-C at the terminal reaches only the arbiter, which stops it
+gracefully (SIGTERM); it dies with the arbiter through PR_SET_PDEATHSIG.
 """
 
 from __future__ import annotations
@@ -77,7 +79,7 @@ class CommandProcess:
         args = [string.Template(arg).safe_substitute(env) for arg in shlex.split(self.spec.command)]
         self.process = subprocess.Popen(
             args, cwd=self.spec.root, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, preexec_fn=partial(die_with_parent, os.getpid()))
+            stderr=subprocess.STDOUT, process_group=0, preexec_fn=partial(die_with_parent, os.getpid()))
         self.output_fd = os.dup(self.process.stdout.fileno())
         self.process.stdout.close()
         self.pid = self.process.pid

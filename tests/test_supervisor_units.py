@@ -171,6 +171,23 @@ def test_reload_whose_new_code_does_not_boot_keeps_the_old_instances():
     assert "reload failed" in group.out.getvalue()
 
 
+def test_scaling_up_code_that_no_longer_boots_keeps_the_running_instances():
+    group = FakeGroup(workers=1)
+    group.boot()
+    (running,) = group.instances
+    group.scale(2)
+    for attempt in range(3):
+        group.clock_.now += 2
+        group.tick()
+        new = next(i for i in group.instances if i is not running)
+        new.error = "cannot load svc:app:\nImportError: gone"
+        group.exit(new, code=3)
+        group.tick()
+    assert group.instances == [running] and group.desired == 1 and group.state != FATAL
+    assert "keeping the 1 that run" in group.out.getvalue()
+    assert group.out.getvalue().count("ImportError: gone") == 1
+
+
 def test_silent_instance_gets_sigabrt_after_timeout_then_sigkill():
     group = FakeGroup(timeout=5.0)
     group.boot()

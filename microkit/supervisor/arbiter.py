@@ -13,7 +13,6 @@ import os
 import selectors
 import signal
 import time
-from pathlib import Path
 from typing import Callable, Sequence
 
 from ..config import Config, ServiceConfig

@@ -64,6 +64,7 @@ class Group:
         self.restarts: dict[int, int] = {}
         self.backoff = Backoff()
         self.boot_failures = 0
+        self.booted: set[int] = set()
         self.last_error: str | None = None
         self.next_spawn_at = 0.0
 
@@ -132,7 +133,8 @@ class Group:
         if self.state in (STOPPING, FATAL):
             return
         for instance in self.instances:
-            if instance.ready and self.boot_failures:
+            if instance.ready and instance.pid not in self.booted:
+                self.booted.add(instance.pid)
                 self.boot_failures = 0
                 self.last_error = None
         self.manage(now)
@@ -144,6 +146,7 @@ class Group:
             except ChildProcessError:
                 pid, status = instance.pid, 0
             if pid:
+                self.booted.discard(instance.pid)
                 instance.reaped(status)
                 self.instances.remove(instance)
                 self.exited(instance, status, now)

@@ -72,7 +72,6 @@ class Worker:
         self.aborted = False
         self.error: str | None = None
         self.output_fd = self.notify_fd = -1
-        self.status: int | None = None
 
     @property
     def name(self) -> str:
@@ -125,7 +124,7 @@ class Worker:
             self.error = str(message.get("error", "cannot load the app"))
 
     def reaped(self, status: int) -> None:
-        self.status = status
+        """Nothing to release: the pipes close at end of file."""
 
     def signal(self, signum: int) -> None:
         if self.pid is not None:

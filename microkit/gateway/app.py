@@ -145,8 +145,9 @@ class Gateway:
             try:
                 normal = normalize(path)
             except BadPath as exc:
-                body = json.dumps({"error": str(exc), "status": 400}).encode()
-                start_response("400 Bad Request", [("Content-Type", "application/json"),
+                rid = self.proxy.request_id(environ)
+                body = json.dumps({"error": str(exc), "status": 400, "request_id": rid}).encode()
+                start_response("400 Bad Request", [("Content-Type", "application/json"), ("X-Request-Id", rid),
                                                    ("Content-Length", str(len(body)))])
                 return [body]
             if normal != path:

@@ -190,10 +190,12 @@ def main() -> None:
 
     medians = {name: [statistics.median(run[i] for run in runs) for i in range(3)] for name, runs in results.items()}
     base = medians["gunicorn -k gevent"][0]
+    paired = statistics.median(a[0] / b[0] for a, b in zip(results["microkit"], results["gunicorn -k gevent"]))
     print(f"\nwrk -t1 -c{args.connections} -d{args.duration}s, median of {args.rounds} alternating runs, 1 worker each")
     print(f"{'server':22s} {'req/s':>10s} {'p50 ms':>8s} {'p99 ms':>8s} {'vs gunicorn':>12s}")
     for name, (rps, p50, p99) in medians.items():
         print(f"{name:22s} {rps:10.0f} {p50:8.2f} {p99:8.2f} {rps / base:11.2f}x")
+    print(f"microkit / gunicorn, median of per-round ratios: {paired:.2f}x (target >= 2.5x)")
     print(f"microkit worker RSS: idle {idle_rss:.1f} MB, after load {busy_rss:.1f} MB (target <= 40 MB idle)")
 
 

@@ -2,6 +2,8 @@
 
 import io
 import socket
+import sys
+import threading
 import time
 from wsgiref.validate import validator
 
@@ -91,6 +93,21 @@ def test_pipelined_requests_answered_in_order(serve):
         bodies = [reader.response()[2] for _ in range(5)]
         assert bodies == [b"GET /sleep ", b"POST /b xyz", b"GET /sleep ", b"POST /d hi", b"GET /e "]
         assert reader.closed()
+
+
+def test_unread_body_is_discarded_and_connection_reused(serve):
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    st = serve(app)
+    with connect(st.port) as sock:
+        reader = Reader(sock)
+        sock.sendall(H("POST / HTTP/1.1\nHost: x\nContent-Length: 5\n", b"ab"))
+        assert reader.response()[::2] == (200, b"ok")
+        sock.sendall(b"cde" + H("POST / HTTP/1.1\nHost: x\nTransfer-Encoding: chunked\n", b"1\r\na\r\n0\r\n\r\n"))
+        sock.sendall(H("GET / HTTP/1.1\nHost: x\n"))
+        assert [reader.response()[0] for _ in range(2)] == [200, 200]
 
 
 def test_chunked_body_is_streamed_to_the_app(serve):
@@ -261,7 +278,7 @@ def test_environ_contents(serve):
     assert (seen["SERVER_PROTOCOL"], seen["REQUEST_METHOD"], seen["SCRIPT_NAME"]) == ("HTTP/1.1", "POST", "")
     assert seen["wsgi.url_scheme"] == "http"
     assert (seen["wsgi.multithread"], seen["wsgi.multiprocess"], seen["wsgi.run_once"]) == (False, True, False)
-    assert seen["wsgi.errors"] is __import__("sys").stderr
+    assert seen["wsgi.errors"] is sys.stderr
 
 
 def test_absolute_form_target(serve):
@@ -326,25 +343,20 @@ def test_start_response_exc_info(serve):
 
     def app(environ, start_response):
         path = environ["PATH_INFO"]
-        start_response("200 OK", [("Content-Length", "2")])
+        write = start_response("200 OK", [("Content-Length", "2")])
         if path == "/replace":
             try:
                 raise ValueError("handled")
             except ValueError:
-                import sys
-
                 start_response("503 Service Unavailable", [("Content-Length", "4")], sys.exc_info())
             return [b"oops"]
         if path == "/twice":
             start_response("500 Nope", [])
         if path == "/after":
-            write = start_response.__self__.write if hasattr(start_response, "__self__") else None
             write(b"ok")
             try:
                 raise KeyError("after headers")
             except KeyError:
-                import sys
-
                 start_response("500 Error", [], sys.exc_info())
         return [b"ok"]
 
@@ -493,7 +505,7 @@ def test_drain_closes_idle_finishes_inflight_and_kills_stuck(serve):
         assert st.call(lambda s: s.active_requests) == 2
         st.call(lambda s: s.stop_accepting())
         result = []
-        drainer = __import__("threading").Thread(target=lambda: result.append(st.call(lambda s: (s.drain(0.8), s.active_requests))))
+        drainer = threading.Thread(target=lambda: result.append(st.call(lambda s: (s.drain(0.8), s.active_requests))))
         drainer.start()
         idle.settimeout(0.5)
         assert idle.recv(100) == b""

@@ -45,7 +45,11 @@ class Input:
         if self._before_read is not None:
             before_read, self._before_read = self._before_read, None
             before_read()
-        self._fill()
+        try:
+            self._fill()
+        except HTTPError as exc:
+            self.error = exc
+            raise
         if self.error is not None:
             raise self.error
         return True

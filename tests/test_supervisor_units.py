@@ -291,3 +291,11 @@ def test_scale_rejects_bad_counts(argument: str, tmp_path: Path):
     result = subprocess.run([sys.executable, "-m", "microkit.cli", "scale", argument], cwd=tmp_path,
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "SERVICE=N" in result.stderr
+
+
+def test_control_socket_falls_back_to_a_short_path_for_deep_projects(tmp_path: Path):
+    from microkit.supervisor import control
+    assert control.socket_path(tmp_path) == tmp_path / ".microkit" / "supervisor.sock"
+    deep = tmp_path / ("x" * 120)
+    path = control.socket_path(deep)
+    assert len(str(path)) <= control.MAX_SOCKET_PATH and path == control.socket_path(deep)

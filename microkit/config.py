@@ -198,8 +198,16 @@ class Setting:
     doc: str
 
 
+def folder(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip() or "\0" in value:
+        raise Invalid(f"expected a folder path, got {show(value)}")
+    return value
+
+
 PROJECT = (
     Setting("name", identifier, REQUIRED, "The project's name."),
+    Setting("root", folder, None, "Folder that app imports and data/ are relative to, from this file's folder; "
+                                  "default: the folder of microkit.toml."),
 )
 REGISTRY = (
     Setting("url", registry_url, None,
@@ -237,6 +245,7 @@ SECTIONS = {"project": PROJECT, "registry": REGISTRY, "gateway": GATEWAY, "servi
 @dataclass(frozen=True)
 class ProjectConfig:
     name: str
+    root: str | None
 
 
 @dataclass(frozen=True)
@@ -286,8 +295,10 @@ class Config:
 
     @property
     def root(self) -> Path:
-        """The project folder: where microkit.toml is, and what `module:attr` imports are relative to."""
-        return self.path.parent
+        """The project folder: what `module:attr` imports, services/ and data/ are relative to."""
+        if self.project.root is None:
+            return self.path.parent
+        return (self.path.parent / self.project.root).resolve()
 
 
 class _Reader:
@@ -381,6 +392,8 @@ def parse(text_: str, path: Path, environ: Mapping[str, str] | None = None) -> C
             owners[prefix] = name
         services[name] = ServiceConfig(name=name, **values)
 
+    if project["root"] is not None and not (path.resolve().parent / project["root"]).is_dir():
+        raise reader.error("project.root", f"{show(project['root'])} is not a folder next to {reader.label}")
     return Config(
         path=path.resolve(),
         project=ProjectConfig(**project),

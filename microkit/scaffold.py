@@ -162,7 +162,8 @@ def plan_service(project: cfg.Config, name: str, template: str = "rest",
 
     toml_text = _add_service_table(project.path, name, route, workers)
     cfg.parse(toml_text, project.path)  # the edit must leave a valid config, or nothing is written
-    return Plan(tuple(files), (File(PurePosixPath(project.path.name), toml_text.encode("utf-8")),))
+    toml_path = PurePosixPath(os.path.relpath(project.path, project.root))
+    return Plan(tuple(files), (File(toml_path, toml_text.encode("utf-8")),))
 
 
 def _add_service_table(path: Path, name: str, route: str, workers: int) -> str:
@@ -190,28 +191,32 @@ def apply(plan: Plan, root: Path) -> list[Path]:
             raise ScaffoldError(f"{root / file.path} already exists; nothing was written")
     new_roots = sorted({_topmost_new(root, file.path) for file in plan.create})
     moved: list[Path] = []
+    replacements: list[tuple[Path, Path]] = []
     stage = Path(tempfile.mkdtemp(prefix=".microkit-new-", dir=root))
     try:
         for file in plan.create:
             target = stage / file.path
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(file.content)
-        for file in plan.replace:
-            (stage / (str(file.path) + ".new")).parent.mkdir(parents=True, exist_ok=True)
-            (stage / (str(file.path) + ".new")).write_bytes(file.content)
+        for number, file in enumerate(plan.replace):
+            destination = root / file.path
+            staged = destination.with_name(f".{destination.name}.microkit-new-{number}")
+            staged.write_bytes(file.content)
+            shutil.copymode(destination, staged)
+            replacements.append((staged, destination))
         for new in new_roots:
             os.rename(stage / new, root / new)
             moved.append(root / new)
-        for file in plan.replace:
-            destination = root / file.path
-            shutil.copymode(destination, stage / (str(file.path) + ".new"))
-            os.replace(stage / (str(file.path) + ".new"), destination)
+        for staged, destination in replacements:
+            os.replace(staged, destination)
     except BaseException:
         for path in reversed(moved):
             shutil.rmtree(path) if path.is_dir() else path.unlink()
         raise
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+        for staged, _ in replacements:
+            staged.unlink(missing_ok=True)
     return moved
 
 

@@ -148,6 +148,14 @@ def test_not_utf8_and_missing_file(tmp_path, monkeypatch):
         config.load(tmp_path / "other.toml")
 
 
+def test_project_root_moves_the_project_folder(tmp_path):
+    (tmp_path / "examples" / "shop").mkdir(parents=True)
+    conf = config.parse(HEAD + 'root = "examples/shop"\n', tmp_path / "microkit.toml", {})
+    assert conf.root == tmp_path.resolve() / "examples" / "shop"
+    with pytest.raises(ConfigError, match=r'project.root: "nowhere" is not a folder next to'):
+        config.parse(HEAD + 'root = "nowhere"\n', tmp_path / "microkit.toml", {})
+
+
 class TestDiscovery:
     def test_explicit_file_wins(self, tmp_path):
         assert config.find("x.toml", {"MICROKIT_CONFIG": "y.toml"}, tmp_path) == Path("x.toml")

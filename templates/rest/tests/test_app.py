@@ -29,7 +29,8 @@ def database(tmp_path):
 def call(method, path, body=None):
     """One request through the WSGI app: returns (status code, headers, parsed JSON or None)."""
     raw = body if isinstance(body, bytes) else json.dumps(body).encode() if body is not None else b""
-    environ = {"REQUEST_METHOD": method, "PATH_INFO": path, "CONTENT_LENGTH": str(len(raw)),
+    path, _, query = path.partition("?")
+    environ = {"REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": query, "CONTENT_LENGTH": str(len(raw)),
                "CONTENT_TYPE": "application/json", "wsgi.input": io.BytesIO(raw)}
     setup_testing_defaults(environ)
     started = {}

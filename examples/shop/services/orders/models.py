@@ -1,4 +1,4 @@
-"""The orders service's data: one peewee model, in the service's own database.
+"""The orders service's data: orders of users, in the service's own database.
 
 DATABASE_URL picks the database (sqlite:///..., postgresql://..., mysql://...); without it the
 service keeps an SQLite file under the project's data/ folder.
@@ -8,7 +8,7 @@ import datetime
 import os
 from pathlib import Path
 
-from peewee import CharField, DatabaseProxy, DateTimeField, Model, SqliteDatabase
+from peewee import CharField, DatabaseProxy, DateTimeField, IntegerField, Model, SqliteDatabase
 from playhouse.db_url import connect
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -21,8 +21,14 @@ def utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
 
 
+STATUSES = ("new", "paid", "cancelled")
+
+
 class Order(Model):
-    name = CharField(max_length=255)
+    user_id = IntegerField()
+    item = CharField(max_length=255)
+    quantity = IntegerField(default=1)
+    status = CharField(max_length=16, default="new")
     created_at = DateTimeField(default=utcnow)
 
     class Meta:
@@ -30,7 +36,8 @@ class Order(Model):
         table_name = "orders"
 
     def to_dict(self) -> dict:
-        return {"id": self.id, "name": self.name, "created_at": self.created_at.isoformat() + "Z"}
+        return {"id": self.id, "user_id": self.user_id, "item": self.item, "quantity": self.quantity,
+                "status": self.status, "created_at": self.created_at.isoformat() + "Z"}
 
 
 MODELS = [Order]

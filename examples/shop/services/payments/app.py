@@ -1,18 +1,18 @@
-"""The payments service: a JSON resource at /payments, stored through peewee.
+"""The payments service: paying orders, at /payments.
 
-    POST   /payments/        create       201 {"id": ..., "name": ..., "created_at": ...}
-    GET    /payments/        list         200 [...]
-    GET    /payments/<id>    read         200, or 404
-    PUT    /payments/<id>    replace      200, or 404
-    PATCH  /payments/<id>    update       200, or 404
-    DELETE /payments/<id>    delete       204, or 404
-    GET    /healthz          health       200
-Bad JSON or a missing "name" gets 400; errors are JSON: {"error": "..."}.
+    POST   /payments/        {"order_id": 1, "amount_cents": 1250}   201; 400 (no such order), 409 (already paid)
+    GET    /payments/        list                                    200 [...]
+    GET    /payments/<id>    read                                    200, or 404
+    GET    /healthz          health                                  200
+A payment checks the order with the orders service and then marks it paid, both through the
+gateway; if marking fails, the payment is removed again. Errors are JSON: {"error": "..."}.
 """
 
 import json
 
 import bottle
+
+from microkit.client import ServiceClient, ServiceUnavailable
 
 from .models import Payment, create_tables, db, init_db
 
@@ -20,6 +20,7 @@ ROUTE = "/payments"
 
 app = bottle.Bottle()
 init_db()
+services = ServiceClient()
 _tables_ready = False
 
 
@@ -50,32 +51,29 @@ def _json_error(err: bottle.HTTPError) -> str:
     return _error(err.status_code, err.body if isinstance(err.body, str) and err.body else err.status_line)
 
 
-for _code in (400, 404, 405, 500):
+for _code in (400, 404, 405, 409, 500, 503):
     app.error(_code)(_json_error)
 
 
-def _body(partial: bool = False) -> dict:
-    """The request's JSON object with a valid "name" (optional when partial), or a 400."""
+def _body() -> dict:
     try:
         data = json.loads(bottle.request.body.read() or b"null")
     except (ValueError, UnicodeDecodeError):
         raise bottle.HTTPError(400, "request body is not valid JSON")
     if not isinstance(data, dict):
         raise bottle.HTTPError(400, "request body must be a JSON object")
-    if "name" in data or not partial:
-        name = data.get("name")
-        if not isinstance(name, str) or not name.strip():
-            raise bottle.HTTPError(400, '"name" is required and must be a non-empty string')
-        if len(name) > 255:
-            raise bottle.HTTPError(400, '"name" must be at most 255 characters')
+    for key in ("order_id", "amount_cents"):
+        value = data.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise bottle.HTTPError(400, f'"{key}" must be an integer >= 1')
     return data
 
 
-def _get(item_id: int) -> Payment:
-    item = Payment.get_or_none(Payment.id == item_id)
-    if item is None:
-        raise bottle.HTTPError(404, f"payments {item_id} not found")
-    return item
+def _call(method: str, path: str, body: dict | None = None):
+    try:
+        return services.request(method, path, body, request_id=bottle.request.get_header("X-Request-Id"))
+    except ServiceUnavailable as exc:
+        raise bottle.HTTPError(503, f"orders service unreachable: {exc}")
 
 
 @app.get("/healthz")
@@ -85,36 +83,36 @@ def healthz() -> dict:
 
 @app.post(ROUTE)
 @app.post(ROUTE + "/")
-def create() -> dict:
-    item = Payment.create(name=_body()["name"])
+def pay() -> dict:
+    data = _body()
+    order_id = data["order_id"]
+    reply = _call("GET", f"/orders/{order_id}")
+    if reply.status == 404:
+        raise bottle.HTTPError(400, f"order {order_id} does not exist")
+    if reply.status != 200:
+        raise bottle.HTTPError(503, f"orders service answered {reply.status}")
+    if reply.json()["status"] == "paid" or Payment.get_or_none(Payment.order_id == order_id):
+        raise bottle.HTTPError(409, f"order {order_id} is already paid")
+    payment = Payment.create(order_id=order_id, amount_cents=data["amount_cents"])
+    marked = _call("PATCH", f"/orders/{order_id}", {"status": "paid"})
+    if marked.status != 200:
+        payment.delete_instance()
+        raise bottle.HTTPError(503, f"could not mark order {order_id} paid (orders answered {marked.status})")
     bottle.response.status = 201
-    bottle.response.set_header("Location", f"{ROUTE}/{item.id}")
-    return item.to_dict()
+    bottle.response.set_header("Location", f"{ROUTE}/{payment.id}")
+    return payment.to_dict()
 
 
 @app.get(ROUTE)
 @app.get(ROUTE + "/")
 def list_all() -> str:
     bottle.response.content_type = "application/json"
-    return json.dumps([item.to_dict() for item in Payment.select().order_by(Payment.id)])
+    return json.dumps([p.to_dict() for p in Payment.select().order_by(Payment.id)])
 
 
-@app.get(ROUTE + "/<item_id:int>")
-def read(item_id: int) -> dict:
-    return _get(item_id).to_dict()
-
-
-@app.route(ROUTE + "/<item_id:int>", method=["PUT", "PATCH"])
-def update(item_id: int) -> dict:
-    data = _body(partial=bottle.request.method == "PATCH")
-    item = _get(item_id)
-    if "name" in data:
-        item.name = data["name"]
-        item.save()
-    return item.to_dict()
-
-
-@app.delete(ROUTE + "/<item_id:int>")
-def delete(item_id: int) -> None:
-    _get(item_id).delete_instance()
-    bottle.response.status = 204
+@app.get(ROUTE + "/<payment_id:int>")
+def read(payment_id: int) -> dict:
+    payment = Payment.get_or_none(Payment.id == payment_id)
+    if payment is None:
+        raise bottle.HTTPError(404, f"payment {payment_id} not found")
+    return payment.to_dict()

@@ -1,4 +1,4 @@
-"""The payments service's data: one peewee model, in the service's own database.
+"""The payments service's data: one payment per order, in the service's own database.
 
 DATABASE_URL picks the database (sqlite:///..., postgresql://..., mysql://...); without it the
 service keeps an SQLite file under the project's data/ folder.
@@ -8,7 +8,7 @@ import datetime
 import os
 from pathlib import Path
 
-from peewee import CharField, DatabaseProxy, DateTimeField, Model, SqliteDatabase
+from peewee import DatabaseProxy, DateTimeField, IntegerField, Model, SqliteDatabase
 from playhouse.db_url import connect
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -22,7 +22,8 @@ def utcnow() -> datetime.datetime:
 
 
 class Payment(Model):
-    name = CharField(max_length=255)
+    order_id = IntegerField(unique=True)
+    amount_cents = IntegerField()
     created_at = DateTimeField(default=utcnow)
 
     class Meta:
@@ -30,7 +31,8 @@ class Payment(Model):
         table_name = "payments"
 
     def to_dict(self) -> dict:
-        return {"id": self.id, "name": self.name, "created_at": self.created_at.isoformat() + "Z"}
+        return {"id": self.id, "order_id": self.order_id, "amount_cents": self.amount_cents,
+                "created_at": self.created_at.isoformat() + "Z"}
 
 
 MODELS = [Payment]

@@ -11,8 +11,40 @@ from wsgiref.util import setup_testing_defaults
 
 import pytest
 
+from microkit.client import Reply, ServiceUnavailable
+from services.payments import app as payments_app
 from services.payments import models
 from services.payments.app import ROUTE, app
+
+
+class FakeOrders:
+    """Stands in for the orders service behind the gateway: orders 1 and 2 exist, unpaid."""
+
+    def __init__(self):
+        self.orders = {1: "new", 2: "new"}
+        self.down = False
+        self.patch_status = 200
+        self.calls = []
+
+    def request(self, method, path, body=None, request_id=None):
+        self.calls.append((method, path, body))
+        if self.down:
+            raise ServiceUnavailable("gateway down")
+        order_id = int(path.rsplit("/", 1)[1])
+        if order_id not in self.orders:
+            return Reply(404, {}, b'{"error": "not found"}')
+        if method == "PATCH":
+            if self.patch_status != 200:
+                return Reply(self.patch_status, {}, b"{}")
+            self.orders[order_id] = body["status"]
+        return Reply(200, {}, json.dumps({"id": order_id, "status": self.orders[order_id]}).encode())
+
+
+@pytest.fixture(autouse=True)
+def orders(monkeypatch):
+    fake = FakeOrders()
+    monkeypatch.setattr(payments_app, "services", fake)
+    return fake
 
 
 @pytest.fixture(autouse=True)
@@ -29,7 +61,8 @@ def database(tmp_path):
 def call(method, path, body=None):
     """One request through the WSGI app: returns (status code, headers, parsed JSON or None)."""
     raw = body if isinstance(body, bytes) else json.dumps(body).encode() if body is not None else b""
-    environ = {"REQUEST_METHOD": method, "PATH_INFO": path, "CONTENT_LENGTH": str(len(raw)),
+    path, _, query = path.partition("?")
+    environ = {"REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": query, "CONTENT_LENGTH": str(len(raw)),
                "CONTENT_TYPE": "application/json", "wsgi.input": io.BytesIO(raw)}
     setup_testing_defaults(environ)
     started = {}
@@ -49,43 +82,42 @@ def test_healthz():
     assert call("GET", "/healthz")[0] == 200
 
 
-def test_create_returns_201_with_id():
-    status, headers, item = call("POST", ROUTE + "/", {"name": "first"})
-    assert status == 201
-    assert item["name"] == "first" and isinstance(item["id"], int) and item["created_at"]
-    assert headers["Location"] == f"{ROUTE}/{item['id']}"
+def test_paying_an_order_marks_it_paid(orders):
+    status, headers, payment = call("POST", ROUTE + "/", {"order_id": 1, "amount_cents": 1250})
+    assert status == 201 and headers["Location"] == f"{ROUTE}/{payment['id']}"
+    assert (payment["order_id"], payment["amount_cents"]) == (1, 1250)
+    assert orders.orders[1] == "paid"
+    assert call("GET", f"{ROUTE}/{payment['id']}")[2] == payment
+    assert [p["id"] for p in call("GET", ROUTE)[2]] == [payment["id"]]
 
 
-def test_list_and_read():
-    ids = [call("POST", ROUTE, {"name": n})[2]["id"] for n in ("a", "b")]
-    status, _, items = call("GET", ROUTE + "/")
-    assert status == 200 and [i["id"] for i in items] == ids
-    status, _, item = call("GET", f"{ROUTE}/{ids[1]}")
-    assert status == 200 and item["name"] == "b"
+def test_an_order_is_paid_once():
+    assert call("POST", ROUTE, {"order_id": 1, "amount_cents": 100})[0] == 201
+    status, _, error = call("POST", ROUTE, {"order_id": 1, "amount_cents": 100})
+    assert status == 409 and error["error"] == "order 1 is already paid"
 
 
-def test_put_patch_delete():
-    item_id = call("POST", ROUTE, {"name": "old"})[2]["id"]
-    assert call("PUT", f"{ROUTE}/{item_id}", {"name": "new"})[2]["name"] == "new"
-    assert call("PATCH", f"{ROUTE}/{item_id}", {})[2]["name"] == "new"
-    assert call("PATCH", f"{ROUTE}/{item_id}", {"name": "newer"})[2]["name"] == "newer"
-    assert call("DELETE", f"{ROUTE}/{item_id}")[0] == 204
-    assert call("GET", f"{ROUTE}/{item_id}")[0] == 404
+def test_unknown_order_is_400():
+    status, _, error = call("POST", ROUTE, {"order_id": 7, "amount_cents": 100})
+    assert status == 400 and error["error"] == "order 7 does not exist"
 
 
-@pytest.mark.parametrize("body", [b"not json", b"[1, 2]", {}, {"name": ""}, {"name": 5}])
+def test_orders_down_is_503_and_a_failed_mark_removes_the_payment(orders):
+    orders.down = True
+    assert call("POST", ROUTE, {"order_id": 1, "amount_cents": 100})[0] == 503
+    orders.down = False
+    orders.patch_status = 500
+    assert call("POST", ROUTE, {"order_id": 2, "amount_cents": 100})[0] == 503
+    assert call("GET", ROUTE)[2] == [] and orders.orders[2] == "new"
+
+
+@pytest.mark.parametrize("body", [b"not json", b"[1]", {}, {"order_id": 1}, {"order_id": 1, "amount_cents": 0},
+                                  {"order_id": "1", "amount_cents": 5}])
 def test_bad_body_is_400_json(body):
     status, _, error = call("POST", ROUTE, body)
     assert status == 400 and "error" in error
-    assert call("GET", ROUTE)[2] == []
 
 
-@pytest.mark.parametrize("method", ["GET", "PUT", "PATCH", "DELETE"])
-def test_absent_is_404_json(method):
-    status, _, error = call(method, f"{ROUTE}/999999", {"name": "x"})
-    assert status == 404 and "error" in error
-
-
-def test_wrong_method_is_405():
-    status, headers, error = call("DELETE", ROUTE)
-    assert status == 405 and "error" in error and "POST" in headers["Allow"]
+def test_absent_is_404_and_wrong_method_405():
+    assert call("GET", f"{ROUTE}/999")[0] == 404
+    assert call("DELETE", ROUTE)[0] == 405

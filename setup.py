@@ -34,6 +34,7 @@ setup(
         "redis>=5.0",
         "tomlkit>=0.12",
         "httptools>=0.6",
+        "PyJWT[crypto]>=2.8",
     ],
     extras_require={
         "test": [

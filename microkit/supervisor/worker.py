@@ -9,6 +9,12 @@ and a notify pipe of JSON lines: `{"event": "beat"}` from a greenlet every fract
 long request on a loop that still runs is not "blocked"), `{"event": "ready"}` once it accepts, and
 `{"event": "boot_error", "error": ...}` before exiting with BOOT_ERROR when the app cannot be loaded.
 
+Graceful stop (SIGTERM): stop accepting, then SETTLE seconds in which every response says
+`Connection: close` (so keep-alive clients move to the other workers, and connections accepted just
+before the stop get their request read and answered), then `drain()` for the rest of graceful_timeout.
+Without the settle step, drain() closes connections whose request has not been parsed yet, and a
+rolling restart resets a few requests.
+
 Health: `GET <health path>` goes to the app first; when the app answers 404 (it does not route the
 path), the worker answers 200 itself. So every worker is healthy by default, and an app that wants a
 deeper check (its database, say) routes the path itself.
@@ -33,6 +39,7 @@ from typing import Any, Callable, Iterable, Mapping
 from .process import close_fds_except, die_with_parent, reset_signals
 
 BOOT_ERROR = 3
+SETTLE = 0.5
 HEALTH_BODY = b'{"status": "ok"}'
 
 
@@ -168,7 +175,10 @@ class Worker:
                 return
             stopping.append(True)
             server.stop_accepting()
-            killed = server.drain(self.spec.graceful_timeout)
+            server.draining = True
+            settle = min(SETTLE, self.spec.graceful_timeout / 2)
+            gevent.sleep(settle)
+            killed = server.drain(self.spec.graceful_timeout - settle)
             if killed:
                 print(f"graceful timeout ({self.spec.graceful_timeout:g}s): closed {killed} unfinished request(s)")
             stopped.set()

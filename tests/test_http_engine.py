@@ -111,7 +111,7 @@ def test_unread_body_is_discarded_and_connection_reused(serve):
 
 
 def test_chunked_body_is_streamed_to_the_app(serve):
-    """The app sees the first chunk before the client sends the second (nothing is buffered whole)."""
+    """With no read-ahead the app sees the first chunk before the client sends the second."""
 
     def app(environ, start_response):
         write = start_response("200 OK", [])
@@ -120,7 +120,7 @@ def test_chunked_body_is_streamed_to_the_app(serve):
             write(b"got " + line)
         return []
 
-    st = serve(app)
+    st = serve(app, limits=Limits(chunked_readahead=0))
     with connect(st.port) as sock:
         sock.sendall(H("POST / HTTP/1.1\nHost: x\nTransfer-Encoding: chunked\n", b"6\r\nfirst\n\r\n"))
         assert b"got first\n" in sock.recv(65536)
@@ -539,3 +539,110 @@ def test_server_in_process_with_gevent_sockets():
     assert data.endswith(b"GET /x ")
     server.stop_accepting()
     assert runner.join(timeout=2) is None and runner.dead
+
+
+def test_a_bottle_app_reads_a_chunked_body(serve):
+    """The engine de-chunks, so Transfer-Encoding is not in the environ (Bottle would de-chunk again);
+    a short chunked body gets a CONTENT_LENGTH, which Bottle needs to read anything."""
+    import bottle
+
+    app = bottle.Bottle()
+    seen = {}
+
+    @app.post("/items")
+    def create():
+        seen.update(bottle.request.environ)
+        return {"got": bottle.request.json}
+
+    st = serve(app)
+    with connect(st.port) as sock:
+        sock.sendall(H("POST /items HTTP/1.1\nHost: x\nContent-Type: application/json\nTransfer-Encoding: chunked\n",
+                       b"5\r\n{\"a\":\r\n3\r\n 1}\r\n0\r\n\r\n"))
+        status, _, body = Reader(sock).response()
+    assert (status, body) == (200, b'{"got": {"a": 1}}')
+    assert "HTTP_TRANSFER_ENCODING" not in seen and seen["microkit.chunked"] is True
+    assert seen["CONTENT_LENGTH"] == "8" and seen["wsgi.input_terminated"] is True
+
+
+def test_a_long_chunked_body_streams_without_content_length(serve):
+    seen = {}
+
+    def app(environ, start_response):
+        seen["length"] = environ.get("CONTENT_LENGTH")
+        body = environ["wsgi.input"].read()
+        start_response("200 OK", [("Content-Length", str(len(str(len(body)))))])
+        return [str(len(body)).encode()]
+
+    st = serve(app, limits=Limits(chunked_readahead=10))
+    with connect(st.port) as sock:
+        reader = Reader(sock)
+        sock.sendall(H("POST / HTTP/1.1\nHost: x\nTransfer-Encoding: chunked\n", b"8\r\n12345678\r\n0\r\n\r\n"))
+        assert reader.response()[2] == b"8" and seen["length"] == "8"
+        sock.sendall(H("POST / HTTP/1.1\nHost: x\nTransfer-Encoding: chunked\n", b"8\r\n12345678\r\n"))
+        time.sleep(0.05)
+        sock.sendall(b"8\r\n12345678\r\n0\r\n\r\n")
+        assert reader.response()[2] == b"16" and seen["length"] is None
+
+
+def test_raw_handler_answers_or_passes_to_the_app(serve):
+    """The raw-handler extension point: it sees the head as bytes and answers, or returns None for WSGI."""
+    heads = []
+
+    def raw(request):
+        heads.append((request.method, request.target, request.headers, request.peer, request.content_length))
+        if request.target.startswith(b"/wsgi"):
+            return None
+        body = request.input.read()
+        close = request.must_close()
+        request.keep_alive = not close
+        request.send(b"HTTP/1.1 201 Created\r\nContent-Length: %d\r\n%s\r\n%s"
+                     % (len(body), b"Connection: close\r\n" if close else b"", body))
+        return 201
+
+    log = []
+    st = serve(echo, raw_handler=raw, access_log=lambda *entry: log.append(entry[:3]))
+    with connect(st.port) as sock:
+        reader = Reader(sock)
+        sock.sendall(H("POST /raw HTTP/1.1\nHost: x\nX-Two: a\nx-two: b\nX_Under: dropped\nContent-Length: 3\n", b"abc"))
+        assert reader.response() == (201, {"content-length": "3"}, b"abc")
+        sock.sendall(H("POST /wsgi HTTP/1.1\nHost: x\nContent-Length: 2\n", b"hi"))
+        assert reader.response()[2] == b"POST /wsgi hi"
+        sock.sendall(H("GET /raw HTTP/1.1\nHost: x\nConnection: close\n"))
+        status, headers, _ = reader.response()
+        assert (status, headers["connection"]) == (201, "close")
+        assert sock.recv(10) == b""
+    method, target, headers, peer, length = heads[0]
+    assert (method, target, peer, length) == ("POST", b"/raw", "127.0.0.1", 3)
+    assert headers == [(b"Host", b"x"), (b"X-Two", b"a"), (b"x-two", b"b"), (b"Content-Length", b"3")]
+    assert log == [("POST", "/raw", 201), ("POST", "/wsgi", 200), ("GET", "/raw", 201)]
+
+
+def test_raw_handler_errors_are_answered_like_app_errors(serve):
+    def raw(request):
+        if request.target == b"/late":
+            request.send(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+        raise RuntimeError("boom")
+
+    errors = io.StringIO()
+    st = serve(echo, raw_handler=raw, base_environ={"wsgi.errors": errors})
+    with connect(st.port) as sock:
+        sock.sendall(H("GET /early HTTP/1.1\nHost: x\n"))
+        status, headers, _ = Reader(sock).response()
+        assert (status, headers["connection"]) == (500, "close")
+    with connect(st.port) as sock:
+        sock.sendall(H("GET /late HTTP/1.1\nHost: x\n"))
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+        assert data.endswith(b"abc"), "the connection just closes once a response started"
+    assert errors.getvalue().count("RuntimeError: boom") == 2
+
+
+def test_an_app_attribute_provides_the_raw_handler(serve):
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Length", "4")])
+        return [b"wsgi"]
+
+    app.microkit_raw_handler = lambda request: None
+    st = serve(app)
+    assert st.server.raw_handler is app.microkit_raw_handler

@@ -224,7 +224,7 @@ class Proxy:
 
     @staticmethod
     def _chunked_input(environ: dict) -> bool:
-        return "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+        return environ.get("microkit.chunked", False)
 
     def _request_body(self, environ: dict) -> tuple[bytes | Iterator[bytes] | None, bool, bool]:
         """(body, chunked, replayable): small bodies are read whole so that a retry can resend them."""

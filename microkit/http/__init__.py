@@ -2,6 +2,7 @@
 
 from microkit.http.errors import ClientDisconnected, HTTPError
 from microkit.http.limits import Limits
+from microkit.http.request import RawHandler, Request
 from microkit.http.server import HTTPServer
 
-__all__ = ["ClientDisconnected", "HTTPError", "HTTPServer", "Limits"]
+__all__ = ["ClientDisconnected", "HTTPError", "HTTPServer", "Limits", "RawHandler", "Request"]

@@ -101,6 +101,17 @@ class Input:
         while line := self.readline():
             yield line
 
+    @property
+    def buffered(self) -> int:
+        """How many body bytes are read from the connection and not yet by the app."""
+        return len(self._buf)
+
+    def prefetch(self, limit: int) -> bool:
+        """Read ahead until the body is complete (True) or more than `limit` bytes are buffered (False)."""
+        while len(self._buf) <= limit and self._pull():
+            pass
+        return self.done and len(self._buf) <= limit
+
     def discard(self, limit: int) -> bool:
         """Drop the unread rest of the body; False if it is longer than `limit` or broken."""
         dropped = 0

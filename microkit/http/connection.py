@@ -1,5 +1,6 @@
 """One client connection: llhttp parses requests into a queue, and they are answered strictly in order."""
 
+import sys
 import traceback
 from collections import deque
 from socket import SHUT_WR
@@ -10,7 +11,8 @@ from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from microkit.http.body import EMPTY, Input
 from microkit.http.errors import ERROR_RESPONSES, ClientDisconnected, HTTPError
-from microkit.http.wsgi import Response, environ_key, set_target
+from microkit.http.request import Request
+from microkit.http.wsgi import Response, build_environ, environ_key
 
 RECV_SIZE = 65536
 DISCARD_LIMIT = 65536
@@ -18,6 +20,7 @@ LINGER_SECONDS = 1.0
 LINGER_BYTES = 262144
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _UNIQUE = frozenset(("CONTENT_LENGTH", "HTTP_TRANSFER_ENCODING", "HTTP_HOST"))
+_TRACKED = _UNIQUE | {"HTTP_EXPECT", "HTTP_CONNECTION"}
 _METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")}
 _PROTOCOLS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0"}
 
@@ -28,6 +31,7 @@ class Connection:
     def __init__(self, server, sock, address) -> None:
         self._server = server
         self._app = server.app
+        self._raw_handler = server.raw_handler
         self._access_log = server.access_log
         self._limits = limits = server.limits
         self._max_url = limits.max_request_line - 13
@@ -37,7 +41,9 @@ class Connection:
         self._base = {**server.environ, "REMOTE_ADDR": peer[0], "REMOTE_PORT": str(peer[1])}
         self._parser = HttpRequestParser(self)
         self._ready: deque = deque()
-        self._env: dict | None = None
+        self._headers: list[tuple[bytes, bytes]] | None = None
+        self._keys: list[str] = []
+        self._special: dict[str, bytes] = {}
         self._url = b""
         self._input: Input | None = None
         self._nheaders = 0
@@ -47,7 +53,7 @@ class Connection:
         self._deadline: float | None = monotonic() + limits.header_timeout
         self._dead = False
         self._eof = False
-        self._resp: Response | None = None
+        self._current: Request | None = None
         self._reading: Input = EMPTY
         self.busy = False
         self.greenlet = getcurrent()
@@ -55,8 +61,10 @@ class Connection:
     # llhttp callbacks: they run inside feed_data and raise HTTPError to reject a request.
 
     def on_message_begin(self) -> None:
-        """Start a new request environ and its header clock."""
-        self._env = self._base.copy()
+        """Start a new request head and its header clock."""
+        self._headers = []
+        self._keys = []
+        self._special = {}
         self._url = b""
         self._nheaders = self._hbytes = 0
         if self._deadline is None:
@@ -70,7 +78,7 @@ class Connection:
             raise HTTPError(414)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        """Add one header to the environ; trailers only count against the limits."""
+        """Add one header to the head; trailers only count against the limits."""
         self._seen += 1
         self._nheaders += 1
         self._hbytes += len(name) + len(value) + 4
@@ -82,49 +90,55 @@ class Connection:
         key = environ_key(name)
         if key is None:
             return
-        env = self._env
-        text = value.strip(b" \t").decode("latin-1")
-        if key in env:
-            if key in _UNIQUE:
-                raise HTTPError(400, f"duplicate {name.decode('latin-1')}")
-            env[key] += ", " + text
-        else:
-            env[key] = text
+        value = value.strip(b" \t")
+        if key in _TRACKED:
+            special = self._special
+            if key in special:
+                if key in _UNIQUE:
+                    raise HTTPError(400, f"duplicate {name.decode('latin-1')}")
+                special[key] += b", " + value
+            else:
+                special[key] = value
+        self._keys.append(key)
+        self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         """Validate the head (Host, framing, version) and queue the request for the app."""
         self._seen += 1
         self._deadline = None
-        env = self._env
+        special = self._special
         parser = self._parser
         protocol = _PROTOCOLS.get(parser.get_http_version())
         if protocol is None:
             raise HTTPError(505)
-        if protocol == "HTTP/1.1" and "HTTP_HOST" not in env:
+        if protocol == "HTTP/1.1" and "HTTP_HOST" not in special:
             raise HTTPError(400, "missing Host")
-        env["SERVER_PROTOCOL"] = protocol
         method = parser.get_method()
-        env["REQUEST_METHOD"] = _METHODS.get(method) or method.decode("latin-1")
-        set_target(env, self._url)
-        chunked = "HTTP_TRANSFER_ENCODING" in env
-        length = env.get("CONTENT_LENGTH")
-        if chunked and (env["HTTP_TRANSFER_ENCODING"].lower() != "chunked" or length is not None):
+        te = special.get("HTTP_TRANSFER_ENCODING")
+        length = special.get("CONTENT_LENGTH")
+        chunked = te is not None
+        if chunked and (te.lower() != b"chunked" or length is not None):
             raise HTTPError(400, "unsupported Transfer-Encoding")
         max_body = self._limits.max_body
+        size = None
+        has_body = chunked
         if length is not None:
             if not (length.isascii() and length.isdigit()):
                 raise HTTPError(400, "invalid Content-Length")
             size = int(length)
             if max_body is not None and size > max_body:
                 raise HTTPError(413)
-            chunked = size > 0
-        if chunked:
-            expect = protocol == "HTTP/1.1" and env.get("HTTP_EXPECT", "").lower() == "100-continue"
+            has_body = size > 0
+        if has_body:
+            expect = protocol == "HTTP/1.1" and special.get("HTTP_EXPECT", b"").lower() == b"100-continue"
             inp = self._input = Input(self._fill, max_body, self._continue if expect else None)
         else:
             inp = EMPTY
-        env["wsgi.input"] = inp
-        self._ready.append((env, parser.should_keep_alive(), inp))
+        request = Request(
+            _METHODS.get(method) or method.decode("latin-1"), self._url, protocol, self._headers, self._keys,
+            special, size, chunked, inp, parser.should_keep_alive(), self._base, self._send, self._closing,
+        )
+        self._ready.append((request, None))
 
     def on_body(self, body: bytes) -> None:
         """Hand body bytes to the request's wsgi.input."""
@@ -136,7 +150,7 @@ class Connection:
         if self._input is not None:
             self._input.done = True
             self._input = None
-        self._env = None
+        self._headers = None
 
     # reading and answering
 
@@ -146,7 +160,7 @@ class Connection:
         if self._input is not None:
             self._input.error = error
         else:
-            self._ready.append((None, error, None))
+            self._ready.append((None, error))
 
     def _feed(self, data: bytes) -> None:
         """Parse bytes; a whole buffer that completes no header or body piece counts as a stalled line."""
@@ -195,7 +209,7 @@ class Connection:
 
     def _continue(self) -> None:
         """Send `100 Continue` when the app first reads a body the client holds back."""
-        if not self._resp.headers_sent:
+        if not self._current.sent:
             self._send(_CONTINUE)
 
     def _closing(self) -> bool:
@@ -218,7 +232,7 @@ class Connection:
                 sock.settimeout(timeout)
                 data = sock.recv(RECV_SIZE)
             except TimeoutError:
-                if self._env is not None or self._stall:
+                if self._headers is not None or self._stall:
                     self._refuse(408)
                 return None
             except OSError:
@@ -243,19 +257,55 @@ class Connection:
         if self._access_log is not None:
             self._access_log("-", self._url.decode("latin-1"), status, 0.0)
 
-    def _dispatch(self, env: dict, keep_alive: bool, inp: Input) -> bool:
-        """Run the app for one request and send its response; True to keep the connection open."""
+    def _dispatch(self, request: Request) -> bool:
+        """Answer one request (raw handler, else the WSGI app) and send its response; True to keep the connection open."""
         server = self._server
-        resp = self._resp = Response(
-            self._send, self._closing, env["REQUEST_METHOD"] == "HEAD", env["SERVER_PROTOCOL"] == "HTTP/1.0",
-            keep_alive and not server.draining,
-        )
-        self._reading = inp
+        self._current = request
+        inp = self._reading = request.input
+        if server.draining:
+            request.keep_alive = False
         log = self._access_log
         started = perf_counter() if log is not None else 0.0
         self.busy = True
         server.active_requests += 1
         self._sock.settimeout(self._limits.header_timeout)
+        status = None
+        try:
+            if self._raw_handler is not None:
+                status = self._raw_handler(request)
+            if status is None:
+                status = self._run_app(request)
+            keep = request.keep_alive and not server.draining and (
+                inp.done or (not inp.awaiting_continue and inp.discard(DISCARD_LIMIT))
+            )
+        except HTTPError as exc:
+            keep = False
+            status = request.status or exc.status
+            if not request.sent and not isinstance(exc, ClientDisconnected):
+                self._send_error(exc.status)
+        except Exception:
+            traceback.print_exc(file=self._base.get("wsgi.errors", sys.stderr))
+            keep = False
+            status = request.status or 500
+            if not request.sent:
+                self._send_error(500)
+        finally:
+            self.busy = False
+            server.active_requests -= 1
+        if log is not None:
+            log(request.method, request.target.decode("latin-1"), status or 0, (perf_counter() - started) * 1000.0)
+        return keep
+
+    def _run_app(self, request: Request) -> int:
+        """Run the WSGI app for `request`; a chunked body that ends within `chunked_readahead` bytes is read
+        first and given a CONTENT_LENGTH, since frameworks such as Bottle read nothing without one."""
+        env = build_environ(self._base, request)
+        inp = request.input
+        readahead = self._limits.chunked_readahead
+        if request.chunked and readahead and inp.prefetch(readahead):
+            env["CONTENT_LENGTH"] = str(inp.buffered)
+        resp = Response(request.send, self._closing, request.method == "HEAD", request.version == "HTTP/1.0",
+                        request.keep_alive)
         try:
             result = self._app(env, resp.start_response)
             try:
@@ -266,27 +316,10 @@ class Connection:
                 close = getattr(result, "close", None)
                 if close is not None:
                     close()
-            keep = resp.keep_alive and not server.draining and (
-                inp.done or (not inp.awaiting_continue and inp.discard(DISCARD_LIMIT))
-            )
-            status = resp.code
-        except HTTPError as exc:
-            keep = False
-            status = resp.code or exc.status
-            if not resp.headers_sent and not isinstance(exc, ClientDisconnected):
-                self._send_error(exc.status)
-        except Exception:
-            traceback.print_exc(file=env["wsgi.errors"])
-            keep = False
-            status = resp.code or 500
-            if not resp.headers_sent:
-                self._send_error(500)
         finally:
-            self.busy = False
-            server.active_requests -= 1
-        if log is not None:
-            log(env["REQUEST_METHOD"], env["RAW_URI"], status, (perf_counter() - started) * 1000.0)
-        return keep
+            request.status = resp.code
+        request.keep_alive = resp.keep_alive
+        return resp.code
 
     def _linger(self) -> None:
         """Half-close and read what the client still sends, so our last response is not lost to a reset."""
@@ -308,16 +341,16 @@ class Connection:
             item = self._next()
             if item is None:
                 break
-            env, keep_alive, inp = item
-            if env is None:
-                self._refuse(keep_alive.status)
+            request, error = item
+            if request is None:
+                self._refuse(error.status)
                 break
-            if inp.error is not None:
-                self._refuse(inp.error.status)
+            if request.input.error is not None:
+                self._refuse(request.input.error.status)
                 break
-            if not self._dispatch(env, keep_alive, inp):
+            if not self._dispatch(request):
                 break
-            if self._env is not None:
+            if self._headers is not None:
                 self._deadline = monotonic() + self._limits.header_timeout
         if not self._eof:
             self._linger()

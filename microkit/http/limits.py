@@ -13,3 +13,8 @@ class Limits:
     header_timeout: float = 10.0
     keepalive_timeout: float = 5.0
     max_body: int | None = None
+    chunked_readahead: int = 65536
+    """A chunked request body that ends within this many bytes is read (asking for it with 100 Continue
+    if the client waits) before a WSGI app runs, and given a CONTENT_LENGTH: frameworks that need a
+    length (Bottle) then read it. Longer bodies stream without one (wsgi.input_terminated); 0 streams
+    every chunked body from its first byte."""

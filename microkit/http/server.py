@@ -9,13 +9,18 @@ from gevent.server import StreamServer
 
 from microkit.http.connection import Connection
 from microkit.http.limits import Limits
+from microkit.http.request import RawHandler
 from microkit.http.wsgi import server_environ
 
 AccessLog = Callable[[str, str, int, float], None]
 
 
 class HTTPServer:
-    """The HTTP/1.1 engine: strict parsing, keep-alive, pipelining, limits and graceful drain."""
+    """The HTTP/1.1 engine: strict parsing, keep-alive, pipelining, limits and graceful drain.
+
+    `raw_handler` (default: the app's `microkit_raw_handler` attribute, if any) sees every request
+    first and may answer it without WSGI; see microkit/http/request.py.
+    """
 
     def __init__(
         self,
@@ -24,11 +29,13 @@ class HTTPServer:
         limits: Limits | None = None,
         access_log: AccessLog | None = None,
         base_environ: dict | None = None,
+        raw_handler: RawHandler | None = None,
     ) -> None:
         listener.setblocking(False)
         name = listener.getsockname()
         host, port = (name[0], name[1]) if isinstance(name, tuple) else (str(name), 0)
         self.app = app
+        self.raw_handler = raw_handler or getattr(app, "microkit_raw_handler", None)
         self.limits = limits or Limits()
         self.access_log = access_log
         self.environ = server_environ(host, port, base_environ)

@@ -43,6 +43,29 @@ def environ_key(name: bytes) -> str | None:
     return key
 
 
+def build_environ(base: dict, request) -> dict:
+    """The WSGI environ of a request: `base` plus its headers (repeated ones joined with ", "), method,
+    protocol and target. A chunked body is de-chunked by the engine, so Transfer-Encoding is left out
+    (wsgi.input_terminated is True and `microkit.chunked` says it was chunked); `microkit.request` is
+    the engine's Request, whose raw header list lets a proxy rebuild the head without the environ."""
+    env = base.copy()
+    for key, (_, value) in zip(request.keys, request.headers):
+        text = value.decode("latin-1")
+        if key in env:
+            env[key] += ", " + text
+        else:
+            env[key] = text
+    if request.chunked:
+        del env["HTTP_TRANSFER_ENCODING"]
+        env["microkit.chunked"] = True
+    env["SERVER_PROTOCOL"] = request.version
+    env["REQUEST_METHOD"] = request.method
+    set_target(env, request.target)
+    env["wsgi.input"] = request.input
+    env["microkit.request"] = request
+    return env
+
+
 def set_target(environ: dict, target: bytes) -> None:
     """Fill PATH_INFO (percent-decoded, latin-1), QUERY_STRING, RAW_URI and REQUEST_URI from the request target."""
     raw = target.decode("latin-1")

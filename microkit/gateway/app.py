@@ -19,6 +19,7 @@ import bottle
 
 from microkit.config import Config
 from microkit.gateway.balancer import Balancer
+from microkit.gateway.fastpath import FastPath
 from microkit.gateway.proxy import Proxy, ProxyError, TrustedProxies
 from microkit.gateway.routing import BadPath, normalize, split_target
 from microkit.gateway.upstream import Pool
@@ -63,6 +64,7 @@ class Gateway:
         self.snapshot_age: Callable[[], float] = lambda: 0.0
         self._last_stale_log = 0.0
         self.app = self._build_app()
+        self.microkit_raw_handler = FastPath(self, ADMIN_PREFIX)
 
     def update(self, snapshot: Snapshot) -> None:
         """Point each route's balancer at the service's current instances (a registry watcher callback)."""
@@ -135,7 +137,8 @@ class Gateway:
 
     def _health(self) -> bytes:
         bottle.response.content_type = "application/json"
-        return json.dumps({"status": "ok", "registry_age": round(min(self.snapshot_age(), 1e9), 3)}).encode()
+        return json.dumps({"status": "ok", "registry_age": round(min(self.snapshot_age(), 1e9), 3),
+                           "instances": {r.service: len(r.balancer.healthy()) for r in self.routes}}).encode()
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         """Normalise the path (refusing unsafe encodings), then let Bottle route; keep upstream headers as sent."""

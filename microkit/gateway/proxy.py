@@ -12,11 +12,12 @@ response started; a POST is never replayed once its bytes went out.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import time
-import uuid
 from dataclasses import dataclass
 from http import HTTPStatus
+from itertools import count
 from typing import Iterable, Iterator
 
 import gevent
@@ -24,14 +25,47 @@ import gevent
 from microkit.gateway.balancer import Balancer, Upstream
 from microkit.gateway.routing import BadPath, normalize, split_target
 from microkit.gateway.upstream import BrokenResponse, ConnectFailed, NoResponse, Pool, Response
+from microkit.http import Request
+from microkit.http.wsgi import environ_key
 
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade"})
 SET_BY_GATEWAY = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-request-id"})
+# The same two sets as environ keys, which the engine computed (cached) for every request header.
+_DROP_KEYS = frozenset("HTTP_" + name.upper().replace("-", "_") for name in HOP_BY_HOP | SET_BY_GATEWAY)
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 REPLAY_BUFFER = 64 * 1024
 READ_SIZE = 64 * 1024
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,200}$")
-_NAMES: dict[str, str] = {}
+_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:@/+=-]{1,200}$")
+_LOWER: dict[bytes, bytes] = {}
+
+
+class _RequestIds:
+    """Unique request ids, 32 hex digits: a random per-process prefix and a counter (uuid4 costs a
+    syscall per id); a forked child draws a new prefix."""
+
+    def __init__(self) -> None:
+        self.reseed()
+        os.register_at_fork(after_in_child=self.reseed)
+
+    def reseed(self) -> None:
+        self.prefix = os.urandom(8).hex()
+        self.counter = count(int.from_bytes(os.urandom(4), "big"))
+
+    def new(self) -> str:
+        return "%s%016x" % (self.prefix, next(self.counter))
+
+
+new_request_id = _RequestIds().new
+
+
+def _sane_id(given: list[bytes]) -> bytes:
+    """The client's one X-Request-ID if it is sane, else a new id."""
+    return given[0] if len(given) == 1 and _REQUEST_ID.match(given[0]) else new_request_id().encode()
+
+
+def request_id_of(request: Request) -> bytes:
+    """The request id of a raw request: its sane X-Request-ID, else a new one."""
+    return _sane_id([value for key, (_, value) in zip(request.keys, request.headers) if key == "HTTP_X_REQUEST_ID"])
 
 
 class ProxyError(Exception):
@@ -63,22 +97,36 @@ class TrustedProxies:
         return any(address in network for network in self.networks)
 
 
-def header_name(cgi_key: str) -> str:
-    """`X_REQUEST_ID` -> `X-Request-Id`, cached."""
-    name = _NAMES.get(cgi_key)
-    if name is None:
-        name = "-".join(part.capitalize() for part in cgi_key.split("_"))
-        if len(_NAMES) < 1024:
-            _NAMES[cgi_key] = name
-    return name
+_FORWARDED = frozenset({"HTTP_X_FORWARDED_FOR", "HTTP_X_FORWARDED_PROTO", "HTTP_X_FORWARDED_HOST"})
 
 
-def _connection_tokens(value: str | None) -> set[str]:
-    return {token.strip().lower() for token in value.split(",")} if value else set()
+def _connection_keys(value: bytes | None) -> frozenset[str]:
+    """Environ keys of the headers a Connection header names (they are hop-by-hop too); never the
+    body framing, which a client could otherwise strip from the request the instance receives."""
+    if not value:
+        return frozenset()
+    keys = {environ_key(token.strip()) for token in value.split(b",") if token.strip()}
+    return frozenset(keys - {None, "CONTENT_LENGTH", "CONTENT_TYPE"})
 
 
-def _hop_by_hop(lower: str, named: set[str]) -> bool:
-    return lower in HOP_BY_HOP or lower.startswith("proxy-") or lower in named
+def lower_name(name: bytes) -> bytes:
+    """A header name in lower case, cached (response header names repeat)."""
+    lower = _LOWER.get(name)
+    if lower is None:
+        lower = name.lower()
+        if len(_LOWER) < 1024:
+            _LOWER[name] = lower
+    return lower
+
+
+def response_named(headers: list[tuple[bytes, bytes]]) -> set[bytes]:
+    """Lower-case names listed by a response's Connection headers."""
+    return {token.strip().lower() for name, value in headers if lower_name(name) == b"connection"
+            for token in value.split(b",")}
+
+
+# Response header names the gateway never passes on (lower case): hop-by-hop ones, and X-Request-Id (it sets its own).
+RESPONSE_DROP = frozenset(name.encode() for name in HOP_BY_HOP) | {b"x-request-id"}
 
 
 @dataclass(frozen=True)
@@ -104,16 +152,29 @@ class Proxy:
         rid = environ.get("microkit.request_id")
         if rid is None:
             given = environ.get("HTTP_X_REQUEST_ID", "")
-            rid = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+            rid = given if _REQUEST_ID.match(given.encode("latin-1")) else new_request_id()
             environ["microkit.request_id"] = rid
         return rid
 
     def forward(self, environ: dict, service: str, balancer: Balancer, timeout: float) -> Outcome:
         """Proxy one request; raises ProxyError for answers the gateway makes itself (400/413/502/503/504)."""
-        method = environ["REQUEST_METHOD"]
-        rid = self.request_id(environ)
-        head = self._request_head(environ, method, rid)
-        body, chunked, replayable = self._request_body(environ)
+        request: Request = environ["microkit.request"]
+        raw = environ.get("RAW_URI") or environ.get("PATH_INFO", "/")
+        path, query = split_target(raw.encode("latin-1"))
+        try:
+            target = normalize(path) + query
+        except BadPath as exc:
+            raise ProxyError(400, str(exc)) from None
+        head, rid = self.request_head(request, target, self.request_id(environ).encode("latin-1"))
+        response, upstream = self.open(request, head, service, balancer, timeout)
+        return self._outcome(response, upstream, rid.decode("latin-1"), timeout)
+
+    def open(self, request: Request, head: bytes, service: str, balancer: Balancer,
+             timeout: float) -> tuple[Response, Upstream]:
+        """Send the request to an instance (retrying where safe) and read the response head; the caller
+        streams the body and must `finish(response, upstream)`. Raises ProxyError (413/502/503/504)."""
+        method = request.method
+        body, chunked, replayable = self._request_body(request)
         deadline = time.monotonic() + timeout
         tried: list[Upstream] = []
         last_error: Exception | None = None
@@ -158,7 +219,7 @@ class Proxy:
                 balancer.failed(upstream)
             else:
                 balancer.succeeded(upstream)
-            return self._outcome(response, upstream, rid, timeout)
+            return response, upstream
 
     def _exchange(self, upstream: Upstream, head: bytes, body, chunked: bool, method: str,
                   remaining: float, replayable: bool) -> Response:
@@ -184,60 +245,58 @@ class Proxy:
                 conn.close()
                 raise
 
-    def _request_head(self, environ: dict, method: str, rid: str) -> bytes:
-        raw = environ.get("RAW_URI") or environ.get("PATH_INFO", "/")
-        path, query = split_target(raw.encode("latin-1"))
-        try:
-            target = normalize(path) + query
-        except BadPath as exc:
-            raise ProxyError(400, str(exc)) from None
-        named = _connection_tokens(environ.get("HTTP_CONNECTION"))
-        lines = [b"%s %s HTTP/1.1\r\n" % (method.encode("ascii"), target)]
-        for key, value in environ.items():
-            if key.startswith("HTTP_"):
-                name = header_name(key[5:])
-                lower = name.lower()
-                if _hop_by_hop(lower, named) or lower in SET_BY_GATEWAY:
-                    continue
-            elif key == "CONTENT_TYPE" or key == "CONTENT_LENGTH":
-                if not value:
-                    continue
-                name = "Content-Type" if key == "CONTENT_TYPE" else "Content-Length"
-            else:
+    def request_head(self, request: Request, target: bytes, rid: bytes | None = None,
+                     drop: frozenset[str] = frozenset(), extra: Iterable[bytes] = ()) -> tuple[bytes, bytes]:
+        """(the upstream request head, the request id): the client's header lines as received, minus
+        hop-by-hop ones (and the environ keys in `drop`), plus X-Forwarded-* and X-Request-Id, and any
+        `extra` lines (each ending in CRLF). `rid` None keeps a sane client X-Request-ID or makes one."""
+        named = _connection_keys(request.connection)
+        drop = _DROP_KEYS | named | drop if named or drop else _DROP_KEYS
+        parts = [request.method.encode("latin-1"), b" ", target, b" HTTP/1.1\r\n"]
+        given: list[bytes] = []
+        forwarded: dict[str, bytes] = {}
+        for key, (name, value) in zip(request.keys, request.headers):
+            if key in drop or key.startswith("HTTP_PROXY_"):
+                if key in _FORWARDED:
+                    forwarded[key] = value if key not in forwarded else forwarded[key] + b", " + value
+                elif key == "HTTP_X_REQUEST_ID":
+                    given.append(value)
                 continue
-            lines.append(b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1")))
-        peer = environ.get("REMOTE_ADDR", "")
-        trusted = peer in self.trusted
-        forwarded_for = environ.get("HTTP_X_FORWARDED_FOR")
-        proto = environ.get("HTTP_X_FORWARDED_PROTO") if trusted else None
-        host = environ.get("HTTP_X_FORWARDED_HOST") if trusted else None
-        lines.append(b"X-Forwarded-For: %s\r\n" % (
-            f"{forwarded_for}, {peer}" if trusted and forwarded_for else peer).encode("latin-1"))
-        lines.append(b"X-Forwarded-Proto: %s\r\n" % (proto or environ.get("wsgi.url_scheme", "http")).encode("latin-1"))
-        lines.append(b"X-Forwarded-Host: %s\r\n" % (
-            host or environ.get("HTTP_HOST") or environ.get("SERVER_NAME", "")).encode("latin-1"))
-        lines.append(b"X-Request-Id: %s\r\n" % rid.encode("latin-1"))
-        if environ.get("CONTENT_LENGTH") in (None, "") and self._chunked_input(environ):
-            lines.append(b"Transfer-Encoding: chunked\r\n")
-        lines.append(b"\r\n")
-        return b"".join(lines)
+            parts += (name, b": ", value, b"\r\n")
+        if rid is None:
+            rid = _sane_id(given)
+        peer = request.peer.encode("latin-1")
+        if forwarded and request.peer in self.trusted:
+            chain = forwarded.get("HTTP_X_FORWARDED_FOR")
+            for_ = chain + b", " + peer if chain else peer
+            proto = forwarded.get("HTTP_X_FORWARDED_PROTO")
+            host = forwarded.get("HTTP_X_FORWARDED_HOST")
+        else:
+            for_, proto, host = peer, None, None
+        base = request.base
+        parts += (
+            b"X-Forwarded-For: ", for_,
+            b"\r\nX-Forwarded-Proto: ", proto or base["wsgi.url_scheme"].encode("latin-1"),
+            b"\r\nX-Forwarded-Host: ", host or request.host or base["SERVER_NAME"].encode("latin-1"),
+            b"\r\nX-Request-Id: ", rid, b"\r\n",
+        )
+        parts += extra
+        if request.chunked:
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+        parts.append(b"\r\n")
+        return b"".join(parts), rid
 
-    @staticmethod
-    def _chunked_input(environ: dict) -> bool:
-        return environ.get("microkit.chunked", False)
-
-    def _request_body(self, environ: dict) -> tuple[bytes | Iterator[bytes] | None, bool, bool]:
+    def _request_body(self, request: Request) -> tuple[bytes | Iterator[bytes] | None, bool, bool]:
         """(body, chunked, replayable): small bodies are read whole so that a retry can resend them."""
-        stream = environ["wsgi.input"]
-        length = environ.get("CONTENT_LENGTH")
-        if length:
-            size = int(length)
+        stream = request.input
+        size = request.content_length
+        if size:
             if size > self.max_body:
                 raise ProxyError(413, f"request body larger than {self.max_body} bytes")
             if size <= REPLAY_BUFFER:
                 return stream.read(size), False, True
             return self._stream(stream, size), False, False
-        if self._chunked_input(environ):
+        if request.chunked:
             return self._stream(stream, None), True, False
         return None, False, True
 
@@ -254,22 +313,20 @@ class Proxy:
             yield chunk
 
     def _outcome(self, response: Response, upstream: Upstream, rid: str, timeout: float) -> Outcome:
-        named = {v.decode("latin-1").strip().lower() for n, value in response.headers
-                 if n.lower() == b"connection" for v in value.split(b",")}
+        named = response_named(response.headers)
         headers = []
         for name, value in response.headers:
-            text = name.decode("latin-1")
-            lower = text.lower()
-            if _hop_by_hop(lower, named) or lower == "x-request-id":
+            lower = lower_name(name)
+            if lower in RESPONSE_DROP or lower.startswith(b"proxy-") or lower in named:
                 continue
-            headers.append((text, value.decode("latin-1")))
+            headers.append((name.decode("latin-1"), value.decode("latin-1")))
         headers.append(("X-Request-Id", rid))
-        reason = response.reason.decode("latin-1").strip() or _phrase(response.status)
+        reason = response.reason.decode("latin-1").strip() or phrase(response.status)
         return Outcome(f"{response.status} {reason}", headers, _Body(response, upstream, timeout),
                        "%s:%d" % upstream.address)
 
 
-def _phrase(status: int) -> str:
+def phrase(status: int) -> str:
     try:
         return HTTPStatus(status).phrase
     except ValueError:

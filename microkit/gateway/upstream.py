@@ -128,6 +128,8 @@ class Response:
     def _recv(self) -> bytes:
         try:
             return self.conn.sock.recv(RECV_SIZE)
+        except TimeoutError:
+            raise BrokenResponse(f"{self._where()} sent nothing within the route's timeout") from None
         except OSError:
             return b""  # a reset reads as a close: what it means depends on how far the response got
 
@@ -145,6 +147,18 @@ class Response:
         if head_only or self.status in (204, 304):
             self._done = True
             self._chunks.clear()
+
+    @property
+    def complete(self) -> bool:
+        """Whether the whole response (head and body) has been read already."""
+        return self._done
+
+    def take(self) -> bytes:
+        """The body of a complete response, at once; the connection goes back to the pool."""
+        body = b"".join(self._chunks)
+        self._chunks = []
+        self.release()
+        return body
 
     def body(self) -> Iterator[bytes]:
         """The body's bytes as they arrive; the connection returns to the pool once the body is complete."""
@@ -211,6 +225,7 @@ class Pool:
         return Connection(sock, address)
 
     def release(self, conn: Connection) -> None:
+        conn.sock.settimeout(None)
         idle = self._idle[conn.address]
         if len(idle) < self.max_idle:
             idle.append(conn)

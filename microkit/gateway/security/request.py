@@ -1,8 +1,8 @@
 """What the security checks see of a request, what they answer, and who they found.
 
 The checks take a `RequestInfo` rather than a Bottle request so that a Bottle plugin and the gateway's
-fast path call them alike. `RequestInfo.from_environ` builds one from a WSGI environ without copying the
-headers: `EnvironHeaders` reads them on demand.
+fast path call them alike. `RequestInfo.from_environ` wraps a WSGI environ and `RequestInfo.from_head`
+the engine's raw header lines; neither copies headers up front.
 """
 
 from __future__ import annotations
@@ -73,6 +73,40 @@ class EnvironHeaders(Mapping[str, list[str]]):
         return sum(1 for _ in self)
 
 
+class RawHeaders(Mapping[str, list[str]]):
+    """Header lines as received, `[(name bytes, value bytes)]`, as lower-case name -> every value.
+
+    The dictionary is built on first use, so a request that no check looks at costs nothing; repeated
+    headers stay separate values.
+    """
+
+    __slots__ = ("_lines", "_map")
+
+    def __init__(self, lines: list[tuple[bytes, bytes]]) -> None:
+        self._lines = lines
+        self._map: dict[str, list[str]] | None = None
+
+    def _built(self) -> dict[str, list[str]]:
+        if self._map is None:
+            found: dict[str, list[str]] = {}
+            for name, value in self._lines:
+                found.setdefault(name.decode("latin-1").lower(), []).append(value.decode("latin-1"))
+            self._map = found
+        return self._map
+
+    def __getitem__(self, name: str) -> list[str]:
+        return self._built()[name]
+
+    def get(self, name: str, default=None):  # type: ignore[override]
+        return self._built().get(name, default)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._built())
+
+    def __len__(self) -> int:
+        return len(self._built())
+
+
 def _cgi_key(name: str) -> str:
     key = name.upper().replace("-", "_")
     return key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else "HTTP_" + key
@@ -93,6 +127,12 @@ class RequestInfo:
         """The request in a WSGI environ (PATH_INFO is expected to be normalised already)."""
         return cls(environ.get("REQUEST_METHOD", "GET"), environ.get("PATH_INFO", "/"), EnvironHeaders(environ),
                    environ.get("REMOTE_ADDR", ""), environ.get("QUERY_STRING", ""))
+
+    @classmethod
+    def from_head(cls, method: str, path: str, lines: list[tuple[bytes, bytes]], peer: str,
+                  query: str = "") -> RequestInfo:
+        """The request from header lines as received (the engine's raw `Request.headers`): duplicates visible."""
+        return cls(method, path, RawHeaders(lines), peer, query)
 
     def values(self, name: str) -> list[str]:
         """Every value of header `name` (lower-case), [] when absent."""

@@ -33,6 +33,9 @@ def backend(name: str):
             size, piece = int(query["n"]), b"x" * 65536
             start_response("200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", str(size))])
             return (piece[: min(65536, size - i)] for i in range(0, size, 65536))
+        if path.endswith("/stream"):
+            start_response("200 OK", [("Content-Type", "text/plain")])  # no length: the engine chunks it
+            return (b"piece%d;" % i for i in range(int(query.get("n", "3"))))
         if path.endswith("/seen"):
             body = json.dumps(SEEN).encode()
             start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])

@@ -351,3 +351,139 @@ def write_config(procs: Processes, max_body: str) -> Path:
     path = procs.tmp_path / "big.toml"
     path.write_text(CONFIG.format(max_body=max_body, trusted="[]"))
     return path
+
+
+def test_one_keep_alive_connection_carries_every_kind_of_exchange(procs):
+    """Small, streamed (chunked upstream), HEAD, chunked-upload and error responses in a row on one connection."""
+    from http_helpers import Reader
+
+    gw = procs.gateway([f"users=127.0.0.1:{procs.backend('users')}"])
+    with socket.create_connection(("127.0.0.1", gw), timeout=10) as sock:
+        reader = Reader(sock)
+        sock.sendall(b"GET /users/1 HTTP/1.1\r\nHost: gw.test\r\n\r\n")
+        status, headers, body = reader.response()
+        assert status == 200 and json.loads(body)["uri"] == "/users/1" and headers["date"]
+        sock.sendall(b"GET /users/stream?n=4 HTTP/1.1\r\nHost: gw.test\r\n\r\n")
+        status, headers, body = reader.response()
+        assert (status, headers["transfer-encoding"], body) == (200, "chunked", b"piece0;piece1;piece2;piece3;")
+        sock.sendall(b"HEAD /users/big?n=5000 HTTP/1.1\r\nHost: gw.test\r\n\r\n")
+        status, headers, body = reader.response(head_only=True)
+        assert (status, headers["content-length"]) == (200, "5000")
+        sock.sendall(b"POST /users/up HTTP/1.1\r\nHost: gw.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+        status, _, body = reader.response()
+        seen = json.loads(body)
+        assert status == 200 and seen["body_bytes"] == 5 and seen["method"] == "POST"
+        sock.sendall(b"GET /nowhere HTTP/1.1\r\nHost: gw.test\r\n\r\n")
+        assert reader.response()[0] == 404
+        sock.sendall(b"GET /users/2 HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n")
+        status, headers, _ = reader.response()
+        assert (status, headers["connection"]) == (200, "close") and reader.closed()
+
+
+def test_http10_requests_take_the_bottle_path_with_the_same_forwarding(procs):
+    gw = procs.gateway([f"users=127.0.0.1:{procs.backend('users')}"])
+    raw = (b"GET /users/1 HTTP/1.0\r\nHost: gw.test\r\nX-Forwarded-For: 6.6.6.6\r\nConnection: X-Secret\r\n"
+           b"X-Secret: s\r\nX-Request-ID: ten-4\r\n\r\n")
+    status, headers, body = request(gw, raw)
+    sent = json.loads(body)["headers"]
+    assert status == 200 and headers["x-request-id"] == ["ten-4"] and sent["X_REQUEST_ID"] == "ten-4"
+    assert sent["X_FORWARDED_FOR"] == "127.0.0.1" and "X_SECRET" not in sent and "CONNECTION" not in sent
+
+
+def test_connection_cannot_name_the_body_framing_away(procs):
+    """`Connection: Content-Length` must not strip the length and leave the body to be read as a request."""
+    gw = procs.gateway([f"users=127.0.0.1:{procs.backend('users')}"])
+    inner = b"GET /users/smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+    status, _, body = get(gw, "/users/1", method="POST", body=inner, headers="Connection: Content-Length\r\n")
+    assert status == 200 and json.loads(body)["body_bytes"] == len(inner)
+    seen = json.loads(get(gw, "/users/seen")[2])
+    assert [r["uri"] for r in seen] == ["/users/1"]
+
+
+def test_duplicate_request_ids_are_replaced(procs):
+    gw = procs.gateway([f"users=127.0.0.1:{procs.backend('users')}"])
+    _, headers, body = get(gw, "/users/1", headers="X-Request-ID: a\r\nX-Request-ID: b\r\n")
+    rid = headers["x-request-id"][0]
+    assert rid not in ("a", "b") and len(rid) == 32 and json.loads(body)["headers"]["X_REQUEST_ID"] == rid
+
+
+class _FastAuth:
+    """A test plugin in both forms: `apply` for the Bottle path, `fast_check` for the fast path."""
+
+    name, api = "fastauth", 2
+
+    def apply(self, callback, route):
+        def wrapper(*args, **kwargs):
+            import bottle
+            bottle.response.set_header("X-Path", "bottle")
+            return callback(*args, **kwargs)
+        return wrapper
+
+    def fast_check(self, route):
+        from microkit.gateway.proxy import ProxyError
+
+        if route.config["microkit.route"].prefix != "/a":
+            return None
+
+        def check(call):
+            if call.request.method == "OPTIONS":
+                return False
+            if not any(key == "HTTP_AUTHORIZATION" for key in call.request.keys):
+                raise ProxyError(401, "token required", (("WWW-Authenticate", "Bearer"),))
+            call.strip.add("HTTP_X_IDENTITY")
+            call.add_upstream("X-Identity", "alice")
+            call.add_response("X-Checked", "yes")
+        return check
+
+
+class _SlowOnly:
+    name, api = "slowonly", 2
+
+    def apply(self, callback, route):
+        def wrapper(*args, **kwargs):
+            import bottle
+            bottle.response.set_header("X-Slow", "1")
+            return callback(*args, **kwargs)
+        return wrapper
+
+
+def test_route_plugins_run_as_fast_checks_or_send_the_route_through_bottle(tmp_path):
+    """In process: a plugin with fast_check keeps its routes fast (checks can answer, add and strip
+    headers, or defer to Bottle); a plugin without one sends its route through Bottle."""
+    from http_helpers import Reader, ServerThread, connect
+
+    from microkit import config
+    from microkit.gateway.app import Gateway
+    from microkit.registry import Instance
+
+    def backend(environ, start_response):
+        body = json.dumps({k[5:]: v for k, v in environ.items() if k.startswith("HTTP_")}).encode()
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
+
+    path = tmp_path / "microkit.toml"
+    path.write_text('[project]\nname = "p"\n[services.a]\napp = "x:app"\nroute = "/a"\n'
+                    '[services.b]\napp = "x:app"\nroute = "/b"\n')
+    with ServerThread(backend) as upstream:
+        gateway = Gateway(config.load(path))
+        gateway.update({name: [Instance(name, "127.0.0.1", upstream.port)] for name in ("a", "b")})
+        gateway.app.install(_FastAuth())
+        for broute in gateway.app.routes:
+            if broute.config.get("microkit.route") and broute.config["microkit.route"].prefix == "/b":
+                broute.plugins.append(_SlowOnly())
+                broute.reset()
+        with ServerThread(gateway) as gw, connect(gw.port) as sock:
+            reader = Reader(sock)
+            sock.sendall(b"GET /a/1 HTTP/1.1\r\nHost: h\r\n\r\n")
+            status, headers, body = reader.response()
+            assert (status, headers["www-authenticate"], json.loads(body)["status"]) == (401, "Bearer", 401)
+            sock.sendall(b"GET /a/1 HTTP/1.1\r\nHost: h\r\nAuthorization: x\r\nX-Identity: mallory\r\n\r\n")
+            status, headers, body = reader.response()
+            assert status == 200 and headers["x-checked"] == "yes" and "x-path" not in headers
+            assert json.loads(body)["X_IDENTITY"] == "alice"
+            sock.sendall(b"OPTIONS /a/1 HTTP/1.1\r\nHost: h\r\n\r\n")
+            assert reader.response()[1]["x-path"] == "bottle"
+            sock.sendall(b"GET /b/1 HTTP/1.1\r\nHost: h\r\n\r\n")
+            status, headers, _ = reader.response()
+            assert (status, headers["x-slow"], headers["x-path"]) == (200, "1", "bottle")

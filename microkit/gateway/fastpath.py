@@ -93,22 +93,21 @@ class FastPath:
             self._checks.clear()
             self._plugins_seen = len(app.plugins)
         if route.prefix not in self._checks:
-            found: list[Check] = []
+            found: dict[int, Check | None] = {}  # one check per plugin, though it applies to several Bottle routes
             usable = True
             for broute in app.routes:
                 if broute.config.get("microkit.route") is not route:
                     continue
                 for plugin in broute.all_plugins():
-                    if isinstance(plugin, NEUTRAL_PLUGINS):
+                    if isinstance(plugin, NEUTRAL_PLUGINS) or id(plugin) in found:
                         continue
                     fast = getattr(plugin, "fast_check", None)
                     if fast is None:
                         usable = False
                         break
-                    check = fast(broute)
-                    if check is not None and check not in found:
-                        found.append(check)
-            self._checks[route.prefix] = tuple(found) if usable else None
+                    found[id(plugin)] = fast(broute)
+            checks = tuple(check for check in found.values() if check is not None)
+            self._checks[route.prefix] = checks if usable else None
         return self._checks[route.prefix]
 
     def __call__(self, request: Request) -> int | None:

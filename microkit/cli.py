@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from . import __version__, config, scaffold
-from .errors import MicrokitError, SupervisorError, UsageError
+from .errors import MicrokitError, NotRunningError, SupervisorError, UsageError
 from .supervisor import control
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -64,8 +64,9 @@ def new_service(name: str, template: str, route: str | None, workers: int, confi
     project = config.discover(config_file)
     plan = scaffold.plan_service(project, name, template=template, route=route, workers=workers)
     scaffold.apply(plan, project.root)
-    click.echo(f"created services/{name}/ and [services.{name}] in {config.display_path(project.path)}")
-    click.echo(f"next: pytest services/{name}")
+    folder = config.display_path(project.root / "services" / name)
+    click.echo(f"created {folder}/ and [services.{name}] in {config.display_path(project.path)}")
+    click.echo(f"next: pytest {folder}")
 
 
 @cli.command()
@@ -74,17 +75,42 @@ def new_service(name: str, template: str, route: str | None, workers: int, confi
 @click.option("--reload", "reload_", is_flag=True,
               help="Development: reload a service's workers when its Python files change.")
 @click.option("--no-access-log", is_flag=True, help="No log line per request (overrides access_log).")
-def up(services: tuple[str, ...], config_file: str | None, reload_: bool, no_access_log: bool) -> None:
-    """Run the project's services (or the SERVICES named) in the foreground.
+@click.option("--no-gateway", is_flag=True, help="Run the services only, without the gateway.")
+def up(services: tuple[str, ...], config_file: str | None, reload_: bool, no_access_log: bool,
+       no_gateway: bool) -> None:
+    """Run the project's services (or the SERVICES named) and the gateway, in the foreground.
 
-    Each service runs as `workers` gevent worker processes sharing one socket (or as its command).
-    Prints `ready: ...` once every service answers its health path. SIGINT/SIGTERM stop gracefully,
-    SIGHUP reloads with no downtime, SIGTTIN/SIGTTOU add or remove a worker of every service.
+    Each service runs as `workers` gevent worker processes sharing one socket (or as its command),
+    registered in the registry once healthy. Prints `ready: gateway http://HOST:PORT` once every
+    service is healthy and routed. SIGINT/SIGTERM stop gracefully, SIGHUP reloads with no downtime,
+    SIGTTIN/SIGTTOU add or remove a worker of every service.
     """
+    supervise(config.discover(config_file), services, reload=reload_,
+              access_log=False if no_access_log else None, gateway=not no_gateway)
+
+
+@cli.command()
+@click.argument("service")
+@config_option
+@click.option("--reload", "reload_", is_flag=True, help="Reload the workers when Python files change.")
+@click.option("--no-access-log", is_flag=True, help="No log line per request (overrides access_log).")
+def run(service: str, config_file: str | None, reload_: bool, no_access_log: bool) -> None:
+    """Run one SERVICE alone (no gateway), registering into the configured registry: for other hosts."""
+    supervise(config.discover(config_file), (service,), reload=reload_,
+              access_log=False if no_access_log else None, gateway=False)
+
+
+@cli.command()
+@config_option
+@click.option("--no-access-log", is_flag=True, help="No log line per request (overrides gateway.access_log).")
+def gateway(config_file: str | None, no_access_log: bool) -> None:
+    """Run the gateway alone: it routes to the instances the registry lists, wherever they run."""
+    supervise(config.discover(config_file), (), access_log=False if no_access_log else None, run_services=False)
+
+
+def supervise(project: config.Config, services: tuple[str, ...], **options) -> None:
     from .supervisor.arbiter import Arbiter
-    project = config.discover(config_file)
-    arbiter = Arbiter(project, services, reload=reload_, access_log=False if no_access_log else None)
-    if arbiter.run():
+    if Arbiter(project, services, **options).run():
         raise SupervisorError("every service failed to start (see the errors above)")
 
 
@@ -92,24 +118,61 @@ def up(services: tuple[str, ...], config_file: str | None, reload_: bool, no_acc
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @config_option
 def status(as_json: bool, config_file: str | None) -> None:
-    """Show each service of the running `microkit up`: its workers' pid, port, state, restarts, uptime."""
+    """Every service's instances from the registry (host, port, pid, health, age), and the local `up`."""
+    from . import overview
     project = config.discover(config_file)
-    reply = control.request(project.root, {"command": "status"})
-    reply.pop("ok", None)
+    live = overview.instances(project)
+    try:
+        local = control.request(project.root, {"command": "status"})
+        local.pop("ok", None)
+    except NotRunningError:
+        local = None
     if as_json:
-        click.echo(json.dumps(reply, indent=2))
+        click.echo(json.dumps({"registry": project.registry.url or "embedded", "services": live,
+                               "supervisor": local}, indent=2))
         return
-    click.echo(f"microkit up: pid {reply['pid']}, project {reply['project']}, up {duration(reply['uptime'])}")
-    rows = [("SERVICE", "WORKER", "PID", "PORT", "STATE", "RESTARTS", "UPTIME")]
-    for service in reply["services"]:
-        rows.append((service["name"], f"{service['kind']}, {service['workers']} wanted", "", "",
-                     service["state"], str(service["restarts"]), ""))
-        for worker in service["instances"]:
-            rows.append(("", worker["name"], str(worker["pid"]), str(worker["port"]), worker["state"],
-                         str(worker["restarts"]), duration(worker["uptime"])))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    click.echo(f"registry: {project.registry.url or 'embedded (' + str(project.root / '.microkit') + ')'}")
+    rows = [("SERVICE", "HOST", "PORT", "PID", "HEALTH", "AGE")]
+    for service in project.services:
+        found = live.get(service, [])
+        if not found:
+            rows.append((service, "-", "-", "-", "no instance", "-"))
+        for i in found:
+            rows.append((service, i["host"], i["port"], i["pid"], i["health"], duration(i["age"])))
+    click.echo(overview.table(rows))
+    if local is None:
+        click.echo("no `microkit up` running for this project on this host")
+        return
+    click.echo(f"\nmicrokit up: pid {local['pid']}, up {duration(local['uptime'])}")
+    rows = [("GROUP", "WORKER", "PID", "PORT", "STATE", "RESTARTS", "UPTIME")]
+    for group in local["services"]:
+        rows.append((group["name"], f"{group['kind']}, {group['workers']} wanted", "", "",
+                     group["state"], group["restarts"], ""))
+        for worker in group["instances"]:
+            rows.append(("", worker["name"], worker["pid"], worker["port"], worker["state"],
+                         worker["restarts"], duration(worker["uptime"])))
+    click.echo(overview.table(rows))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@config_option
+def routes(as_json: bool, config_file: str | None) -> None:
+    """The gateway's routing table: prefix, service, timeout, balancing, live instances."""
+    from . import overview
+    project = config.discover(config_file)
+    try:
+        live = overview.instances(project)
+    except overview.RegistryError:
+        live = None
+    rows = overview.routes(project, live)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(overview.table([("PREFIX", "SERVICE", "TIMEOUT", "BALANCE", "INSTANCES")] + [
+        (r["prefix"], r["service"], f"{r['timeout']:g}s", r["balance"],
+         "?" if r["instances"] is None else r["instances"]) for r in rows]))
+    click.echo(f"anything else: 404 (gateway {project.gateway.listen})")
 
 
 def duration(seconds: float) -> str:

@@ -25,6 +25,7 @@ CONFIG_NAME = "microkit.toml"
 ENV_CONFIG = "MICROKIT_CONFIG"
 ENV_REGISTRY_URL = "MICROKIT_REGISTRY_URL"
 REGISTRY_SCHEMES = ("redis", "rediss")
+RESERVED_NAMES = frozenset({"gateway"})
 
 
 class Invalid(ValueError):
@@ -382,6 +383,8 @@ def parse(text_: str, path: Path, environ: Mapping[str, str] | None = None) -> C
             identifier(name)
         except Invalid:
             raise reader.error(key, "service names must be Python identifiers (letters, digits, _)") from None
+        if name in RESERVED_NAMES:
+            raise reader.error(key, f"{show(name)} is reserved for microkit's own process; choose another name")
         values = reader.settings(reader.table(table, key), key, SERVICE)
         if (values["app"] is None) == (values["command"] is None):
             raise reader.error(key, 'needs exactly one of app = "module:attr" or command = "..."')

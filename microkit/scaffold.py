@@ -115,6 +115,8 @@ def check_name(kind: str, name: str, *, shadow_check: bool) -> None:
         raise ScaffoldError(f"{kind} name {name!r} is not a Python identifier: use letters, digits and _{hint}")
     if keyword.iskeyword(name) or keyword.issoftkeyword(name):
         raise ScaffoldError(f"{kind} name {name!r} is a Python keyword: choose another name")
+    if kind == "service" and name in cfg.RESERVED_NAMES:
+        raise ScaffoldError(f"service name {name!r} is reserved for microkit's own process: choose another name")
     if shadow_check and (name in sys.stdlib_module_names or _installed(name)):
         raise ScaffoldError(f"{kind} name {name!r} would shadow the Python module {name!r}: choose another name")
 

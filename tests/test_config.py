@@ -120,6 +120,8 @@ def test_defaults():
     ('services = "users"\n' + HEAD,
      'microkit.toml: services: expected a table ([services]), got "users"'),
     ("[project]\n", "microkit.toml: project.name: is required"),
+    (HEAD + '[services.gateway]\napp = "a:b"\n',
+     "microkit.toml: services.gateway: \"gateway\" is reserved for microkit's own process; choose another name"),
     ('[project]\nname = "my shop"\n',
      'microkit.toml: project.name: expected a Python identifier, got "my shop"'),
 ])

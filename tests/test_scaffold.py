@@ -85,6 +85,7 @@ def run_generated_tests(project: Path, env: dict) -> None:
                                    "(e.g. 'my_svc')"),
     (["new", "service", "class"], "service name 'class' is a Python keyword"),
     (["new", "service", "json"], "service name 'json' would shadow the Python module 'json'"),
+    (["new", "service", "gateway"], "service name 'gateway' is reserved for microkit's own process"),
     (["new", "service", "bottle"], "service name 'bottle' would shadow the Python module 'bottle'"),
     (["new", "service", "users"], "service 'users' already exists in microkit.toml"),
     (["new", "service", "people", "--route", "/users"],

@@ -45,7 +45,10 @@ def test_plain_wsgi_and_bottle_served_with_access_log_and_status(start):
     up.wait_for(r"^web\.1 +\| GET /hello/ada 200 [\d.]+ms$")
 
     status = up.status()
-    plain = next(s for s in status["services"] if s["name"] == "plain")
+    registered = eventually(lambda: len(up.status()["services"].get("plain", [])) == 2 and up.status(), 5)
+    assert {i["health"] for i in registered["services"]["plain"]} == {"healthy"}
+    assert {i["pid"] for i in registered["services"]["plain"]} == {w["pid"] for w in up.service("plain")["instances"]}
+    plain = next(s for s in status["supervisor"]["services"] if s["name"] == "plain")
     assert plain["state"] == "running" and plain["kind"] == "app" and plain["urls"] == [urls["plain"]]
     assert len(plain["instances"]) == 2
     for worker in plain["instances"]:
@@ -56,8 +59,9 @@ def test_plain_wsgi_and_bottle_served_with_access_log_and_status(start):
 
     up.signal(signal.SIGTERM)
     assert up.wait() == 0
-    assert not any(alive(w["pid"]) for s in status["services"] for w in s["instances"])
-    assert run_cli(up.root, "status").returncode == 1
+    assert not any(alive(w["pid"]) for s in status["supervisor"]["services"] for w in s["instances"])
+    after = json.loads(run_cli(up.root, "status", "--json").stdout)
+    assert after["services"] == {} and after["supervisor"] is None, "workers deregistered on the way out"
 
 
 def test_no_access_log_flag(start):
@@ -284,17 +288,19 @@ def test_second_up_for_the_same_project_is_refused(start):
     up.ready()
     second = run_cli(up.root, "up", timeout=15)
     assert second.returncode == 1 and "already running" in second.stderr
-    assert up.status()["services"][0]["state"] == "running"
+    assert up.status()["supervisor"]["services"][0]["state"] == "running"
 
 
 def test_unknown_service_and_not_running(tmp_path):
     root = make_project(tmp_path / "proj", {"plain": {"app": "services.plain.app:app"}}, {"plain": "plain_app.py"})
     result = run_cli(root, "up", "nope")
     assert result.returncode == 2 and "no service named 'nope'" in result.stderr
-    for command in (["status"], ["reload"], ["scale", "plain=2"]):
+    for command in (["reload"], ["scale", "plain=2"]):
         result = run_cli(root, *command)
         assert result.returncode == 1
         assert result.stderr.startswith("microkit: error: no `microkit up` is running")
+    result = run_cli(root, "status")
+    assert result.returncode == 0 and "no instance" in result.stdout and "no `microkit up` running" in result.stdout
 
 
 def test_scaffolded_project_is_served(tmp_path):

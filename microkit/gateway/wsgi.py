@@ -2,12 +2,13 @@
 
 Built when a gateway worker imports it (after gevent patching): it reads the project's config
 (MICROKIT_CONFIG, else discovery), connects to the registry and keeps the routes current with a
-watcher. Nothing here runs in the supervisor.
+watcher. MICROKIT_ACCESS_LOG=0 turns the gateway's access lines off. Nothing here runs in the supervisor.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 from microkit import config as cfg
@@ -24,7 +25,8 @@ def create(conf: cfg.Config | None = None) -> Gateway:
     """A Gateway for the project, routing to what the registry says is live."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     conf = conf or cfg.discover()
-    gateway = Gateway(conf, access_log=_access_line)
+    logging_on = os.environ.get("MICROKIT_ACCESS_LOG", "1") != "0"
+    gateway = Gateway(conf, access_log=_access_line if logging_on else None)
     store = registry.connect(conf.registry.url, project_root=conf.root, namespace=conf.project.name)
     watcher = store.watch(gateway.update)
     gateway.update(watcher.snapshot())

@@ -9,10 +9,12 @@ this module imports neither gevent nor any app: the workers do that after the fo
 
 from __future__ import annotations
 
+import json
 import os
 import selectors
 import signal
 import time
+import urllib.request
 from typing import Callable, Sequence
 
 from ..config import Config, ServiceConfig
@@ -21,9 +23,14 @@ from . import control
 from .command import CommandGroup, CommandSpec, check_health
 from .group import FATAL, AppGroup, Group
 from .printer import Printer
-from .process import SUPERVISOR_SIGNALS, bind
+from .process import SUPERVISOR_SIGNALS, bind, url
+from .registration import RegistrySpec, advertised_host
 from .reloader import Reloader, app_scope, command_scope
 from .worker import AppSpec
+
+GATEWAY = "gateway"
+GATEWAY_APP = "microkit.gateway.wsgi:application"
+GATEWAY_HEALTH = "/__microkit/health"
 
 TICK = 0.1
 READY_PROBE_INTERVAL = 0.5
@@ -31,10 +38,13 @@ READY_PROBE_INTERVAL = 0.5
 
 class Arbiter:
     def __init__(self, config: Config, services: Sequence[str] = (), reload: bool = False,
-                 access_log: bool | None = None, printer: Printer | None = None):
+                 access_log: bool | None = None, printer: Printer | None = None,
+                 gateway: bool = True, run_services: bool = True):
         self.config = config
         self.root = config.root
-        self.names = self.select(config, services)
+        self.names = self.select(config, services) if run_services else []
+        self.gateway = gateway
+        self.gateway_address: tuple[str, int] | None = None
         self.watch_files = reload
         self.access_log = access_log
         self.printer = printer or Printer()
@@ -72,8 +82,11 @@ class Arbiter:
 
     def setup(self) -> None:
         self.control.open()
+        gateway = self.make_gateway_group() if self.gateway else None
         for name in self.names:
             self.groups[name] = self.make_group(self.config.services[name])
+        if gateway is not None:
+            self.groups[GATEWAY] = gateway
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
@@ -101,11 +114,35 @@ class Arbiter:
         except OSError as exc:
             raise SupervisorError(f"services.{service.name}: cannot listen on {service.listen}: "
                                   f"{exc.strerror or exc}") from None
-        spec = AppSpec(name=service.name, app=service.app, root=self.root, env=service.env,
+        spec = AppSpec(name=service.name, app=service.app, root=self.root,
+                       env={"MICROKIT_GATEWAY_URL": self.gateway_url, **service.env},
                        timeout=service.timeout, graceful_timeout=service.graceful_timeout,
                        health=service.health,
-                       access_log=service.access_log if self.access_log is None else self.access_log)
+                       access_log=service.access_log if self.access_log is None else self.access_log,
+                       registry=RegistrySpec(self.config.registry.url, self.root, self.config.project.name,
+                                             advertised_host(service.listen.host)))
         return AppGroup(spec, service.workers, listener, self.printer, self.watch)
+
+    @property
+    def gateway_url(self) -> str:
+        """Where services reach each other: this `up`'s gateway (its real port), else the configured one."""
+        if self.gateway_address is not None:
+            return url(*self.gateway_address)
+        listen = self.config.gateway.listen
+        return url(listen.host, listen.port)
+
+    def make_gateway_group(self) -> Group:
+        """The gateway's gevent workers: a Bottle app routing to what the registry lists."""
+        gateway = self.config.gateway
+        try:
+            listener = bind(gateway.listen)
+        except OSError as exc:
+            raise SupervisorError(f"gateway.listen: cannot listen on {gateway.listen}: {exc.strerror or exc}") from None
+        access_log = gateway.access_log if self.access_log is None else self.access_log
+        spec = AppSpec(name=GATEWAY, app=GATEWAY_APP, root=self.root, health=GATEWAY_HEALTH, access_log=False,
+                       env={"MICROKIT_CONFIG": str(self.config.path), "MICROKIT_ACCESS_LOG": str(int(access_log))})
+        self.gateway_address = listener.getsockname()[:2]
+        return AppGroup(spec, gateway.workers, listener, self.printer, self.watch)
 
     def teardown(self) -> None:
         for group in self.groups.values():
@@ -144,7 +181,8 @@ class Arbiter:
                     self.printer.say("stopped")
                     return 0
                 continue
-            if all(group.state == FATAL for group in self.groups.values()):
+            services = [g for name, g in self.groups.items() if name != GATEWAY] or list(self.groups.values())
+            if all(group.state == FATAL for group in services):
                 if not self.reloader:
                     self.printer.say("every service failed to start; stopping")
                     return 1
@@ -205,10 +243,32 @@ class Arbiter:
         for group in alive:
             if isinstance(group, AppGroup) and not check_health(group.host, group.port, group.spec.health, 2.0):
                 return
+        gateway = self.groups.get(GATEWAY)
+        services = [g for g in alive if g.name != GATEWAY]
+        if gateway is not None and gateway.state != FATAL and not self.gateway_sees(gateway, services):
+            return
         self.announced = True
         failed = [name for name, g in self.groups.items() if g.state == FATAL]
-        line = "ready: " + ", ".join(f"{g.name} {' '.join(g.urls())}" for g in alive)
+        listed = ", ".join(f"{g.name} {' '.join(g.urls())}" for g in services)
+        if gateway is not None and gateway.state != FATAL:
+            if listed:
+                self.printer.plain(f"services: {listed}")
+            line = f"ready: gateway {gateway.urls()[0]}"
+        else:
+            line = f"ready: {listed}"
         self.printer.plain(line + (f" (failed: {', '.join(failed)})" if failed else ""))
+
+    def gateway_sees(self, gateway: AppGroup, services: list[Group]) -> bool:
+        """Whether the gateway has found an instance of every routed service that runs in the registry."""
+        routed = {g.name for g in services if isinstance(g, AppGroup) and self.config.services[g.name].route}
+        if not routed:
+            return True
+        try:
+            with urllib.request.urlopen(gateway.urls()[0] + GATEWAY_HEALTH, timeout=2.0) as reply:
+                known = json.load(reply).get("instances", {})
+        except (OSError, ValueError):
+            return False
+        return all(known.get(name, 0) > 0 for name in routed)
 
     def reload_changed(self) -> None:
         files, services = self.reloader.poll()

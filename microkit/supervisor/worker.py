@@ -37,6 +37,7 @@ from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping
 
 from .process import close_fds_except, die_with_parent, reset_signals
+from .registration import Registration, RegistrySpec
 
 BOOT_ERROR = 3
 SETTLE = 0.5
@@ -55,6 +56,7 @@ class AppSpec:
     graceful_timeout: float = 10.0
     health: str = "/healthz"
     access_log: bool = True
+    registry: RegistrySpec | None = None
 
     @property
     def beat_interval(self) -> float:
@@ -165,8 +167,12 @@ class Worker:
             return BOOT_ERROR
 
         listener = socket.socket(fileno=self.listener.detach())
-        server = serve(listener, with_health(app, self.spec.health),
-                       access_log if self.spec.access_log else None)
+        app = with_health(app, self.spec.health)
+        server = serve(listener, app, access_log if self.spec.access_log else None)
+        registration = None
+        if self.spec.registry is not None:
+            registration = Registration(self.spec.registry, self.spec.name, self.port, self.slot)
+            registration.start(app, self.spec.health)
         stopped = gevent.event.Event()
         stopping: list[bool] = []
 
@@ -174,6 +180,8 @@ class Worker:
             if stopping:
                 return
             stopping.append(True)
+            if registration is not None:
+                registration.stop()
             server.stop_accepting()
             server.draining = True
             settle = min(SETTLE, self.spec.graceful_timeout / 2)

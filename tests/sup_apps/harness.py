@@ -29,7 +29,7 @@ def make_project(root: Path, services: dict[str, dict], apps: dict[str, str]) ->
         folder.mkdir()
         (folder / "__init__.py").write_text("")
         shutil.copy(APPS / source, folder / ("app.py" if source.endswith("_app.py") else source))
-    lines = ['[project]', 'name = "suptest"', '']
+    lines = ['[project]', 'name = "suptest"', '', '[gateway]', 'listen = "127.0.0.1:0"', '']
     for name, settings in services.items():
         lines.append(f"[services.{name}]")
         lines += [f"{key} = {json.dumps(value)}" for key, value in settings.items()]
@@ -45,8 +45,9 @@ def run_cli(root: Path, *args: str, timeout: float = 10) -> subprocess.Completed
 class Up:
     """A running `microkit up` and its output, read by a thread into `lines`."""
 
-    def __init__(self, root: Path, *args: str):
+    def __init__(self, root: Path, *args: str, gateway: bool = False):
         self.root = root
+        args = args if gateway else ("--no-gateway", *args)
         self.process = subprocess.Popen([*CLI, "up", *args], cwd=root, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, text=True, start_new_session=True)
         self.lines: list[str] = []
@@ -84,9 +85,10 @@ class Up:
                 self.changed.wait(min(left, 0.1))
 
     def ready(self, timeout: float = 15) -> dict[str, str]:
-        """Wait for `ready: ...`; returns each service's first URL."""
+        """Wait for `ready: ...`; returns each service's first URL (and the gateway's, when it runs)."""
         line = self.wait_for(r"^ready: ", timeout).string
-        return {name: url for name, url in re.findall(r"(\w+) (http://[\d.:]+)", line)}
+        listed = self.wait_for(r"^services: ", 1).string if line.startswith("ready: gateway") else ""
+        return {name: url for name, url in re.findall(r"(\w+) (http://[\d.:]+)", listed + " " + line)}
 
     def status(self) -> dict:
         result = run_cli(self.root, "status", "--json")
@@ -94,7 +96,7 @@ class Up:
         return json.loads(result.stdout)
 
     def service(self, name: str) -> dict:
-        return next(s for s in self.status()["services"] if s["name"] == name)
+        return next(s for s in self.status()["supervisor"]["services"] if s["name"] == name)
 
     def pids(self, name: str) -> set[int]:
         return {i["pid"] for i in self.service(name)["instances"]}

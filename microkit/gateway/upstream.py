@@ -36,17 +36,17 @@ class BrokenResponse(UpstreamError):
 class Connection:
     """One TCP connection to an instance, reused while both ends keep it alive."""
 
-    __slots__ = ("sock", "address")
+    __slots__ = ("sock", "raw", "address")
 
     def __init__(self, sock: socket.socket, address: tuple[str, int]) -> None:
         self.sock = sock
+        self.raw = getattr(sock, "_sock", sock)
         self.address = address
 
     def idle_ok(self) -> bool:
         """An idle HTTP connection has nothing to read: readable means the peer closed it (or misbehaved)."""
-        raw = getattr(self.sock, "_sock", self.sock)
         try:
-            raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            self.raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
         except BlockingIOError:
             return True
         except OSError:
@@ -57,7 +57,13 @@ class Connection:
         """Send the request head and body; a failure here is NoResponse, since bytes may have gone out."""
         try:
             if body is None or isinstance(body, bytes):
-                self.sock.sendall(head + body if body else head)
+                data = head + body if body else head
+                try:
+                    sent = self.raw.send(data)  # one plain send first: gevent's sendall costs a getsockopt
+                except BlockingIOError:
+                    sent = 0
+                if sent < len(data):
+                    self.sock.sendall(memoryview(data)[sent:])
                 return
             self.sock.sendall(head)
             for chunk in body:

@@ -97,7 +97,7 @@ def up(services: tuple[str, ...], config_file: str | None, reload_: bool, no_acc
 def run(service: str, config_file: str | None, reload_: bool, no_access_log: bool) -> None:
     """Run one SERVICE alone (no gateway), registering into the configured registry: for other hosts."""
     supervise(config.discover(config_file), (service,), reload=reload_,
-              access_log=False if no_access_log else None, gateway=False)
+              access_log=False if no_access_log else None, gateway=False, control_name=f"run-{service}-{os.getpid()}")
 
 
 @cli.command()
@@ -105,7 +105,8 @@ def run(service: str, config_file: str | None, reload_: bool, no_access_log: boo
 @click.option("--no-access-log", is_flag=True, help="No log line per request (overrides gateway.access_log).")
 def gateway(config_file: str | None, no_access_log: bool) -> None:
     """Run the gateway alone: it routes to the instances the registry lists, wherever they run."""
-    supervise(config.discover(config_file), (), access_log=False if no_access_log else None, run_services=False)
+    supervise(config.discover(config_file), (), access_log=False if no_access_log else None, run_services=False,
+              control_name="gateway")
 
 
 def supervise(project: config.Config, services: tuple[str, ...], **options) -> None:

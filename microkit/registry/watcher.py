@@ -9,7 +9,9 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from microkit.registry.base import POLL_INTERVAL, ChangeFeed, Instance, Registry, RegistryUnavailable, Snapshot
+from microkit.registry.base import (
+    DEFAULT_TTL, POLL_INTERVAL, ChangeFeed, Instance, Registry, RegistryUnavailable, Snapshot,
+)
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +28,16 @@ class Watcher:
 
     Notifications make changes visible at once; the poll is what guarantees convergence after a missed
     message, an expired instance or a restarted store. While the store is down the last snapshot stays
-    readable, and `age` says how old it is.
+    readable, and `age` says how old it is. For `recovery_grace` seconds after the store comes back,
+    instances it no longer lists are kept: a restarted Redis starts empty, and heartbeats need a moment
+    to re-create their entries.
     """
 
     def __init__(self, registry: Registry, callback: Callable[[Snapshot], None] | None = None,
-                 interval: float = POLL_INTERVAL) -> None:
+                 interval: float = POLL_INTERVAL, recovery_grace: float = DEFAULT_TTL) -> None:
         self.registry = registry
+        self.recovery_grace = recovery_grace
+        self._recovered_at = -math.inf
         self.callback = callback
         self.interval = interval
         self.error: RegistryUnavailable | None = None
@@ -74,6 +80,10 @@ class Watcher:
     def refresh(self) -> None:
         """Read the whole namespace now; call the callback if membership changed."""
         snapshot = self.registry.services()
+        if self.error is not None:
+            self._recovered_at = time.monotonic()
+        if time.monotonic() - self._recovered_at < self.recovery_grace:
+            snapshot = self._with_missing_kept(snapshot)
         changed = membership(snapshot) != membership(self._snapshot)
         self._snapshot = snapshot
         self._refreshed_at = time.monotonic()
@@ -85,6 +95,14 @@ class Watcher:
                 self.callback(snapshot)
             except Exception:
                 log.exception("registry watcher callback failed")
+
+    def _with_missing_kept(self, snapshot: Snapshot) -> Snapshot:
+        """`snapshot` plus the instances of the previous one it lacks."""
+        merged = {service: list(found) for service, found in snapshot.items()}
+        for service, found in self._snapshot.items():
+            present = {i.instance_id for i in merged.get(service, [])}
+            merged.setdefault(service, []).extend(i for i in found if i.instance_id not in present)
+        return merged
 
     def _run(self) -> None:
         feed: ChangeFeed | None = None

@@ -39,7 +39,7 @@ READY_PROBE_INTERVAL = 0.5
 class Arbiter:
     def __init__(self, config: Config, services: Sequence[str] = (), reload: bool = False,
                  access_log: bool | None = None, printer: Printer | None = None,
-                 gateway: bool = True, run_services: bool = True):
+                 gateway: bool = True, run_services: bool = True, control_name: str = control.UP):
         self.config = config
         self.root = config.root
         self.names = self.select(config, services) if run_services else []
@@ -50,7 +50,7 @@ class Arbiter:
         self.printer = printer or Printer()
         self.selector = selectors.DefaultSelector()
         self.groups: dict[str, Group] = {}
-        self.control = control.ControlServer(self.root, self.handle_request)
+        self.control = control.ControlServer(self.root, self.handle_request, control_name)
         self.reloader: Reloader | None = None
         self.signals: list[int] = []
         self.stopping = False

@@ -21,31 +21,32 @@ from typing import Any, Callable
 from ..errors import NotRunningError, SupervisorError
 
 STATE_DIR = ".microkit"
-STATE_FILE = "supervisor.json"
-SOCKET_FILE = "supervisor.sock"
+UP = "supervisor"
 MAX_SOCKET_PATH = 100
 REQUEST_TIMEOUT = 2.0
 
 
-def state_path(root: Path) -> Path:
-    return root / STATE_DIR / STATE_FILE
+def state_path(root: Path, name: str = UP) -> Path:
+    return root / STATE_DIR / f"{name}.json"
 
 
-def socket_path(root: Path) -> Path:
-    path = root / STATE_DIR / SOCKET_FILE
+def socket_path(root: Path, name: str = UP) -> Path:
+    """`name` tells apart the supervisors of one project on one host: `up`, `gateway`, each `run`."""
+    path = root / STATE_DIR / f"{name}.sock"
     if len(str(path)) <= MAX_SOCKET_PATH:
         return path
-    digest = hashlib.sha1(str(root).encode()).hexdigest()[:16]
+    digest = hashlib.sha1(f"{root}:{name}".encode()).hexdigest()[:16]
     return Path(tempfile.gettempdir()) / f"microkit-{digest}.sock"
 
 
 class ControlServer:
     """The listening end in `up`. The arbiter polls `sock` and calls `serve_one()` when it is readable."""
 
-    def __init__(self, root: Path, handle: Callable[[dict], dict]):
+    def __init__(self, root: Path, handle: Callable[[dict], dict], name: str = UP):
         self.root = root
         self.handle = handle
-        self.path = socket_path(root)
+        self.name = name
+        self.path = socket_path(root, name)
         self.sock: socket.socket | None = None
 
     def open(self) -> None:
@@ -53,11 +54,12 @@ class ControlServer:
         (self.root / STATE_DIR).mkdir(exist_ok=True)
         if self.path.exists():
             try:
-                other = request(self.root, {"command": "status"}, timeout=1.0)
+                other = request(self.root, {"command": "status"}, timeout=1.0, name=self.name)
             except NotRunningError:
                 self.path.unlink(missing_ok=True)
             else:
-                raise SupervisorError(f"`microkit up` is already running for this project (pid {other.get('pid')}); "
+                what = "`microkit up`" if self.name == UP else f"`microkit {self.name}`"
+                raise SupervisorError(f"{what} is already running for this project (pid {other.get('pid')}); "
                                       f"stop it first, or use `microkit reload`")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.bind(str(self.path))
@@ -65,9 +67,9 @@ class ControlServer:
         sock.setblocking(False)
         self.sock = sock
         state = {"pid": os.getpid(), "socket": str(self.path), "started": time.time()}
-        tmp = state_path(self.root).with_suffix(".tmp")
+        tmp = state_path(self.root, self.name).with_suffix(".tmp")
         tmp.write_text(json.dumps(state))
-        tmp.replace(state_path(self.root))
+        tmp.replace(state_path(self.root, self.name))
 
     def serve_one(self) -> None:
         """Answer one waiting client. Clients are local and send at once, so a short timeout suffices."""
@@ -91,7 +93,7 @@ class ControlServer:
         if self.sock is not None:
             self.sock.close()
             self.path.unlink(missing_ok=True)
-            state_path(self.root).unlink(missing_ok=True)
+            state_path(self.root, self.name).unlink(missing_ok=True)
 
 
 def read_line(conn: socket.socket, limit: int = 1 << 20) -> bytes:
@@ -106,11 +108,11 @@ def read_line(conn: socket.socket, limit: int = 1 << 20) -> bytes:
     return data
 
 
-def request(root: Path, message: dict, timeout: float = REQUEST_TIMEOUT) -> dict[str, Any]:
-    """Send one command to the `up` running for the project at `root`, and return its reply."""
+def request(root: Path, message: dict, timeout: float = REQUEST_TIMEOUT, name: str = UP) -> dict[str, Any]:
+    """Send one command to the supervisor `name` (default: `up`) of the project at `root`; return its reply."""
     not_running = NotRunningError(f"no `microkit up` is running for {root} (start one with `microkit up`)")
     try:
-        state = json.loads(state_path(root).read_text())
+        state = json.loads(state_path(root, name).read_text())
         path = state["socket"]
     except (OSError, ValueError, KeyError, TypeError):
         raise not_running from None

@@ -1,0 +1,292 @@
+"""Services, registry and gateway together, through the real CLI: `microkit up`, `run`, `gateway`.
+
+Every request loop is bounded in time; every process is killed at teardown.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from helpers import IN_CI
+from sup_apps.harness import CLI, Up, eventually, make_project, run_cli
+
+ROUTED = {"users": {"app": "services.users.app:app", "route": "/users", "workers": 2}}
+APPS = {"users": "routed_app.py"}
+
+
+@pytest.fixture
+def project(tmp_path):
+    """A project whose users service runs the routed test app."""
+    def make(services=ROUTED, registry: str | None = None) -> Path:
+        root = make_project(tmp_path / "proj", services, APPS)
+        if registry:
+            text = (root / "microkit.toml").read_text()
+            (root / "microkit.toml").write_text(text.replace("[gateway]", f'[registry]\nurl = "{registry}"\n\n[gateway]'))
+        return root
+    return make
+
+
+@pytest.fixture
+def running():
+    ups: list[Up] = []
+
+    def start(root: Path, *args: str) -> Up:
+        up = Up(root, *args, gateway=True)
+        ups.append(up)
+        return up
+    yield start
+    for up in ups:
+        up.close()
+
+
+class Loop:
+    """GETs through the gateway in a background thread, one fresh connection each, until stopped."""
+
+    def __init__(self, url: str, method: str = "GET"):
+        host, port = url.split("//")[1].split("/")[0].split(":")
+        self.address = (host, int(port))
+        self.path = "/" + url.split("//")[1].partition("/")[2]
+        self.method = method
+        self.statuses: list[int] = []
+        self.errors: list[str] = []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        deadline = time.monotonic() + 60
+        while not self.stopping.is_set() and time.monotonic() < deadline:
+            connection = http.client.HTTPConnection(*self.address, timeout=10)
+            try:
+                connection.request(self.method, self.path, body=b"{}" if self.method == "POST" else None)
+                response = connection.getresponse()
+                response.read()
+                self.statuses.append(response.status)
+            except (OSError, http.client.HTTPException) as exc:
+                self.errors.append(repr(exc))
+            finally:
+                connection.close()
+
+    def __enter__(self) -> "Loop":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopping.set()
+        self.thread.join(15)
+
+    def failures(self) -> list:
+        return [s for s in self.statuses if s != 200] + self.errors
+
+
+def gateway_url(up: Up) -> str:
+    return re.search(r"^ready: gateway (http://\S+)", up.wait_for(r"^ready: gateway", 20).string).group(1)
+
+
+def worker_pids(up: Up, service: str) -> list[int]:
+    return [w["pid"] for w in up.service(service)["instances"]]
+
+
+def registered_pids(root: Path, service: str) -> set[int]:
+    result = run_cli(root, "status", "--json")
+    assert result.returncode == 0, result.stderr
+    return {i["pid"] for i in json.loads(result.stdout)["services"].get(service, [])}
+
+
+def test_up_prints_the_gateway_and_routes_through_it(project, running):
+    root = project()
+    up = running(root)
+    url = gateway_url(up)
+    assert up.wait_for(r"^services: users http://127\.0\.0\.1:\d+").string
+    pids = {int(Loop_get(url + "/users/pid")) for _ in range(6)}
+    assert pids <= set(worker_pids(up, "users"))
+    assert registered_pids(root, "users") == set(worker_pids(up, "users"))
+    routes = run_cli(root, "routes")
+    assert routes.returncode == 0 and re.search(r"/users\s+users\s+30s\s+round_robin\s+2", routes.stdout)
+    status, body = get_status(url + "/nothing")
+    assert status == 404 and json.loads(body)["error"] == "no route for this path"
+
+
+def Loop_get(url: str) -> str:
+    status, body = get_status(url)
+    assert status == 200, body
+    return body
+
+
+def get_status(url: str) -> tuple[int, str]:
+    host, port = url.split("//")[1].split("/")[0].split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        connection.request("GET", "/" + url.split("//")[1].partition("/")[2])
+        response = connection.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        connection.close()
+
+
+def test_kill_9_of_one_of_two_instances_under_a_get_loop_fails_nothing(project, running):
+    up = running(project())
+    url = gateway_url(up)
+    victim = worker_pids(up, "users")[0]
+    with Loop(url + "/users/pid") as loop:
+        time.sleep(1.0)
+        os.kill(victim, signal.SIGKILL)
+        time.sleep(2.0)
+    assert len(loop.statuses) > 50 and loop.failures() == []
+
+
+def test_sigterm_of_an_instance_under_load_gives_no_5xx(project, running):
+    up = running(project())
+    url = gateway_url(up)
+    victim = worker_pids(up, "users")[0]
+    with Loop(url + "/users/pid") as loop, Loop(url + "/users/echo", "POST") as posts:
+        time.sleep(1.0)
+        os.kill(victim, signal.SIGTERM)
+        time.sleep(2.5)
+    assert len(loop.statuses) > 50 and loop.failures() == []
+    assert len(posts.statuses) > 50 and posts.failures() == []
+
+
+def test_a_killed_instance_leaves_the_registry_within_3_seconds(project, running):
+    root = project({"users": {**ROUTED["users"], "workers": 1}})
+    up = running(root)
+    gateway_url(up)
+    victim = worker_pids(up, "users")[0]
+    os.kill(victim, signal.SIGKILL)
+    killed = time.monotonic()
+    eventually(lambda: victim not in registered_pids(root, "users"), 5, 0.1)
+    assert time.monotonic() - killed <= 3.0
+    eventually(lambda: registered_pids(root, "users") == set(worker_pids(up, "users")), 5, 0.1)
+
+
+def test_gateway_and_run_as_separate_processes(project, tmp_path):
+    """`microkit run` on "another host" and `microkit gateway` alone, sharing only the registry."""
+    root = project({"users": {**ROUTED["users"], "workers": 1}})
+    procs = []
+    try:
+        for args in (["run", "users"], ["run", "users"], ["gateway"]):
+            procs.append(subprocess.Popen([*CLI, *args], cwd=root, stdout=subprocess.PIPE,
+                                          stderr=subprocess.STDOUT, text=True, start_new_session=True))
+        eventually(lambda: len(registered_pids(root, "users")) == 2, 15, 0.2)
+        routes = json.loads(run_cli(root, "routes", "--json").stdout)
+        assert routes == [{"prefix": "/users", "service": "users", "timeout": 30.0, "balance": "round_robin",
+                           "instances": 2}]
+        state = json.loads((root / ".microkit" / "gateway.json").read_text())
+        assert state["pid"] == procs[2].pid
+        port = gateway_port(root)
+        seen = {Loop_get(f"http://127.0.0.1:{port}/users/pid") for _ in range(8)}
+        assert seen == {str(pid) for pid in registered_pids(root, "users")}
+    finally:
+        for proc in procs:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(5)
+            proc.stdout.close()
+
+
+def gateway_port(root: Path) -> int:
+    """The gateway's real port (the test config listens on port 0), from its supervisor's status."""
+    from microkit.supervisor import control
+
+    def port():
+        try:
+            reply = control.request(root, {"command": "status"}, name="gateway")
+        except Exception:
+            return None
+        group = reply["services"][0]
+        return group["instances"] and group["instances"][0]["state"] == "ready" and group["instances"][0]["port"]
+    return eventually(port, 15, 0.2)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class PrivateRedis:
+    """A redis-server of this test's own on a free port, that the test can stop and start again."""
+
+    def __init__(self, tmp_path: Path):
+        self.port = free_port()
+        self.dir = tmp_path
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                                      "--save", "", "--appendonly", "no", "--dir", str(self.dir)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        eventually(self.answers, 10, 0.05)
+
+    def answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    if shutil.which("redis-server") is None:
+        if IN_CI:
+            pytest.fail("redis-server is not installed (CI=true: a missing server is a failure)")
+        pytest.skip("redis-server is not installed")
+    redis = PrivateRedis(tmp_path)
+    redis.start()
+    yield redis
+    redis.stop()
+
+
+def test_a_redis_outage_of_10_seconds_fails_no_request(project, running, private_redis):
+    root = project(registry=f"redis://127.0.0.1:{private_redis.port}/0")
+    up = running(root)
+    url = gateway_url(up)
+    with Loop(url + "/users/pid") as loop:
+        time.sleep(1.0)
+        private_redis.stop()
+        time.sleep(10.0)
+        assert loop.failures() == [], "requests to existing instances succeed while Redis is down"
+        private_redis.start()
+        eventually(lambda: registered_pids(root, "users") == set(worker_pids(up, "users")), 10, 0.2)
+        time.sleep(0.5)
+    assert len(loop.statuses) > 200 and loop.failures() == []
+    up.wait_for(r"registry unreachable: routing to the instances known \d+ s ago", 1)
+
+
+def test_registry_url_from_the_environment(project, tmp_path, private_redis):
+    """MICROKIT_REGISTRY_URL points `up` at Redis without touching microkit.toml."""
+    root = project({"users": {**ROUTED["users"], "workers": 1}})
+    env = {**os.environ, "MICROKIT_REGISTRY_URL": f"redis://127.0.0.1:{private_redis.port}/0"}
+    proc = subprocess.Popen([*CLI, "up"], cwd=root, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        import redis
+
+        client = redis.Redis(port=private_redis.port)
+        eventually(lambda: any(k.startswith(b"suptest:instance:users:") for k in client.keys("*")), 15, 0.2)
+        assert not (root / ".microkit" / "registry.db").exists(), "the embedded registry was not used"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+        proc.stdout.close()

@@ -226,6 +226,8 @@ class Group:
                 self.spawn(now)
             return
         if self.state == RELOADING:
+            if any(i.retiring and i.generation < self.generation for i in self.instances):
+                return  # "reloaded" once no old worker can take a request any more
             self.state = STARTING
             self.say("reloaded")
         if len(current) < self.desired:

@@ -6,7 +6,8 @@ from microkit.http.errors import HTTPError
 
 
 class Input:
-    """A file-like request body that the parser fills and the app drains; it never buffers ahead of a read."""
+    """A file-like request body that the parser fills and the app drains; it reads ahead of the app only
+    when the engine asks (`prefetch`, for short chunked bodies)."""
 
     __slots__ = ("_buf", "_fill", "_before_read", "_limit", "_received", "done", "error")
 

@@ -8,6 +8,7 @@ import multiprocessing
 import shutil
 import socket
 import subprocess
+import threading
 import time
 import uuid
 
@@ -198,7 +199,7 @@ def test_redis_keys_expire_and_use_the_server_clock(namespace):
 
 def _burst(url: str, namespace: str, count: int, ready, go, results) -> None:
     limiter = RedisLimiter(url, namespace)
-    limiter._connection().ping()
+    limiter._run._process().client.ping()
     ready.release()
     go.wait(10)
     results.put(sum(limiter.check("shared", PER_MINUTE).allowed for _ in range(count)))
@@ -282,11 +283,60 @@ def test_an_outage_is_not_retried_on_every_request(private_redis, monkeypatch):
     private_redis.stop()
     limiter.check("k", PER_MINUTE)
     calls = []
-    monkeypatch.setattr(limiter, "_eval", lambda *a: calls.append(a))
+    monkeypatch.setattr(limiter._run, "_send", lambda *a: calls.append(a))
     for _ in range(100):
         assert limiter.check("k", PER_MINUTE).status == 503
     assert calls == []
     limiter.close()
+
+
+def _hammer(limiter: RedisLimiter, rate: Rate, threads: int, each: int) -> list[Decision]:
+    decisions: list[Decision] = []
+    start = threading.Barrier(threads)
+
+    def run() -> None:
+        start.wait()
+        for _ in range(each):
+            decisions.append(limiter.check("k", rate))
+
+    workers = [threading.Thread(target=run) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(30)
+    return decisions
+
+
+def test_concurrent_checks_share_round_trips_and_each_gets_its_own_answer(namespace, monkeypatch):
+    limiter = RedisLimiter(REDIS_URL, namespace)
+    sizes = []
+    send = limiter._run._send
+    monkeypatch.setattr(limiter._run, "_send", lambda client, batch: sizes.append(len(batch)) or send(client, batch))
+    decisions = _hammer(limiter, Rate.parse("500/hour"), threads=20, each=40)
+    limiter.close()
+    assert len(decisions) == 800 and sum(d.allowed for d in decisions) == 500
+    assert sorted(d.remaining for d in decisions if d.allowed) == list(range(500))
+    assert max(sizes) > 1 and len(sizes) < 800
+
+
+def test_concurrent_checks_recover_from_a_script_flush(private_redis):
+    limiter = RedisLimiter(private_redis.url, "ns")
+    limiter.check("warm", PER_MINUTE)
+    client = redis.Redis.from_url(private_redis.url)
+    client.script_flush()
+    client.close()
+    decisions = _hammer(limiter, Rate.parse("1000/hour"), threads=10, each=20)
+    limiter.close()
+    assert sorted(d.remaining for d in decisions) == list(range(800, 1000))
+
+
+def test_concurrent_checks_all_get_the_policy_when_redis_dies(private_redis):
+    limiter = RedisLimiter(private_redis.url, "ns", on_redis_down="closed")
+    limiter.check("warm", PER_MINUTE)
+    private_redis.stop()
+    decisions = _hammer(limiter, PER_MINUTE, threads=10, each=5)
+    limiter.close()
+    assert len(decisions) == 50 and all(d.status == 503 and not d.allowed for d in decisions)
 
 
 def test_on_redis_down_must_be_open_or_closed():

@@ -3,7 +3,8 @@
 A rate "100/min" means one request per 600 ms on average, with bursts of up to `burst` (default: the
 limit, 100) at once; so a fresh key admits 100 requests immediately and then one every 600 ms.
 `RedisLimiter` runs the algorithm as one Lua script on Redis's own clock (TIME), so any number of
-gateway processes on any number of hosts share a limit exactly, whatever their clocks say.
+gateway processes on any number of hosts share a limit exactly, whatever their clocks say; concurrent
+checks of one process share round trips (see `pipelining`).
 `LocalLimiter` runs the same arithmetic in-process, for the embedded registry (one host, one limit per
 process).
 
@@ -18,7 +19,6 @@ import hashlib
 import ipaddress
 import logging
 import math
-import os
 import re
 import threading
 import time
@@ -26,9 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
+from microkit.gateway.security.pipelining import ScriptRunner
 from microkit.gateway.security.request import Denied, Identity, RequestInfo
 from microkit.registry.redis_registry import redacted
 
@@ -150,18 +149,16 @@ class RedisLimiter:
         self.on_redis_down = on_redis_down
         self.retry_interval = retry_interval
         self.socket_timeout = socket_timeout
-        self._pid = -1
-        self._client: redis.Redis | None = None
+        self._run = ScriptRunner(url, GCRA_SCRIPT, socket_timeout=socket_timeout)
         self._down_until = 0.0
         self._down = False
-        self._lock = threading.Lock()
 
     def check(self, key: str, rate: Rate, cost: int = 1) -> Decision:
         """Count one request (of `cost`) against `key`'s limit."""
         if self._down_until and time.monotonic() < self._down_until:
             return self._unavailable(rate)
         try:
-            allowed, remaining, retry_us, reset_us = self._eval(
+            allowed, remaining, retry_us, reset_us = self._run(
                 self.prefix + key, rate.interval_us, rate.window_us, cost)
         except redis.RedisError as exc:
             self._mark_down(exc)
@@ -179,27 +176,8 @@ class RedisLimiter:
         return decision
 
     def close(self) -> None:
-        client, mine = self._client, self._pid == os.getpid()
-        self._client, self._pid = None, -1
-        if client is not None and mine:
-            client.close()
-
-    def _eval(self, key: str, *args: int) -> list[int]:
-        client = self._connection()
-        try:
-            return client.evalsha(GCRA_SHA, 1, key, *args)
-        except redis.exceptions.NoScriptError:
-            return client.eval(GCRA_SCRIPT, 1, key, *args)
-
-    def _connection(self) -> redis.Redis:
-        if self._pid != os.getpid():
-            with self._lock:
-                if self._pid != os.getpid():
-                    self._client = redis.Redis.from_url(
-                        self.url, socket_timeout=self.socket_timeout, socket_connect_timeout=self.socket_timeout,
-                        retry=Retry(NoBackoff(), 1))
-                    self._pid = os.getpid()
-        return self._client
+        """Close this process's Redis connections."""
+        self._run.close()
 
     def _mark_down(self, exc: Exception) -> None:
         self._down_until = time.monotonic() + self.retry_interval

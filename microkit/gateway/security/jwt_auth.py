@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ REALM = "microkit"
 
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
 _B64URL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+_JWS_SHAPE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 _SCOPE_CHARS = frozenset(chr(c) for c in range(0x21, 0x7F)) - {'"', "\\"}
 
 
@@ -222,8 +224,7 @@ def bearer_token(info: RequestInfo) -> str:
     token = token.strip(" \t")
     if len(token) > MAX_TOKEN_CHARS:
         raise unauthorized("token too long")
-    parts = token.split(".")
-    if len(parts) != 3 or not parts[0] or not parts[1] or not _B64URL.issuperset(token.replace(".", "")):
+    if _JWS_SHAPE.fullmatch(token) is None:
         raise unauthorized("malformed token")
     if "access_token" in info.query:
         for name, value in parse_qsl(info.query, keep_blank_values=True):

@@ -227,7 +227,6 @@ def test_two_processes_share_one_limit(namespace):
                 worker.join()
     assert all(worker.exitcode == 0 for worker in workers)
     assert 95 <= sum(admitted) <= 100, admitted
-    assert all(n > 0 for n in admitted), admitted
 
 
 def test_the_script_is_reloaded_after_a_script_flush(private_redis):

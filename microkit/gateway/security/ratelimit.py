@@ -105,8 +105,11 @@ class Decision:
     retry_after: float  # seconds until a request of this cost would pass; 0 when allowed
     reset: float  # seconds until the full burst is available again
     status: int = 429  # the status a refusal answers with: 429, or 503 when the limiter is unavailable
+    degraded: bool = False  # admitted without counting (Redis down, fail open): no RateLimit headers
 
     def headers(self) -> list[tuple[str, str]]:
+        if self.degraded:
+            return []
         if self.status == 503:
             return [("Retry-After", str(max(1, math.ceil(self.retry_after))))]
         headers = [("RateLimit-Limit", str(self.limit)), ("RateLimit-Remaining", str(self.remaining)),
@@ -189,7 +192,7 @@ class RedisLimiter:
 
     def _unavailable(self, rate: Rate) -> Decision:
         if self.on_redis_down == "open":
-            return Decision(True, rate.limit, rate.burst or rate.limit, 0.0, 0.0)
+            return Decision(True, rate.limit, rate.burst or rate.limit, 0.0, 0.0, degraded=True)
         return Decision(False, rate.limit, 0, self.retry_interval, 0.0, status=503)
 
 

@@ -1,11 +1,13 @@
-"""One worker process, side by side: microkit's engine vs gunicorn -k gevent vs gevent.pywsgi (TCP_NODELAY).
+"""One worker process, side by side: `microkit up` vs gunicorn -k gevent vs gevent.pywsgi (TCP_NODELAY).
 
 Run from the repository root: `python benchmarks/bench_worker.py [--duration 5] [--rounds 3]`.
 Each server runs as its own subprocess on loopback; wrk (or a bounded Python fallback) drives them
-in turn A/B/C, A/B/C, ... and the medians are printed with the ratio to gunicorn.
+in turn A/B/C, A/B/C, ... and the medians are printed with the ratio to gunicorn. The microkit side
+is the real `microkit up --no-gateway` on a temporary project with one service of 1 worker.
 """
 
 import argparse
+import atexit
 import http.client
 import os
 import re
@@ -15,6 +17,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -22,19 +25,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 APP = "benchmarks.app:app"
 HOST = "127.0.0.1"
-
-MICROKIT_WORKER = """
-from gevent import monkey; monkey.patch_all()
-import importlib, socket, sys
-from microkit.http import HTTPServer
-module, _, attr = sys.argv[1].partition(":")
-app = getattr(importlib.import_module(module), attr)
-listener = socket.socket()
-listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-listener.bind((sys.argv[2], int(sys.argv[3])))
-listener.listen(1024)
-HTTPServer(listener, app).serve_forever()
-"""
 
 PYWSGI_WORKER = """
 from gevent import monkey; monkey.patch_all()
@@ -63,8 +53,20 @@ def _spawn(argv: list[str]) -> subprocess.Popen:
 
 
 def run_worker_process(app_spec: str, host: str, port: int) -> subprocess.Popen:
-    """Start one microkit worker (gevent monkey-patched first) serving `app_spec` on host:port."""
-    return _spawn([sys.executable, "-c", MICROKIT_WORKER, app_spec, host, str(port)])
+    """Start `microkit up` on a temporary project whose one service (1 worker) is `app_spec`."""
+    project = Path(tempfile.mkdtemp(prefix="microkit-bench-"))
+    atexit.register(shutil.rmtree, project, True)
+    (project / "microkit.toml").write_text(
+        f'[project]\nname = "bench"\nroot = "{ROOT}"\n\n'
+        f'[services.bench]\napp = "{app_spec}"\nworkers = 1\nlisten = "{host}:{port}"\naccess_log = false\n')
+    microkit = str(Path(sys.executable).with_name("microkit"))
+    return _spawn([microkit, "up", "--no-gateway", "-c", str(project / "microkit.toml")])
+
+
+def worker_pid(proc: subprocess.Popen) -> int:
+    """The pid that serves: a `microkit up` process's only child, else the process itself."""
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    return int(children[0]) if children else proc.pid
 
 
 def run_gunicorn(app_spec: str, host: str, port: int) -> subprocess.Popen:
@@ -177,13 +179,13 @@ def main() -> None:
         for proc, port in procs.values():
             wait_ready(port, proc)
         time.sleep(0.5)
-        idle_rss = rss_mb(procs["microkit"][0].pid)
+        idle_rss = rss_mb(worker_pid(procs["microkit"][0]))
         results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in procs}
         for round_ in range(args.rounds):
             for name, (_, port) in procs.items():
                 results[name].append(load(port, args.duration, args.connections))
                 print(f"round {round_ + 1} {name:20s} {results[name][-1][0]:10.0f} req/s", file=sys.stderr)
-        busy_rss = rss_mb(procs["microkit"][0].pid)
+        busy_rss = rss_mb(worker_pid(procs["microkit"][0]))
     finally:
         for proc, _ in procs.values():
             stop(proc)

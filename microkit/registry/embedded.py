@@ -1,6 +1,7 @@
 """The default registry: an SQLite file shared by the processes of one host, no server needed.
 
-Tables (peewee models, one file for every namespace):
+Tables (one file for every namespace; plain `sqlite3`, so a worker that does not use peewee itself
+does not pay for loading it and its database drivers):
 - `instances(namespace, instance_id, service, data, expires_at)`: `data` is the instance as JSON, and an
   instance is live while `expires_at` (last heartbeat + TTL, wall clock) is in the future.
 - `versions(namespace, version)`: a counter bumped in the same transaction as every register, deregister
@@ -11,12 +12,11 @@ wait out a busy timeout, so concurrent processes queue instead of failing.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-import peewee
 
 from microkit.registry.base import ChangeFeed, Instance, Registry, RegistryUnavailable, Snapshot, ordered
 
@@ -24,42 +24,22 @@ BUSY_TIMEOUT = 2.0
 VERSION_POLL = 0.1
 
 
-def _models(db: peewee.SqliteDatabase) -> tuple[type[peewee.Model], type[peewee.Model]]:
-    """Model classes bound to `db`, made per connection so processes never share a binding."""
-
-    class Row(peewee.Model):
-        namespace = peewee.TextField()
-        instance_id = peewee.TextField()
-        service = peewee.TextField()
-        data = peewee.TextField()
-        expires_at = peewee.FloatField(index=True)
-
-        class Meta:
-            database = db
-            table_name = "instances"
-            primary_key = peewee.CompositeKey("namespace", "instance_id")
-
-    class Version(peewee.Model):
-        namespace = peewee.TextField(primary_key=True)
-        version = peewee.IntegerField()
-
-        class Meta:
-            database = db
-            table_name = "versions"
-
-    return Row, Version
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS instances (
+    namespace TEXT NOT NULL, instance_id TEXT NOT NULL, service TEXT NOT NULL, data TEXT NOT NULL,
+    expires_at REAL NOT NULL, PRIMARY KEY (namespace, instance_id));
+CREATE INDEX IF NOT EXISTS instances_expires_at ON instances (expires_at);
+CREATE TABLE IF NOT EXISTS versions (namespace TEXT PRIMARY KEY, version INTEGER NOT NULL);
+"""
 
 
-class _Store:
-    """This process's SQLite connection and the models bound to it."""
-
-    def __init__(self, path: Path) -> None:
-        self.db = peewee.SqliteDatabase(
-            str(path), thread_safe=False, check_same_thread=False, timeout=BUSY_TIMEOUT,
-            lock_type="IMMEDIATE", pragmas={"journal_mode": "wal", "synchronous": "normal"},
-        )
-        self.Row, self.Version = _models(self.db)
-        self.db.create_tables([self.Row, self.Version], safe=True)
+def _open(path: Path) -> sqlite3.Connection:
+    """This process's connection: WAL, a busy timeout, and transactions opened explicitly."""
+    db = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=wal")
+    db.execute("PRAGMA synchronous=normal")
+    db.executescript(SCHEMA)
+    return db
 
 
 class EmbeddedRegistry(Registry):
@@ -78,13 +58,12 @@ class EmbeddedRegistry(Registry):
 
     def services(self) -> Snapshot:
         """Every service with live instances."""
-        with self._store() as store:
-            rows = store.Row.select(store.Row.service, store.Row.data).where(
-                (store.Row.namespace == self.namespace) & (store.Row.expires_at > time.time())
-            ).tuples()
-            snapshot: Snapshot = {}
-            for service, data in rows:
-                snapshot.setdefault(service, []).append(Instance.from_json(data))
+        with self._store() as db:
+            rows = db.execute("SELECT service, data FROM instances WHERE namespace = ? AND expires_at > ?",
+                              (self.namespace, time.time())).fetchall()
+        snapshot: Snapshot = {}
+        for service, data in rows:
+            snapshot.setdefault(service, []).append(Instance.from_json(data))
         return {service: ordered(found) for service, found in sorted(snapshot.items())}
 
     def changes(self) -> ChangeFeed:
@@ -93,57 +72,67 @@ class EmbeddedRegistry(Registry):
 
     def version(self) -> int:
         """The namespace's change counter (0 before the first change)."""
-        with self._store() as store:
-            row = store.Version.get_or_none(store.Version.namespace == self.namespace)
-        return row.version if row else 0
+        with self._store() as db:
+            row = db.execute("SELECT version FROM versions WHERE namespace = ?", (self.namespace,)).fetchone()
+        return row[0] if row else 0
 
-    def _connect(self) -> _Store:
+    def _connect(self) -> sqlite3.Connection:
         """Open (and if needed create) the database file for this process."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            return _Store(self.path)
-        except (OSError, peewee.OperationalError) as exc:
+            return _open(self.path)
+        except (OSError, sqlite3.Error) as exc:
             raise RegistryUnavailable(f"registry {self.path} unavailable: {exc}") from exc
 
-    def _disconnect(self, conn: _Store) -> None:
-        conn.db.close()
+    def _disconnect(self, conn: sqlite3.Connection) -> None:
+        conn.close()
 
     def _put(self, record: Instance, ttl: float, *, announce: bool) -> None:
         """Extend a live row; otherwise (new, expired or lost) write it whole and bump the version."""
         expires_at = record.last_seen + ttl
-        with self._store() as store, store.db.atomic():
-            Row = store.Row
-            mine = (Row.namespace == self.namespace) & (Row.instance_id == record.instance_id)
-            if not announce:
-                alive = mine & (Row.expires_at > record.last_seen)
-                if Row.update(data=record.to_json(), expires_at=expires_at).where(alive).execute():
-                    return
-            Row.delete().where(Row.expires_at <= record.last_seen).execute()
-            Row.replace(namespace=self.namespace, instance_id=record.instance_id, service=record.service,
-                        data=record.to_json(), expires_at=expires_at).execute()
-            self._bump(store)
+        data = record.to_json()
+        with self._transaction() as db:
+            if not announce and db.execute(
+                    "UPDATE instances SET data = ?, expires_at = ? "
+                    "WHERE namespace = ? AND instance_id = ? AND expires_at > ?",
+                    (data, expires_at, self.namespace, record.instance_id, record.last_seen)).rowcount:
+                return
+            db.execute("DELETE FROM instances WHERE expires_at <= ?", (record.last_seen,))
+            db.execute("REPLACE INTO instances (namespace, instance_id, service, data, expires_at) "
+                       "VALUES (?, ?, ?, ?, ?)", (self.namespace, record.instance_id, record.service, data, expires_at))
+            self._bump(db)
 
     def _remove(self, instance: Instance) -> None:
-        with self._store() as store, store.db.atomic():
-            Row = store.Row
-            Row.delete().where((Row.namespace == self.namespace) & (Row.instance_id == instance.instance_id)).execute()
-            self._bump(store)
+        with self._transaction() as db:
+            db.execute("DELETE FROM instances WHERE namespace = ? AND instance_id = ?",
+                       (self.namespace, instance.instance_id))
+            self._bump(db)
 
-    def _bump(self, store: _Store) -> None:
-        Version = store.Version
-        Version.insert(namespace=self.namespace, version=1).on_conflict(
-            conflict_target=[Version.namespace], update={Version.version: Version.version + 1}
-        ).execute()
+    def _bump(self, db: sqlite3.Connection) -> None:
+        db.execute("INSERT INTO versions (namespace, version) VALUES (?, 1) "
+                   "ON CONFLICT (namespace) DO UPDATE SET version = version + 1", (self.namespace,))
 
     @contextmanager
-    def _store(self) -> Iterator[_Store]:
-        """This process's store, used under its lock; SQLite errors become RegistryUnavailable."""
+    def _store(self) -> Iterator[sqlite3.Connection]:
+        """This process's connection, used under its lock; SQLite errors become RegistryUnavailable."""
         state = self._process()
         try:
             with state.lock:
                 yield state.conn
-        except peewee.OperationalError as exc:
+        except sqlite3.Error as exc:
             raise RegistryUnavailable(f"registry {self.path} unavailable: {exc}") from exc
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction that takes the lock up front (BEGIN IMMEDIATE), committed or rolled back whole."""
+        with self._store() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
 
 
 class _VersionFeed(ChangeFeed):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from . import __version__, config, scaffold
+from . import __version__, config
 from .errors import MicrokitError, NotRunningError, SupervisorError, UsageError
 from .supervisor import control
 
@@ -46,6 +46,7 @@ def new() -> None:
 @click.argument("name")
 def new_project(name: str) -> None:
     """Create the project folder NAME with microkit.toml, services/, README.md and .gitignore."""
+    from . import scaffold
     scaffold.apply(scaffold.plan_project(name), Path.cwd())
     click.echo(f"created {name}/")
     click.echo(f"next: cd {name} && microkit new service users")
@@ -61,6 +62,7 @@ def new_project(name: str) -> None:
 @config_option
 def new_service(name: str, template: str, route: str | None, workers: int, config_file: str | None) -> None:
     """Add services/NAME and its [services.NAME] table in microkit.toml."""
+    from . import scaffold
     project = config.discover(config_file)
     plan = scaffold.plan_service(project, name, template=template, route=route, workers=workers)
     scaffold.apply(plan, project.root)

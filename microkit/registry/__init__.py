@@ -11,11 +11,10 @@ from pathlib import Path
 
 from microkit.errors import ConfigError
 from microkit.registry.base import (
-    DEFAULT_TTL, HEARTBEAT_INTERVAL, POLL_INTERVAL, Instance, Registry, RegistryUnavailable, Snapshot,
+    DEFAULT_TTL, HEARTBEAT_INTERVAL, POLL_INTERVAL, Instance, Registry, RegistryUnavailable, Snapshot, redacted,
 )
 from microkit.registry.embedded import EmbeddedRegistry
 from microkit.registry.heartbeat import Heartbeat
-from microkit.registry.redis_registry import RedisRegistry, redacted
 from microkit.registry.watcher import Watcher
 
 __all__ = [
@@ -24,10 +23,25 @@ __all__ = [
     "schemes",
 ]
 
+def _redis(url: str, namespace: str) -> Registry:
+    """RedisRegistry, imported on first use: a worker on the embedded registry never loads redis-py."""
+    from microkit.registry.redis_registry import RedisRegistry
+
+    return RedisRegistry(url, namespace)
+
+
 schemes: dict[str, Callable[[str, str], Registry]] = {
-    "redis": RedisRegistry,
-    "rediss": RedisRegistry,
+    "redis": _redis,
+    "rediss": _redis,
 }
+
+
+def __getattr__(name: str):
+    if name == "RedisRegistry":
+        from microkit.registry.redis_registry import RedisRegistry
+
+        return RedisRegistry
+    raise AttributeError(name)
 
 
 def embedded_path(project_root: Path) -> Path:

@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from microkit.errors import MicrokitError
 
@@ -55,6 +56,15 @@ class Instance:
     def from_json(cls, text: str | bytes) -> Instance:
         """Parse what `to_json` wrote."""
         return cls(**json.loads(text))
+
+
+def redacted(url: str) -> str:
+    """The URL without its password, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def ordered(instances: list[Instance]) -> list[Instance]:

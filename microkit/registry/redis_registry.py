@@ -23,7 +23,9 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from microkit.registry.base import ChangeFeed, Instance, Registry, RegistryUnavailable, Snapshot, ordered
+from microkit.registry.base import (  # noqa: F401  (redacted is part of this module's API)
+    ChangeFeed, Instance, Registry, RegistryUnavailable, Snapshot, ordered, redacted,
+)
 
 INDEX_TTL_MS = 3_600_000
 SOCKET_TIMEOUT = 1.0
@@ -35,15 +37,6 @@ end
 if redis.call('SCARD', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[1]) end
 return 0
 """
-
-
-def redacted(url: str) -> str:
-    """The URL without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 class RedisRegistry(Registry):

@@ -20,6 +20,7 @@ from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
 from .errors import ConfigError
+from .rates import Rate
 
 CONFIG_NAME = "microkit.toml"
 ENV_CONFIG = "MICROKIT_CONFIG"
@@ -163,6 +164,58 @@ def networks(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def one_of(*choices: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        if value not in choices:
+            raise Invalid(f"expected one of {', '.join(map(show, choices))}, got {show(value)}")
+        return value
+    return parse
+
+
+def strings(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise Invalid(f'expected a list of strings like ["a", "b"], got {show(value)}')
+    return tuple(value)
+
+
+def strings_or_star(value: Any) -> tuple[str, ...] | str:
+    """A list of strings, or "*" for any."""
+    return "*" if value == "*" else strings(value)
+
+
+def algorithms(value: Any) -> tuple[str, ...]:
+    found = strings(value)
+    for name in found:
+        if name not in JWT_ALGORITHMS:
+            raise Invalid(f"expected algorithms among {', '.join(map(show, JWT_ALGORITHMS))}, got {show(name)}")
+    return found
+
+
+def audience(value: Any) -> tuple[str, ...]:
+    return (text(value),) if isinstance(value, str) else strings(value)
+
+
+def rate(value: Any) -> str:
+    try:
+        Rate.parse(value)
+    except (ValueError, TypeError) as exc:
+        raise Invalid(str(exc)) from None
+    return value
+
+
+def non_negative(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise Invalid(f"expected a number >= 0, got {show(value)}")
+    return float(value)
+
+
+def path_table(value: Any) -> Mapping[str, str]:
+    if not isinstance(value, dict) or not all(isinstance(v, str) and v for v in value.values()):
+        raise Invalid(f'expected a table of key ids to PEM files like {{ key1 = "keys/key1.pem" }}, got {show(value)}')
+    return MappingProxyType(dict(value))
+
+
+JWT_ALGORITHMS = ("HS256", "RS256", "ES256")
 BALANCE_POLICIES = ("round_robin", "least_outstanding")
 
 
@@ -199,10 +252,121 @@ class Setting:
     doc: str
 
 
+@dataclass(frozen=True)
+class Table:
+    """A nested table of settings (`[gateway.auth]`), made into `make(**values)`; absent means all defaults,
+    or None when `optional`."""
+
+    settings: tuple[Setting, ...]
+    make: Callable[..., Any]
+    optional: bool = False
+
+
 def folder(value: Any) -> str:
     if not isinstance(value, str) or not value.strip() or "\0" in value:
         raise Invalid(f"expected a folder path, got {show(value)}")
     return value
+
+
+@dataclass(frozen=True)
+class JWTConfig:
+    algorithms: tuple[str, ...]
+    secret_env: str
+    public_key: str | None
+    public_keys: Mapping[str, str]
+    jwks_file: str | None
+    issuer: str | None
+    audience: tuple[str, ...] | None
+    leeway: float
+    required_scopes: tuple[str, ...]
+    cache_size: int
+    cache_ttl: float
+
+
+@dataclass(frozen=True)
+class ApiKeysConfig:
+    cache_ttl: float
+
+
+@dataclass(frozen=True)
+class TokenConfig:
+    ttl: int
+    signing_key: str | None
+    signing_kid: str | None
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    default: str
+    admin_scope: str
+    jwt: JWTConfig
+    apikeys: ApiKeysConfig
+    token: TokenConfig
+
+
+@dataclass(frozen=True)
+class RateLimitConfig:
+    on_redis_down: str
+    retry_interval: float
+    by: str
+
+
+@dataclass(frozen=True)
+class CorsConfig:
+    origins: tuple[str, ...] | str
+    methods: tuple[str, ...]
+    headers: tuple[str, ...] | str
+    expose_headers: tuple[str, ...]
+    credentials: bool
+    max_age: int
+
+
+AUTH_METHODS = ("none", "jwt", "apikey")
+LIMIT_KEYS = ("key", "subject", "ip")
+
+JWT = (
+    Setting("algorithms", algorithms, (), 'Accepted algorithms, pinned (never read from a token): "HS256", '
+                                          '"RS256", "ES256". Required when a route uses JWT.'),
+    Setting("secret_env", text, "MICROKIT_JWT_SECRET", "Environment variable holding the HS256 secret."),
+    Setting("public_key", text, None, "PEM file of the public key for tokens without a kid."),
+    Setting("public_keys", path_table, MappingProxyType({}), "PEM files of public keys by kid."),
+    Setting("jwks_file", text, None, "A JWKS file of public keys, looked up by kid."),
+    Setting("issuer", text, None, "Required iss claim."),
+    Setting("audience", audience, None, "Accepted aud claim(s)."),
+    Setting("leeway", non_negative, 30.0, "Seconds of clock skew allowed on exp and nbf."),
+    Setting("required_scopes", strings, (), "Scopes every JWT must carry."),
+    Setting("cache_size", integer(0), 4096, "Verified tokens remembered (until their exp) to skip re-verifying."),
+    Setting("cache_ttl", seconds, 60.0, "Longest a verified token is remembered."),
+)
+APIKEYS = (
+    Setting("cache_ttl", seconds, 1.0, "Seconds an API key check is remembered: how long a revoked key may still pass."),
+)
+TOKEN = (
+    Setting("ttl", integer(1), 300, "Lifetime in seconds of tokens from POST /auth/token."),
+    Setting("signing_key", text, None, "PEM private key to sign them (RS256/ES256); default HS256 with the secret."),
+    Setting("signing_kid", text, None, "kid header of the tokens signed with signing_key."),
+)
+AUTH = (
+    Setting("default", one_of(*AUTH_METHODS), "none", 'Auth of routes that set none: "none", "jwt" or "apikey".'),
+    Setting("admin_scope", text, "microkit:admin", "API key scope that opens /__microkit/ admin endpoints."),
+    Setting("jwt", Table(JWT, JWTConfig), None, "[gateway.auth.jwt]: how bearer tokens are verified."),
+    Setting("apikeys", Table(APIKEYS, ApiKeysConfig), None, "[gateway.auth.apikeys]"),
+    Setting("token", Table(TOKEN, TokenConfig), None, "[gateway.auth.token]: POST /auth/token."),
+)
+RATELIMIT = (
+    Setting("on_redis_down", one_of("open", "closed"), "open",
+            'While Redis is unreachable: "open" admits requests, "closed" refuses them with 503.'),
+    Setting("retry_interval", seconds, 1.0, "Seconds between attempts to reach Redis again."),
+    Setting("by", one_of(*LIMIT_KEYS), "ip", 'Default limit key: "key" (API key), "subject" (JWT) or "ip".'),
+)
+CORS = (
+    Setting("origins", strings_or_star, REQUIRED, 'Allowed origins ("https://app.example.com"), or "*".'),
+    Setting("methods", strings, ("GET", "HEAD", "POST"), "Allowed methods."),
+    Setting("headers", strings_or_star, ("Content-Type",), 'Allowed request headers, or "*".'),
+    Setting("expose_headers", strings, (), "Response headers a browser may read."),
+    Setting("credentials", boolean, False, "Allow cookies and Authorization (never with origins = \"*\")."),
+    Setting("max_age", integer(0), 600, "Seconds a browser may cache a preflight."),
+)
 
 
 PROJECT = (
@@ -223,6 +387,8 @@ GATEWAY = (
     Setting("balance", balance, "round_robin", 'Default balancing: "round_robin" or "least_outstanding".'),
     Setting("trusted_proxies", networks, (), "Peers whose X-Forwarded-* headers are kept and extended."),
     Setting("access_log", boolean, True, "One log line per proxied request."),
+    Setting("auth", Table(AUTH, AuthConfig), None, "[gateway.auth]: authentication."),
+    Setting("ratelimit", Table(RATELIMIT, RateLimitConfig), None, "[gateway.ratelimit]: shared rate limits."),
 )
 SERVICE = (
     Setting("app", app_spec, None, 'The WSGI callable, "module:attr". One of app or command is required.'),
@@ -230,6 +396,13 @@ SERVICE = (
     Setting("route", route, None, 'Path prefix the gateway routes to this service, e.g. "/users".'),
     Setting("route_timeout", seconds, None, "Time this route may take at the gateway; default gateway.timeout."),
     Setting("balance", balance, None, "Balancing for this route; default gateway.balance."),
+    Setting("auth", one_of(*AUTH_METHODS), None, 'Auth for this route: "none", "jwt" or "apikey"; '
+                                                 "default gateway.auth.default."),
+    Setting("scopes", strings, (), "Scopes a caller needs for this route (403 without them)."),
+    Setting("rate_limit", rate, None, 'Requests allowed per caller, e.g. "100/min" (429 above it).'),
+    Setting("rate_limit_by", one_of(*LIMIT_KEYS), None, "Who a limit counts: default gateway.ratelimit.by."),
+    Setting("rate_limit_burst", integer(1), None, "Requests allowed at once; default the limit's count."),
+    Setting("cors", Table(CORS, CorsConfig, optional=True), None, "CORS for this route (an inline table)."),
     Setting("workers", integer(1), 1, "Worker processes."),
     Setting("listen", address, Address("127.0.0.1", 0), "Address the workers share; port 0 picks a free port."),
     Setting("env", env_table, MappingProxyType({}), "Extra environment variables for the workers."),
@@ -267,6 +440,8 @@ class GatewayConfig:
     balance: str
     trusted_proxies: tuple[str, ...]
     access_log: bool
+    auth: AuthConfig
+    ratelimit: RateLimitConfig
 
 
 @dataclass(frozen=True)
@@ -277,6 +452,12 @@ class ServiceConfig:
     route: str | None
     route_timeout: float | None
     balance: str | None
+    auth: str | None
+    scopes: tuple[str, ...]
+    rate_limit: str | None
+    rate_limit_by: str | None
+    rate_limit_burst: int | None
+    cors: CorsConfig | None
     workers: int
     listen: Address
     env: Mapping[str, str]
@@ -322,6 +503,14 @@ class _Reader:
         values = {}
         for setting in settings:
             path = f"{key}.{setting.name}"
+            if isinstance(setting.parse, Table):
+                table = setting.parse
+                if setting.name not in data and table.optional:
+                    values[setting.name] = None
+                    continue
+                found = self.table(data.get(setting.name, {}), path)
+                values[setting.name] = table.make(**self.settings(found, path, table.settings))
+                continue
             if setting.name in data:
                 try:
                     values[setting.name] = setting.parse(data[setting.name])
@@ -395,6 +584,7 @@ def parse(text_: str, path: Path, environ: Mapping[str, str] | None = None) -> C
             owners[prefix] = name
         services[name] = ServiceConfig(name=name, **values)
 
+    _check_security(reader, path.resolve().parent, gateway, services)
     if project["root"] is not None and not (path.resolve().parent / project["root"]).is_dir():
         raise reader.error("project.root", f"{show(project['root'])} is not a folder next to {reader.label}")
     return Config(
@@ -404,6 +594,26 @@ def parse(text_: str, path: Path, environ: Mapping[str, str] | None = None) -> C
         gateway=GatewayConfig(**gateway),
         services=MappingProxyType(services),
     )
+
+
+def _check_security(reader: _Reader, folder: Path, gateway: dict, services: dict[str, ServiceConfig]) -> None:
+    """What one setting cannot see alone: JWT routes need keys, key files must exist, CORS "*" has no credentials."""
+    auth: AuthConfig = gateway["auth"]
+    jwt = auth.jwt
+    files = [("gateway.auth.jwt.public_key", jwt.public_key), ("gateway.auth.jwt.jwks_file", jwt.jwks_file),
+             ("gateway.auth.token.signing_key", auth.token.signing_key)]
+    files += [(f"gateway.auth.jwt.public_keys.{kid}", file) for kid, file in jwt.public_keys.items()]
+    for key, file in files:
+        if file is not None and not (folder / file).is_file():
+            raise reader.error(key, f"{show(file)}: no such file next to {reader.label}")
+    for name, service in services.items():
+        if (service.auth or auth.default) == "jwt" and service.route is not None:
+            if not jwt.algorithms:
+                raise reader.error("gateway.auth.jwt.algorithms", f"is required: services.{name} uses JWT auth")
+            if set(jwt.algorithms) - {"HS256"} and not (jwt.public_key or jwt.public_keys or jwt.jwks_file):
+                raise reader.error("gateway.auth.jwt", "RS256/ES256 need public_key, public_keys or jwks_file")
+        if service.cors is not None and service.cors.credentials and service.cors.origins == "*":
+            raise reader.error(f"services.{name}.cors", 'credentials = true needs a list of origins, not "*"')
 
 
 def load(path: Path, environ: Mapping[str, str] | None = None) -> Config:

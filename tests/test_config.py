@@ -70,7 +70,27 @@ def test_defaults():
      'microkit.toml: gatway: unknown key; did you mean "gateway"?'),
     (HEAD + "[gateway]\nport = 1\n",
      "microkit.toml: gateway.port: unknown key (known: listen, workers, timeout, max_body, balance, "
-     "trusted_proxies, access_log)"),
+     "trusted_proxies, access_log, auth, ratelimit)"),
+    (HEAD + '[gateway.auth]\ndefault = "basic"\n',
+     'microkit.toml: gateway.auth.default: expected one of "none", "jwt", "apikey", got "basic"'),
+    (HEAD + '[gateway.auth.jwt]\nalgorithms = ["none"]\n',
+     'microkit.toml: gateway.auth.jwt.algorithms: expected algorithms among "HS256", "RS256", "ES256", got "none"'),
+    (HEAD + '[gateway.auth.jwt]\nleway = 5\n',
+     'microkit.toml: gateway.auth.jwt.leway: unknown key; did you mean "leeway"?'),
+    (HEAD + '[gateway.auth.jwt]\njwks_file = "missing.json"\n',
+     'microkit.toml: gateway.auth.jwt.jwks_file: "missing.json": no such file next to microkit.toml'),
+    (HEAD + USERS + 'auth = "jwt"\n',
+     "microkit.toml: gateway.auth.jwt.algorithms: is required: services.users uses JWT auth"),
+    (HEAD + '[gateway.auth.jwt]\nalgorithms = ["RS256"]\n' + USERS + 'auth = "jwt"\n',
+     "microkit.toml: gateway.auth.jwt: RS256/ES256 need public_key, public_keys or jwks_file"),
+    (HEAD + USERS + 'rate_limit = "100 per minute"\n',
+     "microkit.toml: services.users.rate_limit: rate '100 per minute': write COUNT/UNIT such as \"100/min\" "
+     "(units: s, sec, second, min, minute, h, hour, day)"),
+    (HEAD + '[gateway.ratelimit]\non_redis_down = "maybe"\n',
+     'microkit.toml: gateway.ratelimit.on_redis_down: expected one of "open", "closed", got "maybe"'),
+    (HEAD + USERS + 'cors = { methods = ["GET"] }\n', "microkit.toml: services.users.cors.origins: is required"),
+    (HEAD + USERS + 'cors = { origins = "*", credentials = true }\n',
+     'microkit.toml: services.users.cors: credentials = true needs a list of origins, not "*"'),
     (HEAD + '[gateway]\nmax_body = "ten"\n',
      'microkit.toml: gateway.max_body: expected a size like 10485760 or "10MB", got "ten"'),
     (HEAD + '[gateway]\ntrusted_proxies = ["10.0.0.0/8", "proxy"]\n',
@@ -148,6 +168,24 @@ def test_not_utf8_and_missing_file(tmp_path, monkeypatch):
         config.load(tmp_path / "microkit.toml")
     with pytest.raises(ConfigError, match=r"^other.toml: no such file$"):
         config.load(tmp_path / "other.toml")
+
+
+def test_security_settings(tmp_path):
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "k1.pem").write_text("x")
+    conf = config.parse(HEAD + '[gateway.auth]\ndefault = "jwt"\n[gateway.auth.jwt]\nalgorithms = ["RS256"]\n'
+                        'public_keys = { k1 = "keys/k1.pem" }\naudience = "shop"\n[gateway.ratelimit]\n'
+                        'on_redis_down = "closed"\n' + USERS + 'rate_limit = "100/min"\nscopes = ["users:read"]\n'
+                        'cors = { origins = ["https://app.test"], credentials = true }\n',
+                        tmp_path / "microkit.toml", {})
+    auth = conf.gateway.auth
+    assert auth.default == "jwt" and auth.jwt.algorithms == ("RS256",) and auth.jwt.audience == ("shop",)
+    assert auth.jwt.leeway == 30.0 and auth.token.ttl == 300 and auth.apikeys.cache_ttl == 1.0
+    assert conf.gateway.ratelimit.on_redis_down == "closed" and conf.gateway.ratelimit.by == "ip"
+    users = conf.services["users"]
+    assert users.rate_limit == "100/min" and users.scopes == ("users:read",) and users.auth is None
+    assert users.cors.origins == ("https://app.test",) and users.cors.methods == ("GET", "HEAD", "POST")
+    assert config.parse(HEAD + USERS, tmp_path / "microkit.toml", {}).services["users"].cors is None
 
 
 def test_project_root_moves_the_project_folder(tmp_path):

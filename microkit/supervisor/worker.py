@@ -40,6 +40,7 @@ from .process import close_fds_except, die_with_parent, reset_signals
 from .registration import Registration, RegistrySpec
 
 BOOT_ERROR = 3
+CHUNKED_READAHEAD = 10 * 1024 * 1024  # chunked uploads up to this size reach Bottle-style apps with a length
 SETTLE = 0.5
 HEALTH_BODY = b'{"status": "ok"}'
 
@@ -168,7 +169,10 @@ class Worker:
 
         listener = socket.socket(fileno=self.listener.detach())
         app = with_health(app, self.spec.health)
-        server = serve(listener, app, access_log if self.spec.access_log else None)
+        log = AccessLog() if self.spec.access_log else None
+        if log is not None:
+            log.start()
+        server = serve(listener, app, log)
         registration = None
         if self.spec.registry is not None:
             registration = Registration(self.spec.registry, self.spec.name, self.port, self.slot)
@@ -197,6 +201,8 @@ class Worker:
         notify.send(event="ready")
         print(f"serving {self.spec.app} (pid {os.getpid()})")
         stopped.wait()
+        if log is not None:
+            log.flush()
         return 0
 
     def load_app(self) -> Callable:
@@ -252,8 +258,38 @@ def boot_error_text(app: str, exc: BaseException) -> str:
     return "\n".join(lines)
 
 
-def access_log(method: str, path: str, status: int, duration_ms: float) -> None:
-    print(f"{method} {path} {status} {duration_ms:.1f}ms")
+class AccessLog:
+    """One line per request (method, path without the query, status, ms), written in batches: a write per
+    request would cost a system call each. `start()` flushes every FLUSH_INTERVAL; `flush()` at stop."""
+
+    FLUSH_INTERVAL = 0.1
+    FLUSH_BYTES = 65536
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.size = 0
+
+    def __call__(self, method: str, target: str, status: int, duration_ms: float) -> None:
+        line = f"{method} {target.partition('?')[0]} {status} {duration_ms:.1f}ms\n"
+        self.lines.append(line)
+        self.size += len(line)
+        if self.size >= self.FLUSH_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.lines:
+            lines, self.lines, self.size = self.lines, [], 0
+            sys.stdout.write("".join(lines))
+            sys.stdout.flush()
+
+    def start(self) -> None:
+        import gevent
+
+        def loop() -> None:
+            while True:
+                gevent.sleep(self.FLUSH_INTERVAL)
+                self.flush()
+        gevent.spawn(loop)
 
 
 def with_health(app: Callable, path: str) -> Callable:
@@ -289,7 +325,7 @@ def with_health(app: Callable, path: str) -> Callable:
 def serve(listener: socket.socket, app: Callable, log: Callable | None) -> Any:
     """Start microkit's HTTP engine on the inherited socket."""
     from microkit.http import HTTPServer, Limits
-    server = HTTPServer(listener, app, limits=Limits(), access_log=log)
+    server = HTTPServer(listener, app, limits=Limits(chunked_readahead=CHUNKED_READAHEAD), access_log=log)
     server.start()
     return server
 

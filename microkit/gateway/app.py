@@ -1,9 +1,11 @@
 """The gateway: a Bottle app that routes each request by path prefix to an instance from the registry.
 
 Every configured route becomes Bottle routes (the prefix itself, and everything below it), added
-longest prefix first so the longest one wins; per-route settings ride on the route's config, where
-plugins (auth, rate limits, CORS) read them. A WSGI wrapper in front normalises the path first, so
-Bottle matches what the gateway forwards.
+longest prefix first so the longest one wins; each Bottle route carries its `Policy` (auth, scopes, rate
+limit, CORS) in its config, where the plugins read it (microkit/gateway/plugins.py, installed in
+`_build_app` and nowhere else). The gateway's own endpoints: `/__microkit/health` (open),
+`/__microkit/routes` and `/__microkit/instances` (admin API key), `POST /auth/token` (when JWTs are
+configured). A WSGI wrapper in front normalises the path first, so Bottle matches what the gateway forwards.
 """
 
 from __future__ import annotations
@@ -18,10 +20,14 @@ from urllib.parse import unquote_to_bytes
 import bottle
 
 from microkit.config import Config
+from microkit.gateway import admin
 from microkit.gateway.balancer import Balancer
 from microkit.gateway.fastpath import FastPath
+from microkit.gateway.plugins import POLICY_KEY, UPSTREAM_KEY, AuthPlugin, CorsPlugin, RateLimitPlugin
+from microkit.gateway.policy import TOKEN_PATH, Policy, Security, admin_policy, service_policy, token_policy
 from microkit.gateway.proxy import Proxy, ProxyError, TrustedProxies
 from microkit.gateway.routing import BadPath, normalize, split_target
+from microkit.gateway.security import Denied, redact_target
 from microkit.gateway.upstream import Pool
 from microkit.registry import Instance, Snapshot
 
@@ -39,12 +45,14 @@ class Route:
     service: str
     timeout: float
     balancer: Balancer
+    policy: Policy = Policy()
 
 
 def routes_from_config(config: Config) -> list[Route]:
     """The routing table of a project, longest prefix first."""
     gateway = config.gateway
-    routes = [Route(s.route, s.name, s.route_timeout or gateway.timeout, Balancer(s.balance or gateway.balance))
+    routes = [Route(s.route, s.name, s.route_timeout or gateway.timeout, Balancer(s.balance or gateway.balance),
+                    service_policy(config, s))
               for s in config.services.values() if s.route is not None]
     return sorted(routes, key=lambda r: (-len(r.prefix), r.prefix))
 
@@ -63,8 +71,11 @@ class Gateway:
         self.access_log = access_log if config.gateway.access_log else None
         self.snapshot_age: Callable[[], float] = lambda: 0.0
         self._last_stale_log = 0.0
+        self.security = Security(config)
+        self.security.prepare([route.policy for route in self.routes])
         self.app = self._build_app()
-        self.microkit_raw_handler = FastPath(self, ADMIN_PREFIX)
+        own = (TOKEN_PATH,) if self.security.issues_tokens else ()
+        self.microkit_raw_handler = FastPath(self, ADMIN_PREFIX, own)
 
     def update(self, snapshot: Snapshot) -> None:
         """Point each route's balancer at the service's current instances (a registry watcher callback)."""
@@ -78,14 +89,23 @@ class Gateway:
     def _build_app(self) -> bottle.Bottle:
         app = bottle.Bottle(catchall=True, autojson=False)
         app.route(f"{ADMIN_PREFIX}/health", "GET", self._health)
+        admin_only = {POLICY_KEY: admin_policy(self.config)}
+        app.route(f"{ADMIN_PREFIX}/routes", "GET", admin.routes_view(self), **admin_only)
+        app.route(f"{ADMIN_PREFIX}/instances", "GET", admin.instances_view(self), **admin_only)
+        if self.security.issues_tokens:
+            app.route(TOKEN_PATH, "ANY", admin.token_view(self), **{POLICY_KEY: token_policy()})
         for route in self.routes:
             handler = self._handler(route)
             paths = ["/", "/<path:path>"] if route.prefix == "/" else \
                 [route.prefix, route.prefix + "/", route.prefix + "/<path:path>"]
             for path in paths:
-                app.route(path, "ANY", handler, name=None, **{"microkit.route": route})
+                app.route(path, "ANY", handler, name=None, **{"microkit.route": route, POLICY_KEY: route.policy})
         for code in (400, 404, 405, 500):
             app.error(code)(self._bottle_error)
+        # The one place governance is installed; the first installed runs first (and on the fast path too).
+        app.install(CorsPlugin())
+        app.install(AuthPlugin(self.security, self._denied))
+        app.install(RateLimitPlugin(self.security, self._denied))
         return app
 
     def _handler(self, route: Route) -> Callable[..., Iterable[bytes]]:
@@ -98,7 +118,8 @@ class Gateway:
         environ = bottle.request.environ
         self._warn_if_stale()
         try:
-            outcome = self.proxy.forward(environ, route.service, route.balancer, route.timeout)
+            outcome = self.proxy.forward(environ, route.service, route.balancer, route.timeout,
+                                         environ.get(UPSTREAM_KEY, ()))
         except ProxyError as exc:
             return self._error(exc.status, str(exc), exc.headers)
         response = bottle.response
@@ -127,6 +148,9 @@ class Gateway:
         rid = self.proxy.request_id(bottle.request.environ)
         response.set_header("X-Request-Id", rid)
         return json.dumps({"error": message, "status": status, "request_id": rid}).encode()
+
+    def _denied(self, denied: Denied) -> bytes:
+        return self._error(denied.status, denied.message, denied.headers)
 
     def _bottle_error(self, err: bottle.HTTPError) -> bytes:
         message = "no route for this path" if err.status_code == 404 else (
@@ -171,6 +195,6 @@ class Gateway:
 
     def _log_access(self, environ: dict, started: float) -> None:
         self.access_log(
-            f'{environ["REQUEST_METHOD"]} {environ.get("RAW_URI") or environ.get("PATH_INFO", "")} '
+            f'{environ["REQUEST_METHOD"]} {redact_target(environ.get("RAW_URI") or environ.get("PATH_INFO", ""))} '
             f'{environ.get("microkit.status", "-")[:3]} {(time.monotonic() - started) * 1000:.1f}ms '
             f'-> {environ.get("microkit.upstream", "-")} id={environ.get("microkit.request_id", "-")}')

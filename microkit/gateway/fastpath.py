@@ -18,6 +18,11 @@ request through Bottle after all (e.g. a CORS preflight). A plugin without `fast
 routes through Bottle, which is always correct, only slower. Bottle's own JSON and template plugins
 do nothing to a proxied response and are ignored. So auth and rate limits cost what their checks
 cost, not a WSGI round trip; the plugin is still one class holding both forms.
+
+Checks run in the order the Bottle wrappers would (the plugin installed first runs first), and share the
+request's `info()` (what the security checks read) and the `identity` an auth check found. A check that
+sets `vary` has that token merged into the upstream's Vary header (or sent as one when there is none).
+The gateway's own endpoints (`own` paths: admin, token exchange) always go through Bottle.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import bottle
 
 from microkit.gateway.proxy import RESPONSE_DROP, ProxyError, lower_name, phrase, request_id_of, response_named
 from microkit.gateway.routing import BadPath, RouteTable, normalize, split_target
+from microkit.gateway.security import Denied, Identity, RequestInfo, redact_target
 from microkit.gateway.upstream import BrokenResponse
 from microkit.http import Request
 from microkit.http.wsgi import _date_line
@@ -47,14 +53,28 @@ _ERROR_HEAD = (b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Len
 class FastCall:
     """One request on the fast path, as a fast check sees it; checks may add to the three lists."""
 
-    __slots__ = ("request", "route", "strip", "upstream_headers", "response_headers")
+    __slots__ = ("request", "route", "path", "query", "strip", "upstream_headers", "response_headers", "identity",
+                 "vary", "_info")
 
-    def __init__(self, request: Request, route: Route) -> None:
+    def __init__(self, request: Request, route: Route, path: bytes = b"/", query: bytes = b"") -> None:
         self.request = request
         self.route = route
+        self.path = path
+        self.query = query
         self.strip: set[str] = set()
         self.upstream_headers: list[bytes] = []
         self.response_headers: list[bytes] = []
+        self.identity: Identity | None = None
+        self.vary: bytes | None = None
+        self._info: RequestInfo | None = None
+
+    def info(self) -> RequestInfo:
+        """The request as the security checks read it (built once, on first use)."""
+        if self._info is None:
+            request = self.request
+            self._info = RequestInfo.from_head(request.method, self.path.decode("latin-1"), request.headers,
+                                               request.peer, self.query[1:].decode("latin-1"))
+        return self._info
 
     def add_upstream(self, name: str, value: str) -> None:
         """Send this header upstream (after `strip`ping the environ key of any client copy)."""
@@ -68,6 +88,14 @@ class FastCall:
 Check = Callable[[FastCall], "bool | None"]
 
 
+def _merged_vary(value: bytes, token: bytes) -> bytes:
+    """An upstream Vary value with `token` added (unless already listed, or the value is "*")."""
+    listed = {item.strip().lower() for item in value.split(b",")}
+    if b"*" in listed or token.lower() in listed:
+        return value
+    return value + b", " + token if value.strip() else token
+
+
 def _line(name: str, value: str) -> bytes:
     line = f"{name}: {value}\r\n"
     if line.count("\n") != 1 or line.count("\r") != 1:
@@ -78,11 +106,12 @@ def _line(name: str, value: str) -> bytes:
 class FastPath:
     """The gateway's raw handler (see the module docstring)."""
 
-    def __init__(self, gateway: Gateway, admin_prefix: str) -> None:
+    def __init__(self, gateway: Gateway, admin_prefix: str, own: tuple[str, ...] = ()) -> None:
         self.gateway = gateway
         self.proxy = gateway.proxy
         self.table: RouteTable[Route] = RouteTable((route.prefix, route) for route in gateway.routes)
         self.admin = admin_prefix.encode()
+        self.own = frozenset(path.encode() for path in own)
         self._checks: dict[str, tuple[Check, ...] | None] = {}
         self._plugins_seen = -1
 
@@ -106,7 +135,7 @@ class FastPath:
                         usable = False
                         break
                     found[id(plugin)] = fast(broute)
-            checks = tuple(check for check in found.values() if check is not None)
+            checks = tuple(check for check in reversed(found.values()) if check is not None)
             self._checks[route.prefix] = checks if usable else None
         return self._checks[route.prefix]
 
@@ -119,7 +148,7 @@ class FastPath:
             normal = normalize(path)
         except BadPath:
             return None
-        if not normal.isascii() or normal.startswith(self.admin):
+        if not normal.isascii() or normal.startswith(self.admin) or normal in self.own:
             return None
         match = self.table.match((unquote_to_bytes(normal) if b"%" in normal else normal).decode("latin-1"))
         if match is None:
@@ -130,7 +159,7 @@ class FastPath:
             return None
         started = time.monotonic()
         self.gateway._warn_if_stale()
-        call = FastCall(request, route)
+        call = FastCall(request, route, normal, query)
         rid = None
         try:
             for check in checks:
@@ -139,19 +168,23 @@ class FastPath:
             head, rid = self.proxy.request_head(request, normal + query, None, frozenset(call.strip),
                                                 call.upstream_headers)
             response, upstream = self.proxy.open(request, head, route.service, route.balancer, route.timeout)
-        except ProxyError as exc:
-            status = self._error(request, exc, rid, call.response_headers)
+        except (ProxyError, Denied) as exc:
+            extra = call.response_headers
+            if call.vary is not None:
+                extra = [*extra, b"Vary: " + call.vary + b"\r\n"]
+            status = self._error(request, exc, rid, extra)
             self._log(request, status, started, "-", rid)
             return status
         try:
-            status = self._relay(request, response, rid, call.response_headers, route.timeout)
+            status = self._relay(request, response, rid, call.response_headers, route.timeout, call.vary)
         finally:
             upstream.outstanding -= 1
             response.release()
         self._log(request, status, started, "%s:%d" % upstream.address, rid)
         return status
 
-    def _relay(self, request: Request, response, rid: bytes, extra: list[bytes], timeout: float) -> int:
+    def _relay(self, request: Request, response, rid: bytes, extra: list[bytes], timeout: float,
+               vary: bytes | None = None) -> int:
         """Send the upstream response to the client: filtered head, then the body as it arrives."""
         status = request.status = response.status
         headers = response.headers
@@ -167,9 +200,14 @@ class FastPath:
                 length = value
             elif lower == b"date":
                 has_date = True
+            elif vary is not None and lower == b"vary":
+                value = _merged_vary(value, vary)
+                vary = None
             parts += (name, b": ", value, b"\r\n")
         parts += (b"X-Request-Id: ", rid, b"\r\n")
         parts += extra
+        if vary is not None:
+            parts += (b"Vary: ", vary, b"\r\n")
         if not has_date:
             parts.append(_date_line().encode())
         bodyless = request.method == "HEAD" or status < 200 or status == 204 or status == 304
@@ -208,7 +246,7 @@ class FastPath:
             request.keep_alive = False
         return status
 
-    def _error(self, request: Request, exc: ProxyError, rid: bytes | None, extra: list[bytes]) -> int:
+    def _error(self, request: Request, exc: ProxyError | Denied, rid: bytes | None, extra: list[bytes]) -> int:
         """Answer a request the gateway refuses itself, with the same JSON body as the Bottle path."""
         if rid is None:
             rid = request_id_of(request)
@@ -225,5 +263,5 @@ class FastPath:
     def _log(self, request: Request, status: int, started: float, upstream: str, rid: bytes | None) -> None:
         log = self.gateway.access_log
         if log is not None:
-            log(f"{request.method} {request.target.decode('latin-1')} {status} "
+            log(f"{request.method} {redact_target(request.target.decode('latin-1'))} {status} "
                 f"{(time.monotonic() - started) * 1000:.1f}ms -> {upstream} id={(rid or b'-').decode('latin-1')}")

@@ -2,7 +2,8 @@
 
 The method, path, query, headers and body go through unchanged, except: hop-by-hop headers are
 removed both ways; X-Forwarded-For/-Proto/-Host are set from the socket peer (a trusted proxy's values
-are extended instead of replaced); X-Request-ID is kept or generated, and returned.
+are extended instead of replaced); X-Request-ID is kept or generated, and returned; X-Auth-* headers a
+client sent are dropped on every route, since only the gateway's auth may tell services who is calling.
 
 Retries follow what is safe: a failed connect (nothing sent) is retried on another instance for any
 method; GET, HEAD, OPTIONS, PUT and DELETE are retried once more after a reset that came before the
@@ -32,6 +33,7 @@ HOP_BY_HOP = frozenset({"connection", "keep-alive", "te", "trailer", "transfer-e
 SET_BY_GATEWAY = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-request-id"})
 # The same two sets as environ keys, which the engine computed (cached) for every request header.
 _DROP_KEYS = frozenset("HTTP_" + name.upper().replace("-", "_") for name in HOP_BY_HOP | SET_BY_GATEWAY)
+_DROP_PREFIXES = ("HTTP_PROXY_", "HTTP_X_AUTH_")  # Proxy-*, and the identity headers only the gateway sets
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 REPLAY_BUFFER = 64 * 1024
 READ_SIZE = 64 * 1024
@@ -156,8 +158,10 @@ class Proxy:
             environ["microkit.request_id"] = rid
         return rid
 
-    def forward(self, environ: dict, service: str, balancer: Balancer, timeout: float) -> Outcome:
-        """Proxy one request; raises ProxyError for answers the gateway makes itself (400/413/502/503/504)."""
+    def forward(self, environ: dict, service: str, balancer: Balancer, timeout: float,
+                extra: Iterable[bytes] = ()) -> Outcome:
+        """Proxy one request (with `extra` header lines); raises ProxyError for answers the gateway makes
+        itself (400/413/502/503/504)."""
         request: Request = environ["microkit.request"]
         raw = environ.get("RAW_URI") or environ.get("PATH_INFO", "/")
         path, query = split_target(raw.encode("latin-1"))
@@ -165,7 +169,7 @@ class Proxy:
             target = normalize(path) + query
         except BadPath as exc:
             raise ProxyError(400, str(exc)) from None
-        head, rid = self.request_head(request, target, self.request_id(environ).encode("latin-1"))
+        head, rid = self.request_head(request, target, self.request_id(environ).encode("latin-1"), extra=extra)
         response, upstream = self.open(request, head, service, balancer, timeout)
         return self._outcome(response, upstream, rid.decode("latin-1"), timeout)
 
@@ -256,7 +260,7 @@ class Proxy:
         given: list[bytes] = []
         forwarded: dict[str, bytes] = {}
         for key, (name, value) in zip(request.keys, request.headers):
-            if key in drop or key.startswith("HTTP_PROXY_"):
+            if key in drop or key.startswith(_DROP_PREFIXES):
                 if key in _FORWARDED:
                     forwarded[key] = value if key not in forwarded else forwarded[key] + b", " + value
                 elif key == "HTTP_X_REQUEST_ID":

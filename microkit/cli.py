@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -211,6 +212,74 @@ def scale(counts: tuple[str, ...], config_file: str | None) -> None:
     project = config.discover(config_file)
     reply = control.request(project.root, {"command": "scale", "workers": workers})
     click.echo(", ".join(f"{name}={reply['workers'][name]}" for name in workers))
+
+
+@cli.group()
+def keys() -> None:
+    """API keys for routes with `auth = "apikey"`, `POST /auth/token` and the admin endpoints.
+
+    Keys are stored hashed in the registry's store (Redis, or the embedded SQLite file); a revoked key
+    stops working within gateway.auth.apikeys.cache_ttl seconds (default 1).
+    """
+
+
+def keystore(config_file: str | None):
+    from .gateway.security import connect_keystore
+    project = config.discover(config_file)
+    return connect_keystore(project.registry.url, project_root=project.root, namespace=project.project.name)
+
+
+@keys.command("create")
+@click.argument("name")
+@click.option("--scope", "scopes", multiple=True, metavar="SCOPE",
+              help="A scope the key holds (repeat for several), e.g. --scope orders:write.")
+@config_option
+def keys_create(name: str, scopes: tuple[str, ...], config_file: str | None) -> None:
+    """Make a key called NAME and print it once: only its hash is stored."""
+    store = keystore(config_file)
+    try:
+        key_id, plaintext = store.create(name, scopes)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    finally:
+        store.close()
+    click.echo(plaintext)
+    click.echo(f"created key {key_id} ({name}); store it now, it cannot be shown again", err=True)
+
+
+@keys.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@config_option
+def keys_list(as_json: bool, config_file: str | None) -> None:
+    """Every key: id, name, scopes, creation time, revoked or not (never the key itself)."""
+    from . import overview
+    store = keystore(config_file)
+    try:
+        records = store.list()
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps([{"id": r.key_id, "name": r.name, "scopes": sorted(r.scopes),
+                                "created_at": r.created_at, "revoked": r.revoked} for r in records], indent=2))
+        return
+    rows = [("ID", "NAME", "SCOPES", "CREATED", "STATE")]
+    rows += [(r.key_id, r.name, " ".join(sorted(r.scopes)) or "-",
+              time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created_at)), "revoked" if r.revoked else "active")
+             for r in records]
+    click.echo(overview.table(rows) if records else "no API keys (create one: microkit keys create NAME)")
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@config_option
+def keys_revoke(key_id: str, config_file: str | None) -> None:
+    """Revoke the key KEY_ID (as `keys list` shows it); gateways refuse it within apikeys.cache_ttl."""
+    store = keystore(config_file)
+    try:
+        record = store.revoke(key_id)
+    finally:
+        store.close()
+    click.echo(f"revoked key {record.key_id} ({record.name})")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -28,7 +28,9 @@ from typing import Callable
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_worker import APP, HOST, _ms, _spawn, free_port, run_worker_process, stop, wait_ready  # noqa: E402
+from benchmarks.bench_worker import (  # noqa: E402
+    APP, HOST, _ms, _spawn, bench_project, free_port, run_worker_process, stop, wait_ready,
+)
 
 NGINX_CONF = """
 worker_processes 1;
@@ -69,34 +71,20 @@ http {{
 GATEWAY_TOML = """
 [project]
 name = "bench"
+root = "{root}"
 [gateway]
 listen = "{host}:{port}"
 workers = 1
 access_log = {access_log}
-[services.backend]
+[services.bench]
 app = "benchmarks.app:app"
 route = "/"
 """
 
-GATEWAY_WORKER = """
-from gevent import monkey; monkey.patch_all()
-import socket, sys
-from pathlib import Path
-from microkit import config
-from microkit.gateway.app import Gateway
-from microkit.http import HTTPServer, Limits
-from microkit.registry import Instance
-conf = config.load(Path(sys.argv[1]))
-gateway = Gateway(conf, access_log=lambda line: print(line, flush=True))
-gateway.update({"backend": [Instance("backend", sys.argv[2], int(sys.argv[3]))]})
-listener = socket.socket()
-listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-listener.bind((conf.gateway.listen.host, conf.gateway.listen.port))
-listener.listen(1024)
-HTTPServer(listener, gateway, limits=Limits(max_body=None)).serve_forever()
-"""
 
 Launcher = Callable[[Path, int, int, bool], subprocess.Popen]
+BACKEND_PROJECT = Path(tempfile.mkdtemp(prefix="microkit-bench-gateway-"))
+atexit.register(shutil.rmtree, BACKEND_PROJECT, True)
 _PROCS: list[subprocess.Popen] = []
 
 
@@ -107,10 +95,13 @@ def _stop_all() -> None:
 
 
 def run_gateway(tmp: Path, port: int, backend: int, access_log: bool) -> subprocess.Popen:
-    """Start one microkit gateway worker routing `/` to the backend (to be swapped for `microkit gateway`)."""
+    """Start the real `microkit gateway` (1 worker) of the backend's project (BACKEND_PROJECT): it finds
+    the backend's instance in that project's registry and routes `/` to it."""
     conf = tmp / "microkit.toml"
-    conf.write_text(GATEWAY_TOML.format(host=HOST, port=port, access_log=str(access_log).lower()))
-    return _spawn([sys.executable, "-c", GATEWAY_WORKER, str(conf), HOST, str(backend)])
+    conf.write_text(GATEWAY_TOML.format(root=BACKEND_PROJECT, host=HOST, port=port,
+                                        access_log=str(access_log).lower()))
+    microkit = str(Path(sys.executable).with_name("microkit"))
+    return _spawn([microkit, "gateway", "-c", str(conf)])
 
 
 def run_nginx(tmp: Path, port: int, backend: int, access_log: bool) -> subprocess.Popen:
@@ -219,7 +210,7 @@ def main() -> int:
     atexit.register(shutil.rmtree, tmp_root, True)
     try:
         backend_port = free_port()
-        backend = run_worker_process(APP, HOST, backend_port)
+        backend = run_worker_process(APP, HOST, backend_port, bench_project(BACKEND_PROJECT))
         _PROCS.append(backend)
         wait_ready(backend_port, backend)
         procs: dict[str, tuple[subprocess.Popen, int]] = {}

@@ -52,12 +52,23 @@ def _spawn(argv: list[str]) -> subprocess.Popen:
     return subprocess.Popen(argv, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL)
 
 
-def run_worker_process(app_spec: str, host: str, port: int) -> subprocess.Popen:
-    """Start `microkit up` on a temporary project whose one service (1 worker) is `app_spec`."""
-    project = Path(tempfile.mkdtemp(prefix="microkit-bench-"))
-    atexit.register(shutil.rmtree, project, True)
+def bench_project(folder: Path | None = None) -> Path:
+    """A project folder holding a copy of the benchmark app (as `benchmarks.app`), so runs never share
+    state (registry, control socket) with the repository or with each other."""
+    project = folder or Path(tempfile.mkdtemp(prefix="microkit-bench-"))
+    if folder is None:
+        atexit.register(shutil.rmtree, project, True)
+    (project / "benchmarks").mkdir(parents=True, exist_ok=True)
+    (project / "benchmarks" / "__init__.py").write_text("")
+    shutil.copy(ROOT / "benchmarks" / "app.py", project / "benchmarks" / "app.py")
+    return project
+
+
+def run_worker_process(app_spec: str, host: str, port: int, project: Path | None = None) -> subprocess.Popen:
+    """Start `microkit up --no-gateway` on a benchmark project whose one service "bench" (1 worker) is `app_spec`."""
+    project = bench_project(project)
     (project / "microkit.toml").write_text(
-        f'[project]\nname = "bench"\nroot = "{ROOT}"\n\n'
+        f'[project]\nname = "bench"\n\n'
         f'[services.bench]\napp = "{app_spec}"\nworkers = 1\nlisten = "{host}:{port}"\naccess_log = false\n')
     microkit = str(Path(sys.executable).with_name("microkit"))
     return _spawn([microkit, "up", "--no-gateway", "-c", str(project / "microkit.toml")])

@@ -319,6 +319,9 @@ def with_health(app: Callable, path: str) -> Callable:
                                   ("Content-Length", str(len(HEALTH_BODY)))])
         return [HEALTH_BODY]
 
+    raw_handler = getattr(app, "microkit_raw_handler", None)
+    if raw_handler is not None:
+        application.microkit_raw_handler = raw_handler  # the engine's fast path (the gateway's) stays on
     return application
 
 

@@ -26,7 +26,7 @@ from typing import Callable, Mapping
 
 from .group import Group, Watch
 from .printer import Printer
-from .process import die_with_parent, free_port, url
+from .process import die_with_parent, free_port, send_signal, url
 
 PROBE_TIMEOUT = 0.5
 BOOT_PROBE_INTERVAL = 0.2
@@ -102,11 +102,7 @@ class CommandProcess:
             self.process.returncode = os.waitstatus_to_exitcode(status)
 
     def signal(self, signum: int) -> None:
-        if self.pid is not None:
-            try:
-                os.kill(self.pid, signum)
-            except ProcessLookupError:
-                pass
+        send_signal(self.pid, signum)
 
 
 def check_health(host: str, port: int, path: str, timeout: float = PROBE_TIMEOUT) -> bool:

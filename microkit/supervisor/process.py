@@ -27,6 +27,15 @@ def die_with_parent(parent_pid: int, signum: int = signal.SIGKILL) -> None:
         os._exit(1)
 
 
+def send_signal(pid: int | None, signum: int) -> None:
+    """Signal a child that may already be gone (or not started yet)."""
+    if pid is not None:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+
 def close_fds_except(keep: list[int]) -> None:
     """Close every descriptor above 2 that is not in `keep`: a child must not hold its siblings' pipes or
     other services' sockets."""

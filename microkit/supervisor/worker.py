@@ -36,7 +36,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping
 
-from .process import close_fds_except, die_with_parent, reset_signals
+from .process import close_fds_except, die_with_parent, reset_signals, send_signal
 from .registration import Registration, RegistrySpec
 
 BOOT_ERROR = 3
@@ -137,11 +137,7 @@ class Worker:
         """Nothing to release: the pipes close at end of file."""
 
     def signal(self, signum: int) -> None:
-        if self.pid is not None:
-            try:
-                os.kill(self.pid, signum)
-            except ProcessLookupError:
-                pass
+        send_signal(self.pid, signum)
 
     # Child side.
 

@@ -50,10 +50,12 @@ if not tat or tat < now then tat = now end
 local new_tat = tat + interval * cost
 local allow_at = new_tat - window
 if allow_at > now then
-  return {0, math.floor((now + window - tat) / interval), allow_at - now, tat - now}
+  return redis.status_reply(string.format('0 %d %d %d', math.floor((now + window - tat) / interval),
+                                          allow_at - now, tat - now))
 end
 redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000))
-return {1, math.floor((now + window - new_tat) / interval), 0, new_tat - now}
+return redis.status_reply(string.format('1 %d 0 %d', math.floor((now + window - new_tat) / interval),
+                                        new_tat - now))
 """
 GCRA_SHA = hashlib.sha1(GCRA_SCRIPT.encode()).hexdigest()
 
@@ -124,8 +126,8 @@ class RedisLimiter:
         if self._down_until and time.monotonic() < self._down_until:
             return self._unavailable(rate)
         try:
-            allowed, remaining, retry_us, reset_us = self._run(
-                self.prefix + key, rate.interval_us, rate.window_us, cost)
+            reply = self._run(self.prefix + key, rate.interval_us, rate.window_us, cost)
+            allowed, remaining, retry_us, reset_us = map(int, reply.split())
         except redis.RedisError as exc:
             self._mark_down(exc)
             return self._unavailable(rate)

@@ -30,8 +30,8 @@ APPS = {"users": "routed_app.py"}
 @pytest.fixture
 def project(tmp_path):
     """A project whose users service runs the routed test app."""
-    def make(services=ROUTED, registry: str | None = None) -> Path:
-        root = make_project(tmp_path / "proj", services, APPS)
+    def make(services=ROUTED, registry: str | None = None, apps=APPS) -> Path:
+        root = make_project(tmp_path / "proj", services, apps)
         if registry:
             text = (root / "microkit.toml").read_text()
             (root / "microkit.toml").write_text(text.replace("[gateway]", f'[registry]\nurl = "{registry}"\n\n[gateway]'))
@@ -290,3 +290,23 @@ def test_registry_url_from_the_environment(project, tmp_path, private_redis):
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(5)
         proc.stdout.close()
+
+
+def test_a_command_service_is_registered_and_routed(project, running):
+    """An asyncio server run as a command service: registered once healthy, reached through the gateway,
+    and deregistered when it stops."""
+    import sys
+
+    root = project({"clock": {"command": f"{sys.executable} services/clock/command_server.py", "route": "/clock",
+                              "workers": 2}}, apps={"clock": "command_server.py"})
+    up = running(root)
+    url = gateway_url(up)
+    eventually(lambda: len({Loop_get(url + "/clock/now").split()[1] for _ in range(6)}) == 2, 5, 0.1)
+    eventually(lambda: registered_pids(root, "clock") == set(worker_pids(up, "clock")), 5, 0.1)
+    victim = worker_pids(up, "clock")[0]
+    with Loop(url + "/clock/now") as loop:
+        time.sleep(0.5)
+        os.kill(victim, signal.SIGTERM)
+        time.sleep(1.5)
+    assert loop.failures() == [] and len(loop.statuses) > 20
+    eventually(lambda: victim not in registered_pids(root, "clock"), 3, 0.1)

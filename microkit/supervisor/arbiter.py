@@ -105,9 +105,10 @@ class Arbiter:
     def make_group(self, service: ServiceConfig) -> Group:
         if service.command:
             spec = CommandSpec(name=service.name, command=service.command, root=self.root,
-                               host=service.listen.host, port=service.listen.port, env=service.env,
+                               host=service.listen.host, port=service.listen.port,
+                               env={"MICROKIT_GATEWAY_URL": self.gateway_url, **service.env},
                                timeout=service.timeout, graceful_timeout=service.graceful_timeout,
-                               health=service.health)
+                               health=service.health, registry=self.registry_spec(service))
             return CommandGroup(spec, service.workers, self.printer, self.watch)
         try:
             listener = bind(service.listen)
@@ -119,9 +120,13 @@ class Arbiter:
                        timeout=service.timeout, graceful_timeout=service.graceful_timeout,
                        health=service.health,
                        access_log=service.access_log if self.access_log is None else self.access_log,
-                       registry=RegistrySpec(self.config.registry.url, self.root, self.config.project.name,
-                                             advertised_host(service.listen.host)))
+                       registry=self.registry_spec(service))
         return AppGroup(spec, service.workers, listener, self.printer, self.watch)
+
+    def registry_spec(self, service: ServiceConfig) -> RegistrySpec:
+        """Where a service's instances register, and the address they are reached at."""
+        return RegistrySpec(self.config.registry.url, self.root, self.config.project.name,
+                            advertised_host(service.listen.host))
 
     @property
     def gateway_url(self) -> str:

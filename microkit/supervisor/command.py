@@ -7,16 +7,19 @@ group's, as for gevent workers.
 The command is split like a shell would (shlex) and run without a shell, so signals reach the program
 itself; `$PORT`, `${HOST}` and other variables of its environment are expanded in its arguments. It runs
 in a process group of its own, so a Ctrl-C at the terminal reaches only the arbiter, which stops it
-gracefully (SIGTERM); it dies with the arbiter through PR_SET_PDEATHSIG.
+gracefully (SIGTERM); it dies with the arbiter through PR_SET_PDEATHSIG. With a registry, the program
+runs under `shim`, which registers it once healthy and deregisters it before passing SIGTERM on.
 """
 
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import shlex
 import string
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -27,6 +30,7 @@ from typing import Callable, Mapping
 from .group import Group, Watch
 from .printer import Printer
 from .process import die_with_parent, free_port, send_signal, url
+from .registration import RegistrySpec
 
 PROBE_TIMEOUT = 0.5
 BOOT_PROBE_INTERVAL = 0.2
@@ -43,6 +47,7 @@ class CommandSpec:
     timeout: float = 30.0
     graceful_timeout: float = 10.0
     health: str = "/healthz"
+    registry: RegistrySpec | None = None
 
     @property
     def probe_interval(self) -> float:
@@ -77,6 +82,12 @@ class CommandProcess:
         env = {**os.environ, **self.spec.env, "PORT": str(self.port), "HOST": self.spec.host,
                "PYTHONUNBUFFERED": "1"}
         args = [string.Template(arg).safe_substitute(env) for arg in shlex.split(self.spec.command)]
+        registry = self.spec.registry
+        if registry is not None:
+            shim = {"url": registry.url, "root": str(registry.project_root), "namespace": registry.namespace,
+                    "advertise": registry.host, "service": self.spec.name, "host": self.spec.host,
+                    "port": self.port, "health": self.spec.health, "slot": self.slot}
+            args = [sys.executable, "-m", "microkit.supervisor.shim", json.dumps(shim), "--", *args]
         self.process = subprocess.Popen(
             args, cwd=self.spec.root, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, process_group=0, preexec_fn=partial(die_with_parent, os.getpid()))

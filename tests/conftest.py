@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from helpers import server_missing
+from helpers import PrivateRedis, server_missing
 
 POSTGRES = os.environ.get("MICROKIT_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 MYSQL = os.environ.get("MICROKIT_TEST_MYSQL", "mysql://root@127.0.0.1:3306/test")
@@ -62,3 +62,12 @@ def mysql_url():
         with admin.cursor() as cur:
             cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
         admin.close()
+
+
+@pytest.fixture
+def private_redis():
+    """A redis-server of this test's own (see helpers.PrivateRedis), killed afterwards."""
+    server = PrivateRedis()
+    server.start()
+    yield server
+    server.stop()

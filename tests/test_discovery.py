@@ -9,18 +9,14 @@ import http.client
 import json
 import os
 import re
-import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 
-from helpers import IN_CI
 from sup_apps.harness import CLI, Up, eventually, make_project, run_cli
 
 ROUTED = {"users": {"app": "services.users.app:app", "route": "/users", "workers": 2}}
@@ -210,52 +206,6 @@ def gateway_port(root: Path) -> int:
         group = reply["services"][0]
         return group["instances"] and group["instances"][0]["state"] == "ready" and group["instances"][0]["port"]
     return eventually(port, 15, 0.2)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class PrivateRedis:
-    """A redis-server of this test's own on a free port, that the test can stop and start again."""
-
-    def __init__(self, tmp_path: Path):
-        self.port = free_port()
-        self.dir = tmp_path
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-                                      "--save", "", "--appendonly", "no", "--dir", str(self.dir)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        eventually(self.answers, 10, 0.05)
-
-    def answers(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(64).startswith(b"+PONG")
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
-
-
-@pytest.fixture
-def private_redis(tmp_path):
-    if shutil.which("redis-server") is None:
-        if IN_CI:
-            pytest.fail("redis-server is not installed (CI=true: a missing server is a failure)")
-        pytest.skip("redis-server is not installed")
-    redis = PrivateRedis(tmp_path)
-    redis.start()
-    yield redis
-    redis.stop()
 
 
 def test_a_redis_outage_of_10_seconds_fails_no_request(project, running, private_redis):

@@ -3,58 +3,18 @@
 from __future__ import annotations
 
 import json
-import shutil
-import socket
 import subprocess
 import sys
 import textwrap
 import time
 import uuid
-from collections.abc import Iterator
 
 import pytest
 import redis
 
-from helpers import REPO, server_missing
+from helpers import REPO, free_port
 from microkit.registry import Heartbeat, Instance, RedisRegistry, RegistryUnavailable
 from test_registry_contract import REDIS_URL, delete_namespace, require_redis, wait_until
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class PrivateRedis:
-    """A redis-server of the test's own, without persistence, that can be stopped and started again."""
-
-    def __init__(self, executable: str) -> None:
-        self.executable = executable
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [self.executable, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
-        try:
-            wait_until(lambda: self._answers(client), timeout=5.0)
-        finally:
-            client.close()
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(5)
-
-    def _answers(self, client: redis.Redis) -> bool:
-        try:
-            return bool(client.ping())
-        except redis.ConnectionError:
-            return False
 
 
 def next_message(pubsub: redis.client.PubSub, timeout: float) -> dict | None:
@@ -65,17 +25,6 @@ def next_message(pubsub: redis.client.PubSub, timeout: float) -> dict | None:
         if message is not None:
             return json.loads(message["data"])
     return None
-
-
-@pytest.fixture
-def private_redis() -> Iterator[PrivateRedis]:
-    executable = shutil.which("redis-server")
-    if executable is None:
-        server_missing("redis-server", FileNotFoundError("redis-server is not on PATH"))
-    server = PrivateRedis(executable)
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

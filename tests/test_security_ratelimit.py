@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import shutil
-import socket
-import subprocess
 import threading
 import time
 import uuid
@@ -15,7 +12,7 @@ import uuid
 import pytest
 import redis
 
-from helpers import server_missing
+from helpers import PrivateRedis, server_missing  # noqa: F401  (PrivateRedis: imported from here by other tests)
 from microkit.gateway.security.ratelimit import (
     GCRA_SHA, Decision, LocalLimiter, Rate, RedisLimiter, gcra, limit_key,
 )
@@ -32,51 +29,6 @@ def namespace():
     name = f"mktest-{uuid.uuid4().hex[:12]}"
     yield name
     delete_namespace(REDIS_URL, name)
-
-
-class PrivateRedis:
-    """A redis-server on a free port, without persistence, that the test stops and starts."""
-
-    def __init__(self) -> None:
-        self.executable = shutil.which("redis-server")
-        if self.executable is None:
-            server_missing("redis-server (for the Redis-down tests)", FileNotFoundError("not on PATH"))
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [self.executable, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
-        deadline = time.monotonic() + 5
-        try:
-            while True:
-                try:
-                    client.ping()
-                    return
-                except redis.ConnectionError:
-                    if time.monotonic() > deadline:
-                        pytest.fail(f"private redis-server on port {self.port} did not start")
-                    time.sleep(0.02)
-        finally:
-            client.close()
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(5)
-
-
-@pytest.fixture
-def private_redis():
-    server = PrivateRedis()
-    server.start()
-    yield server
-    server.stop()
 
 
 # --- Rate ------------------------------------------------------------------------------------------------

@@ -19,7 +19,6 @@ import hashlib
 import ipaddress
 import logging
 import math
-import re
 import threading
 import time
 from collections.abc import Callable

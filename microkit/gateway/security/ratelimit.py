@@ -4,7 +4,9 @@ A rate "100/min" means one request per 600 ms on average, with bursts of up to `
 limit, 100) at once; so a fresh key admits 100 requests immediately and then one every 600 ms.
 `RedisLimiter` runs the algorithm as one Lua script on Redis's own clock (TIME), so any number of
 gateway processes on any number of hosts share a limit exactly, whatever their clocks say; concurrent
-checks of one process share round trips (see `pipelining`).
+checks of one process share round trips (see `pipelining`), and identical checks in one round trip
+(same key, rate and cost: a busy caller) run as one script call for `count` requests in a row, which
+answers how many of them fit and the arrival time before them; each caller works out its own answer.
 `LocalLimiter` runs the same arithmetic in-process, for the embedded registry (one host, one limit per
 process).
 
@@ -42,19 +44,21 @@ if redis.replicate_commands then redis.replicate_commands() end
 local interval = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local cost = tonumber(ARGV[3])
+local count = tonumber(ARGV[4])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local tat = tonumber(redis.call('GET', KEYS[1]))
 if not tat or tat < now then tat = now end
-local new_tat = tat + interval * cost
-local allow_at = new_tat - window
-if allow_at > now then
-  return redis.status_reply(string.format('0 %d %d %d', math.floor((now + window - tat) / interval),
-                                          allow_at - now, tat - now))
+local step = interval * cost
+local admitted = math.floor((now + window - tat) / step)
+if admitted > count then admitted = count end
+if admitted > 0 then
+  local new_tat = tat + admitted * step
+  redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000))
+else
+  admitted = 0
 end
-redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000))
-return redis.status_reply(string.format('1 %d 0 %d', math.floor((now + window - new_tat) / interval),
-                                        new_tat - now))
+return redis.status_reply(string.format('%d %d', admitted, tat - now))
 """
 GCRA_SHA = hashlib.sha1(GCRA_SCRIPT.encode()).hexdigest()
 
@@ -100,6 +104,18 @@ def gcra(tat: int | None, now: int, interval: int, window: int, cost: int) -> tu
     return True, new_tat, (now + window - new_tat) // interval, 0, new_tat - now
 
 
+def _placed(rate: Rate, cost: int, admitted: int, before: int, place: int) -> Decision:
+    """The answer to the `place`-th (0-based) of identical requests counted together, of which the first
+    `admitted` fit, the arrival time being `before` µs ahead of now before them (the script's answer)."""
+    step = rate.interval_us * cost
+    window = rate.window_us
+    if place < admitted:
+        tat = before + (place + 1) * step
+        return _decision(rate, True, (window - tat) // rate.interval_us, 0, tat)
+    tat = before + admitted * step
+    return _decision(rate, False, (window - tat) // rate.interval_us, tat + step - window, tat)
+
+
 def _decision(rate: Rate, allowed: bool, remaining: int, retry_us: int, reset_us: int) -> Decision:
     return Decision(bool(allowed), rate.limit, int(remaining), retry_us / _US, reset_us / _US)
 
@@ -125,15 +141,15 @@ class RedisLimiter:
         if self._down_until and time.monotonic() < self._down_until:
             return self._unavailable(rate)
         try:
-            reply = self._run(self.prefix + key, rate.interval_us, rate.window_us, cost)
-            allowed, remaining, retry_us, reset_us = map(int, reply.split())
+            reply, place = self._run(self.prefix + key, rate.interval_us, rate.window_us, cost)
         except redis.RedisError as exc:
             self._mark_down(exc)
             return self._unavailable(rate)
         if self._down:
             self._down, self._down_until = False, 0.0
             log.warning("rate limiter: Redis at %s reachable again", redacted(self.url))
-        return _decision(rate, allowed, remaining, retry_us, reset_us)
+        admitted, before = map(int, reply.split())
+        return _placed(rate, cost, admitted, before, place)
 
     def enforce(self, key: str, rate: Rate, cost: int = 1) -> Decision:
         """`check`, raising Denied (429 or 503) for a refusal; the allowed Decision's headers go on the response."""

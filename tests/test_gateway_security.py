@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import os
+import select
 import socket
 import subprocess
 import sys
@@ -111,9 +112,13 @@ class Gateways:
         proc = subprocess.Popen([sys.executable, HARNESS, args[0], str(port), *args[1:]], stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, env=env, cwd=self.folder)
         self.procs.append(proc)
-        line = proc.stdout.readline()
+        ready, _, _ = select.select([proc.stdout], [], [], 15)
+        line = proc.stdout.readline() if ready else "(nothing within 15 s)\n"
         if not line.startswith("listening"):
-            rest = proc.communicate(timeout=10)[0]
+            try:
+                rest = proc.communicate(timeout=10)[0]
+            finally:
+                proc.kill()
             raise RuntimeError(f"{args[0]} did not start: {line}{rest}")
         threading.Thread(target=self._read, args=(proc,), daemon=True).start()
         return port
@@ -188,9 +193,11 @@ def gw(tmp_path_factory):
     """One gateway (and echo backend) shared by the cases that do not count requests."""
     require_redis(REDIS_URL)
     gateways = Gateways(tmp_path_factory.mktemp("gw"))
-    gateways.port = gateways.gateway()
-    yield gateways
-    gateways.close()
+    try:
+        gateways.port = gateways.gateway()
+        yield gateways
+    finally:
+        gateways.close()
 
 
 @pytest.fixture

@@ -59,7 +59,7 @@ def test_keys_limits_admin_and_redacted_logs_under_microkit_up(tmp_path, monkeyp
             assert request(gateway, "GET", path, {"X-API-Key": admin})[0] == 200
         assert request(gateway, "GET", "/__microkit/health")[0] == 200
 
-        statuses = [request(gateway, "GET", "/users/pid?n=%d" % i, {"X-API-Key": user})[0] for i in range(8)]
+        statuses = [request(gateway, "GET", f"/users/pid?n={i}", {"X-API-Key": user})[0] for i in range(8)]
         assert statuses.count(200) == 6 and statuses[-1] == 429, statuses
         status, _, _ = request(gateway, "GET", "/users/pid?final=1", {"Authorization": f"ApiKey {user}"})
         up.signal(signal.SIGTERM)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterable
 from urllib.parse import unquote_to_bytes
 
@@ -45,7 +45,7 @@ class Route:
     service: str
     timeout: float
     balancer: Balancer
-    policy: Policy = Policy()
+    policy: Policy = field(default_factory=Policy)
 
 
 def routes_from_config(config: Config) -> list[Route]:

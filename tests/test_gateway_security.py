@@ -26,10 +26,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from helpers import run_cli
+from helpers import PrivateRedis, run_cli
 from test_gateway_proxy import free_port, read_response
 from test_registry_contract import REDIS_URL, delete_namespace, require_redis
-from test_security_ratelimit import PrivateRedis
 
 HARNESS = str(Path(__file__).with_name("gateway_harness.py"))
 SECRET_ENV = "MKTEST_JWT_SECRET"

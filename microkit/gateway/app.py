@@ -87,7 +87,8 @@ class Gateway:
                 self.pool.forget(address)
 
     def _build_app(self) -> bottle.Bottle:
-        app = bottle.Bottle(catchall=True, autojson=False)
+        app = bottle.Bottle(catchall=True)
+        app.config["json.enable"] = False
         app.route(f"{ADMIN_PREFIX}/health", "GET", self._health)
         admin_only = {POLICY_KEY: admin_policy(self.config)}
         app.route(f"{ADMIN_PREFIX}/routes", "GET", admin.routes_view(self), **admin_only)

@@ -133,6 +133,32 @@ def test_outage_keeps_the_last_snapshot_and_converges_after_restart(private_redi
         registry.close()
 
 
+def test_a_redis_that_refuses_writes_does_not_kill_heartbeats_or_watchers(private_redis):
+    """Reachable but refusing (here NOREPLICAS; MISCONF, OOM and READONLY behave alike): the threads live on,
+    and the instance is back once Redis accepts writes again."""
+    registry = RedisRegistry(private_redis.url, "mktest-refusing")
+    heartbeat = Heartbeat(registry, interval=0.1).start()
+    watcher = registry.watch(interval=0.2)
+    admin = redis.Redis.from_url(private_redis.url)
+    try:
+        instance = registry.register(Instance("users", "127.0.0.1", 9001), ttl=0.5)
+        wait_until(lambda: watcher.instances("users"), timeout=1.0)
+        admin.config_set("min-replicas-to-write", 1)
+        with pytest.raises(RegistryUnavailable, match="NOREPLICAS"):
+            registry.register(Instance("orders", "127.0.0.1", 9002))
+        time.sleep(1.0)
+        assert heartbeat._thread.is_alive() and watcher._thread.is_alive()
+        assert isinstance(heartbeat.error, RegistryUnavailable)
+        admin.config_set("min-replicas-to-write", 0)
+        wait_until(lambda: [i.instance_id for i in registry.instances("users")] == [instance.instance_id], timeout=2.0)
+        wait_until(lambda: heartbeat.error is None and watcher.error is None, timeout=2.0)
+    finally:
+        admin.close()
+        watcher.stop()
+        heartbeat.stop()
+        registry.close()
+
+
 GEVENT_WORKER = """
 from gevent import monkey
 monkey.patch_all()

@@ -55,4 +55,7 @@ class Heartbeat:
 
     def _run(self) -> None:
         while not self._stopping.wait(self.interval):
-            self.beat()
+            try:
+                self.beat()
+            except Exception:  # a heartbeat thread that dies takes the instance out of routing for good
+                log.exception("registry heartbeat failed; retrying in %.1f s", self.interval)

@@ -134,10 +134,11 @@ class RedisRegistry(Registry):
 
     @contextmanager
     def _available(self) -> Iterator[None]:
-        """Turn "cannot reach Redis" into RegistryUnavailable; other Redis errors are bugs and pass through."""
+        """Turn "Redis cannot serve us now" into RegistryUnavailable: unreachable, and also reachable but
+        refusing (MISCONF, OOM, READONLY after a failover, NOREPLICAS), which heals the same way."""
         try:
             yield
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
             raise RegistryUnavailable(f"registry {redacted(self.url)} unavailable: {exc}") from exc
 
 

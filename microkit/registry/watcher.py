@@ -112,10 +112,16 @@ class Watcher:
                     feed = self.registry.changes()
                 self.refresh()
                 self._wait(feed)
-            except RegistryUnavailable as exc:
+            except Exception as exc:  # the watcher must outlive any store error, keeping its last snapshot
+                if not isinstance(exc, RegistryUnavailable):
+                    log.exception("registry watcher: unexpected error; retrying")
+                    exc = RegistryUnavailable(f"registry {self.registry!r}: {exc}")
                 self._failed(exc)
                 if feed is not None:
-                    feed.close()
+                    try:
+                        feed.close()
+                    except Exception:
+                        pass
                     feed = None
                 self._stopping.wait(self.interval)
         if feed is not None:

@@ -83,13 +83,11 @@ class Registration:
     def _register_when_healthy(self, app: Callable, health_path: str) -> None:
         import gevent
 
-        from microkit.registry import RegistryUnavailable
-
         while not answers_health(app, health_path):
             gevent.sleep(HEALTH_RETRY)
         try:
             self.registry.register(self.instance)
-        except RegistryUnavailable as exc:
+        except Exception as exc:  # the instance is remembered first: heartbeats retry it (RegistryUnavailable)
             log.warning("cannot register yet (%s); retrying with each heartbeat", exc)
         self.registered = True
         self.heartbeat.start()
@@ -98,8 +96,6 @@ class Registration:
         """Deregister, then give gateways a moment to notice before the caller stops accepting."""
         import gevent
 
-        from microkit.registry import RegistryUnavailable
-
         if self._task is not None:
             self._task.kill()
         if not self.registered:
@@ -107,7 +103,7 @@ class Registration:
         self.heartbeat.stop()
         try:
             self.registry.deregister(self.instance)
-        except RegistryUnavailable as exc:
+        except Exception as exc:  # a failed deregister must not stop the graceful stop: the entry expires
             log.warning("cannot deregister (%s); the entry expires by itself", exc)
         self.registered = False
         gevent.sleep(DEREGISTER_GRACE)

@@ -64,20 +64,18 @@ class Shim:
                                               meta={"worker": spec["slot"], "program_pid": self.process.pid})
             try:
                 self.registry.register(self.instance)
-            except registry.RegistryUnavailable as exc:
+            except Exception as exc:  # remembered first: heartbeats retry it
                 print(f"cannot register yet ({exc}); retrying with each heartbeat", file=sys.stderr)
             self.heartbeat.start()
 
     def deregister(self) -> None:
-        from microkit.registry import RegistryUnavailable
-
         with self.lock:
             if self.instance is None:
                 return
             self.heartbeat.stop()
             try:
                 self.registry.deregister(self.instance)
-            except RegistryUnavailable as exc:
+            except Exception as exc:  # the entry expires by itself
                 print(f"cannot deregister ({exc}); the entry expires by itself", file=sys.stderr)
             self.instance = None
 

@@ -487,3 +487,50 @@ def test_route_plugins_run_as_fast_checks_or_send_the_route_through_bottle(tmp_p
             sock.sendall(b"GET /b/1 HTTP/1.1\r\nHost: h\r\n\r\n")
             status, headers, _ = reader.response()
             assert (status, headers["x-slow"], headers["x-path"]) == (200, "1", "bottle")
+
+
+OUTSTANDING = '''
+from gevent import monkey; monkey.patch_all()
+import json, socket, sys
+from pathlib import Path
+import gevent
+from microkit import config
+from microkit.gateway.app import Gateway
+from microkit.http import HTTPServer
+from microkit.registry import Instance
+
+def backend(environ, start_response):
+    size = str(len(environ["wsgi.input"].read())).encode()
+    start_response("200 OK", [("Content-Length", str(len(size)))])
+    return [size]
+
+def listen():
+    sock = socket.socket(); sock.bind(("127.0.0.1", 0)); sock.listen(64); return sock
+
+ports = []
+for _ in range(2):
+    sock = listen(); ports.append(sock.getsockname()[1]); HTTPServer(sock, backend).start()
+Path(sys.argv[1]).write_text('[project]\\nname="p"\\n[gateway]\\nbalance="least_outstanding"\\n'
+                             '[services.a]\\napp="x:app"\\nroute="/a"\\n')
+gateway = Gateway(config.load(Path(sys.argv[1])))
+gateway.update({"a": [Instance("a", "127.0.0.1", port, instance_id=f"i{n}") for n, port in enumerate(ports)]})
+sock = listen(); HTTPServer(sock, gateway).start()
+for _ in range(3):
+    client = socket.create_connection(sock.getsockname())
+    client.sendall(b"POST /a/x HTTP/1.1\\r\\nHost: h\\r\\nContent-Length: 200000\\r\\n\\r\\n" + b"x" * 70000)
+    gevent.sleep(0.2)
+    client.close()
+    gevent.sleep(0.2)
+print(json.dumps([u.outstanding for u in gateway.by_service["a"].balancer.upstreams]))
+'''
+
+
+def test_an_upload_the_client_abandons_is_not_left_in_flight(tmp_path):
+    """A client that goes away mid-upload must not leave its instance counted as busy (least_outstanding)."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", OUTSTANDING, str(tmp_path / "microkit.toml")],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == [0, 0]

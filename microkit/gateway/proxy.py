@@ -196,28 +196,21 @@ class Proxy:
             upstream.outstanding += 1
             try:
                 response = self._exchange(upstream, head, body, chunked, method, remaining, replayable)
-            except gevent.Timeout:
+            except BaseException as exc:  # whatever ends the attempt (client gone too): not in flight any more
                 upstream.outstanding -= 1
-                raise ProxyError(504, f"{service} did not answer within {timeout:g} s") from None
-            except _BodyTooLarge:
-                upstream.outstanding -= 1
-                raise ProxyError(413, f"request body larger than {self.max_body} bytes") from None
-            except ConnectFailed as exc:
-                upstream.outstanding -= 1
+                if isinstance(exc, gevent.Timeout):
+                    raise ProxyError(504, f"{service} did not answer within {timeout:g} s") from None
+                if isinstance(exc, _BodyTooLarge):
+                    raise ProxyError(413, f"request body larger than {self.max_body} bytes") from None
+                if not isinstance(exc, (ConnectFailed, NoResponse, BrokenResponse)):
+                    raise
                 balancer.failed(upstream)
                 last_error = exc
-                continue
-            except NoResponse as exc:
-                upstream.outstanding -= 1
-                balancer.failed(upstream)
-                last_error = exc
-                if method in IDEMPOTENT and replayable and not retried_after_send:
+                if isinstance(exc, ConnectFailed):
+                    continue
+                if isinstance(exc, NoResponse) and method in IDEMPOTENT and replayable and not retried_after_send:
                     retried_after_send = True
                     continue
-                raise ProxyError(502, f"{service}: {exc}") from None
-            except BrokenResponse as exc:
-                upstream.outstanding -= 1
-                balancer.failed(upstream)
                 raise ProxyError(502, f"{service}: {exc}") from None
             if response.status >= 500:
                 balancer.failed(upstream)

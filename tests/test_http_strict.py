@@ -148,3 +148,26 @@ def test_fresh_silent_connection_closed_without_response():
         started = time.monotonic()
         assert sock.recv(100) == b""
         assert time.monotonic() - started < 2
+
+
+def test_blank_lines_do_not_keep_an_idle_connection_open():
+    """After a response, CRLFs (which llhttp skips) trickled forever must not renew the keep-alive wait."""
+    with ServerThread(echo, limits=Limits(header_timeout=0.5, keepalive_timeout=0.5)) as st, connect(st.port) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        reader = Reader(sock)
+        assert reader.response()[0] == 200
+        started = time.monotonic()
+        sock.settimeout(0.2)
+        closed = False
+        while time.monotonic() - started < 4:
+            try:
+                sock.sendall(b"\r\n")
+                if sock.recv(65536) == b"":
+                    closed = True
+                    break
+            except TimeoutError:
+                continue
+            except OSError:
+                closed = True
+                break
+        assert closed and time.monotonic() - started < 2

@@ -241,6 +241,9 @@ class Connection:
             if not data:
                 self._eof = True
                 return None
+            if self._deadline is None:
+                # any byte starts the header clock: blank lines llhttp skips must not renew an idle wait forever
+                self._deadline = monotonic() + limits.header_timeout
             self._feed(data)
         return ready.popleft()
 

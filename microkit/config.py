@@ -143,7 +143,7 @@ def registry_url(value: Any) -> str:
 
 def size(value: Any) -> int:
     """A byte count: an integer, or a string with a unit ("10MB", "512KB", "1GB")."""
-    units = {"": 1, "B": 1, "KB": 1024, "MB": 1024 ** 2, "GB": 1024 ** 3}
+    units = {"": 1, "B": 1, "K": 1024, "KB": 1024, "M": 1024 ** 2, "MB": 1024 ** 2, "G": 1024 ** 3, "GB": 1024 ** 3}
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
     match = isinstance(value, str) and re.fullmatch(r"\s*(\d+)\s*([KMG]?B?)\s*", value.upper())
@@ -405,6 +405,8 @@ SERVICE = (
     Setting("cors", Table(CORS, CorsConfig, optional=True), None, "CORS for this route (an inline table)."),
     Setting("workers", integer(1), 1, "Worker processes."),
     Setting("listen", address, Address("127.0.0.1", 0), "Address the workers share; port 0 picks a free port."),
+    Setting("advertise", text, None, "Host other machines reach this service at, as registered; default: "
+                                     "the listen host (this machine's address for 0.0.0.0 or ::)."),
     Setting("env", env_table, MappingProxyType({}), "Extra environment variables for the workers."),
     Setting("timeout", seconds, 30.0, "A worker whose event loop is blocked this long is killed and replaced."),
     Setting("graceful_timeout", seconds, 10.0, "How long in-flight requests may run on stop or reload."),
@@ -460,6 +462,7 @@ class ServiceConfig:
     cors: CorsConfig | None
     workers: int
     listen: Address
+    advertise: str | None
     env: Mapping[str, str]
     timeout: float
     graceful_timeout: float

@@ -49,6 +49,17 @@ def test_full_config_is_parsed_into_read_only_objects():
         users.env["X"] = "1"
 
 
+@pytest.mark.parametrize("text, size", [("10MB", 10 << 20), ("10M", 10 << 20), ("1K", 1024), ("512kb", 512 << 10),
+                                        ("2G", 2 << 30), ("100", 100), ("7B", 7)])
+def test_sizes(text, size):
+    assert parse(HEAD + f'[gateway]\nmax_body = "{text}"\n').gateway.max_body == size
+
+
+def test_advertise():
+    assert parse(HEAD + USERS + 'advertise = "10.1.2.3"\n').services["users"].advertise == "10.1.2.3"
+    assert parse(HEAD + USERS).services["users"].advertise is None
+
+
 def test_defaults():
     conf = parse(HEAD)
     assert conf.registry.embedded and conf.gateway.listen == Address("127.0.0.1", 8000)

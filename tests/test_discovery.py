@@ -260,3 +260,18 @@ def test_a_command_service_is_registered_and_routed(project, running):
         time.sleep(1.5)
     assert loop.failures() == [] and len(loop.statuses) > 20
     eventually(lambda: victim not in registered_pids(root, "clock"), 3, 0.1)
+
+
+def test_the_advertised_host_is_what_gets_registered(project):
+    """MICROKIT_ADVERTISE_HOST (or services.NAME.advertise) is the address other hosts are told."""
+    root = project({"users": {**ROUTED["users"], "workers": 1, "listen": "0.0.0.0:0"}})
+    proc = subprocess.Popen([*CLI, "run", "users"], cwd=root, env={**os.environ, "MICROKIT_ADVERTISE_HOST": "10.9.8.7"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        def hosts():
+            result = run_cli(root, "status", "--json")
+            return {i["host"] for i in json.loads(result.stdout)["services"].get("users", [])}
+        assert eventually(hosts, 15, 0.2) == {"10.9.8.7"}
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)

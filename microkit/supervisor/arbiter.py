@@ -124,9 +124,15 @@ class Arbiter:
         return AppGroup(spec, service.workers, listener, self.printer, self.watch)
 
     def registry_spec(self, service: ServiceConfig) -> RegistrySpec:
-        """Where a service's instances register, and the address they are reached at."""
-        return RegistrySpec(self.config.registry.url, self.root, self.config.project.name,
-                            advertised_host(service.listen.host))
+        """Where a service's instances register, and the address they are reached at: MICROKIT_ADVERTISE_HOST,
+        else `advertise`, else the listen host (this machine's address for a wildcard)."""
+        host = os.environ.get("MICROKIT_ADVERTISE_HOST") or service.advertise or advertised_host(service.listen.host)
+        if (self.config.registry.url and service.listen.host in ("0.0.0.0", "::")
+                and host.startswith("127.") and not service.advertise):
+            self.printer.say(f"services.{service.name} listens on {service.listen.host}, but this host's name resolves "
+                             f"to {host}: other hosts cannot reach it; set services.{service.name}.advertise "
+                             f"or MICROKIT_ADVERTISE_HOST")
+        return RegistrySpec(self.config.registry.url, self.root, self.config.project.name, host)
 
     @property
     def gateway_url(self) -> str:

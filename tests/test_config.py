@@ -56,7 +56,7 @@ def test_sizes(text, size):
 
 
 def test_advertise():
-    assert parse(HEAD + USERS + 'advertise = "10.1.2.3"\n').services["users"].advertise == "10.1.2.3"
+    assert parse(HEAD + USERS + 'advertise = "127.0.0.9"\n').services["users"].advertise == "127.0.0.9"
     assert parse(HEAD + USERS).services["users"].advertise is None
 
 

@@ -265,13 +265,13 @@ def test_a_command_service_is_registered_and_routed(project, running):
 def test_the_advertised_host_is_what_gets_registered(project):
     """MICROKIT_ADVERTISE_HOST (or services.NAME.advertise) is the address other hosts are told."""
     root = project({"users": {**ROUTED["users"], "workers": 1, "listen": "0.0.0.0:0"}})
-    proc = subprocess.Popen([*CLI, "run", "users"], cwd=root, env={**os.environ, "MICROKIT_ADVERTISE_HOST": "10.9.8.7"},
+    proc = subprocess.Popen([*CLI, "run", "users"], cwd=root, env={**os.environ, "MICROKIT_ADVERTISE_HOST": "127.0.0.2"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         def hosts():
             result = run_cli(root, "status", "--json")
             return {i["host"] for i in json.loads(result.stdout)["services"].get("users", [])}
-        assert eventually(hosts, 15, 0.2) == {"10.9.8.7"}
+        assert eventually(hosts, 15, 0.2) == {"127.0.0.2"}
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(5)

@@ -14,6 +14,8 @@ from typing import Iterable, Iterator
 import httptools
 from gevent import socket as gsocket
 
+from microkit.http.io import recv_when_readable
+
 RECV_SIZE = 65536
 
 
@@ -133,7 +135,7 @@ class Response:
 
     def _recv(self) -> bytes:
         try:
-            return self.conn.sock.recv(RECV_SIZE)
+            return recv_when_readable(self.conn.sock, self.conn.raw, RECV_SIZE)
         except TimeoutError:
             raise BrokenResponse(f"{self._where()} sent nothing within the route's timeout") from None
         except OSError:

@@ -11,6 +11,7 @@ from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from microkit.http.body import EMPTY, Input
 from microkit.http.errors import ERROR_RESPONSES, ClientDisconnected, HTTPError
+from microkit.http.io import recv_when_readable
 from microkit.http.request import Request
 from microkit.http.wsgi import Response, build_environ, environ_key
 
@@ -230,7 +231,7 @@ class Connection:
                 if timeout <= 0:
                     raise TimeoutError
                 sock.settimeout(timeout)
-                data = sock.recv(RECV_SIZE)
+                data = recv_when_readable(sock, self._raw, RECV_SIZE)
             except TimeoutError:
                 if self._headers is not None or self._stall:
                     self._refuse(408)

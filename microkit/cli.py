@@ -79,8 +79,10 @@ def new_service(name: str, template: str, route: str | None, workers: int, confi
               help="Development: reload a service's workers when its Python files change.")
 @click.option("--no-access-log", is_flag=True, help="No log line per request (overrides access_log).")
 @click.option("--no-gateway", is_flag=True, help="Run the services only, without the gateway.")
+@click.option("--monolith", is_flag=True,
+              help="Every service's app mounted in one process at the gateway's address (same URLs).")
 def up(services: tuple[str, ...], config_file: str | None, reload_: bool, no_access_log: bool,
-       no_gateway: bool) -> None:
+       no_gateway: bool, monolith: bool) -> None:
     """Run the project's services (or the SERVICES named) and the gateway, in the foreground.
 
     Each service runs as `workers` gevent worker processes sharing one socket (or as its command),
@@ -88,8 +90,10 @@ def up(services: tuple[str, ...], config_file: str | None, reload_: bool, no_acc
     service is healthy and routed. SIGINT/SIGTERM stop gracefully, SIGHUP reloads with no downtime,
     SIGTTIN/SIGTTOU add or remove a worker of every service.
     """
+    if monolith and no_gateway:
+        raise UsageError("--monolith serves at the gateway's address; it cannot be combined with --no-gateway")
     supervise(config.discover(config_file), services, reload=reload_,
-              access_log=False if no_access_log else None, gateway=not no_gateway)
+              access_log=False if no_access_log else None, gateway=not no_gateway, monolith=monolith)
 
 
 @cli.command()

@@ -30,6 +30,7 @@ from .worker import AppSpec
 
 GATEWAY = "gateway"
 GATEWAY_APP = "microkit.gateway.wsgi:application"
+MONOLITH_APP = "microkit.monolith:application"
 GATEWAY_HEALTH = "/__microkit/health"
 
 TICK = 0.1
@@ -39,9 +40,11 @@ READY_PROBE_INTERVAL = 0.5
 class Arbiter:
     def __init__(self, config: Config, services: Sequence[str] = (), reload: bool = False,
                  access_log: bool | None = None, printer: Printer | None = None,
-                 gateway: bool = True, run_services: bool = True, control_name: str = control.UP):
+                 gateway: bool = True, run_services: bool = True, control_name: str = control.UP,
+                 monolith: bool = False):
         self.config = config
         self.root = config.root
+        self.monolith = monolith
         self.names = self.select(config, services) if run_services else []
         self.gateway = gateway
         self.gateway_address: tuple[str, int] | None = None
@@ -84,7 +87,10 @@ class Arbiter:
         self.control.open()
         gateway = self.make_gateway_group() if self.gateway else None
         for name in self.names:
-            self.groups[name] = self.make_group(self.config.services[name])
+            service = self.config.services[name]
+            if self.monolith and service.app:
+                continue  # mounted in the gateway's place by the monolith
+            self.groups[name] = self.make_group(service)
         if gateway is not None:
             self.groups[GATEWAY] = gateway
         self.wake_r, self.wake_w = os.pipe()
@@ -150,8 +156,14 @@ class Arbiter:
         except OSError as exc:
             raise SupervisorError(f"gateway.listen: cannot listen on {gateway.listen}: {exc.strerror or exc}") from None
         access_log = gateway.access_log if self.access_log is None else self.access_log
-        spec = AppSpec(name=GATEWAY, app=GATEWAY_APP, root=self.root, health=GATEWAY_HEALTH, access_log=False,
-                       env={"MICROKIT_CONFIG": str(self.config.path), "MICROKIT_ACCESS_LOG": str(int(access_log))})
+        env = {"MICROKIT_CONFIG": str(self.config.path), "MICROKIT_ACCESS_LOG": str(int(access_log)),
+               "MICROKIT_GATEWAY_URL": url(gateway.listen.host, listener.getsockname()[1])}
+        if self.monolith:
+            spec = AppSpec(name=GATEWAY, app=MONOLITH_APP, root=self.root, health=GATEWAY_HEALTH, env=env,
+                           access_log=access_log)
+        else:
+            spec = AppSpec(name=GATEWAY, app=GATEWAY_APP, root=self.root, health=GATEWAY_HEALTH, access_log=False,
+                           env=env)
         self.gateway_address = listener.getsockname()[:2]
         return AppGroup(spec, gateway.workers, listener, self.printer, self.watch)
 
@@ -256,7 +268,8 @@ class Arbiter:
                 return
         gateway = self.groups.get(GATEWAY)
         services = [g for g in alive if g.name != GATEWAY]
-        if gateway is not None and gateway.state != FATAL and not self.gateway_sees(gateway, services):
+        if (gateway is not None and gateway.state != FATAL and not self.monolith
+                and not self.gateway_sees(gateway, services)):
             return
         self.announced = True
         failed = [name for name, g in self.groups.items() if g.state == FATAL]
@@ -264,7 +277,7 @@ class Arbiter:
         if gateway is not None and gateway.state != FATAL:
             if listed:
                 self.printer.plain(f"services: {listed}")
-            line = f"ready: gateway {gateway.urls()[0]}"
+            line = f"ready: gateway {gateway.urls()[0]}" + (" (monolith)" if self.monolith else "")
         else:
             line = f"ready: {listed}"
         self.printer.plain(line + (f" (failed: {', '.join(failed)})" if failed else ""))

@@ -1,0 +1,96 @@
+"""Monolith mode (`microkit up --monolith`): every service's WSGI app mounted in one process.
+
+A dispatcher routes by the same longest-prefix rules as the gateway, at the same URLs, so clients
+and the services' calls to each other (through MICROKIT_GATEWAY_URL) work unchanged. Each app is
+imported with its service's `env` applied and then restored, so settings read at import time (a
+DATABASE_URL, say) stay per service. Command services cannot be mounted: they are left out.
+Loaded by a worker as `microkit.monolith:application` (after gevent patching).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+from typing import Callable, Iterable
+from urllib.parse import unquote_to_bytes
+
+from microkit import config as cfg
+from microkit.gateway.routing import BadPath, RouteTable, normalize, split_target
+
+HEALTH = "/__microkit/health"
+
+
+def load_app(spec: str) -> Callable:
+    """Import `module:attr` (attr may be dotted)."""
+    module_name, attr = spec.split(":")
+    target = importlib.import_module(module_name)
+    for part in attr.split("."):
+        target = getattr(target, part)
+    return target
+
+
+def with_env(env: dict[str, str], load: Callable[[], Callable]) -> Callable:
+    """Run `load` with `env` set in os.environ, restoring every variable afterwards."""
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        return load()
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _json(start_response: Callable, status: str, body: dict) -> list[bytes]:
+    data = json.dumps(body).encode()
+    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
+    return [data]
+
+
+class Monolith:
+    """The WSGI dispatcher: one app per route prefix."""
+
+    def __init__(self, conf: cfg.Config) -> None:
+        root = str(conf.root)
+        if root not in sys.path:
+            sys.path.insert(0, root)
+        self.mounted = [s for s in conf.services.values() if s.app and s.route]
+        self.skipped = [s.name for s in conf.services.values() if not (s.app and s.route)]
+        self.table: RouteTable[Callable] = RouteTable(
+            (s.route, with_env(dict(s.env), lambda s=s: load_app(s.app))) for s in self.mounted)
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        raw = environ.get("RAW_URI")
+        path = environ.get("PATH_INFO", "/")
+        if raw is not None:
+            try:
+                normal = normalize(split_target(raw.encode("latin-1"))[0])
+            except BadPath as exc:
+                return _json(start_response, "400 Bad Request", {"error": str(exc), "status": 400})
+            path = unquote_to_bytes(normal).decode("latin-1")
+            environ["PATH_INFO"] = path
+        if path == HEALTH:
+            return _json(start_response, "200 OK", {"status": "ok", "monolith": [s.name for s in self.mounted]})
+        match = self.table.match(path)
+        if match is None:
+            return _json(start_response, "404 Not Found", {"error": "no route for this path", "status": 404})
+        return match.target(environ, start_response)
+
+
+def create(conf: cfg.Config | None = None) -> Monolith:
+    monolith = Monolith(conf or cfg.discover())
+    if monolith.skipped:
+        print(f"monolith: not mounted (command services or no route): {', '.join(monolith.skipped)}", flush=True)
+    return monolith
+
+
+def __getattr__(name: str):
+    """`application` is built on first access, in the worker that loads it."""
+    if name == "application":
+        globals()["application"] = app = create()
+        return app
+    raise AttributeError(name)

@@ -291,6 +291,8 @@ class ApiKeysConfig:
 @dataclass(frozen=True)
 class TokenConfig:
     ttl: int
+    rate_limit: str
+    rate_limit_burst: int
     signing_key: str | None
     signing_kid: str | None
 
@@ -343,6 +345,8 @@ APIKEYS = (
 )
 TOKEN = (
     Setting("ttl", integer(1), 300, "Lifetime in seconds of tokens from POST /auth/token."),
+    Setting("rate_limit", rate, "20/min", "Requests to POST /auth/token per client IP, failed ones included."),
+    Setting("rate_limit_burst", integer(1), 10, "Of those, how many at once."),
     Setting("signing_key", text, None, "PEM private key to sign them (RS256/ES256); default HS256 with the secret."),
     Setting("signing_kid", text, None, "kid header of the tokens signed with signing_key."),
 )

@@ -94,7 +94,7 @@ class Gateway:
         app.route(f"{ADMIN_PREFIX}/routes", "GET", admin.routes_view(self), **admin_only)
         app.route(f"{ADMIN_PREFIX}/instances", "GET", admin.instances_view(self), **admin_only)
         if self.security.issues_tokens:
-            app.route(TOKEN_PATH, "ANY", admin.token_view(self), **{POLICY_KEY: token_policy()})
+            app.route(TOKEN_PATH, "ANY", admin.token_view(self), **{POLICY_KEY: token_policy(self.config)})
         for route in self.routes:
             handler = self._handler(route)
             paths = ["/", "/<path:path>"] if route.prefix == "/" else \

@@ -27,7 +27,6 @@ from microkit.gateway.security import (
 )
 
 TOKEN_PATH = "/auth/token"
-TOKEN_RATE = Rate.parse("20/min", burst=10)  # per client IP: API key guesses cost a slot each
 
 
 @dataclass(frozen=True)
@@ -63,9 +62,11 @@ def admin_policy(config: Config) -> Policy:
     return Policy(auth="apikey", scopes=frozenset({config.gateway.auth.admin_scope}))
 
 
-def token_policy() -> Policy:
-    """`POST /auth/token` checks the API key itself, after a per-IP limit that counts failed attempts too."""
-    return Policy(rate=TOKEN_RATE, rate_by="ip", limit_scope=TOKEN_PATH)
+def token_policy(config: Config) -> Policy:
+    """`POST /auth/token` checks the API key itself, after a per-IP limit that counts failed attempts too
+    (API key guesses cost a slot each)."""
+    token = config.gateway.auth.token
+    return Policy(rate=Rate.parse(token.rate_limit, token.rate_limit_burst), rate_by="ip", limit_scope=TOKEN_PATH)
 
 
 class Security:

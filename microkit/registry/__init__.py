@@ -7,6 +7,7 @@ the multi-host RedisRegistry, no URL gives the EmbeddedRegistry in `<project_roo
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeVar
 from pathlib import Path
 
 from microkit.errors import ConfigError
@@ -19,7 +20,7 @@ from microkit.registry.watcher import Watcher
 
 __all__ = [
     "DEFAULT_TTL", "HEARTBEAT_INTERVAL", "POLL_INTERVAL", "EmbeddedRegistry", "Heartbeat", "Instance",
-    "RedisRegistry", "Registry", "RegistryUnavailable", "Snapshot", "Watcher", "connect", "embedded_path",
+    "RedisRegistry", "Registry", "RegistryUnavailable", "Snapshot", "Watcher", "backend_for", "connect", "embedded_path",
     "schemes",
 ]
 
@@ -29,6 +30,8 @@ def _redis(url: str, namespace: str) -> Registry:
 
     return RedisRegistry(url, namespace)
 
+
+T = TypeVar("T")
 
 schemes: dict[str, Callable[[str, str], Registry]] = {
     "redis": _redis,
@@ -49,13 +52,18 @@ def embedded_path(project_root: Path) -> Path:
     return Path(project_root) / ".microkit" / "registry.db"
 
 
+def backend_for(url: str, table: dict[str, T]) -> T:
+    """The entry of a `schemes` table for the URL's scheme; a ConfigError listing the known ones otherwise."""
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme not in table:
+        known = ", ".join(f"{name}://" for name in table)
+        raise ConfigError(f"unknown registry URL {redacted(url)!r}: known schemes are {known} "
+                          f"(or no URL for the embedded registry)")
+    return table[scheme]
+
+
 def connect(url: str | None, *, project_root: Path, namespace: str) -> Registry:
     """The registry for `url` (None: the embedded one), isolated under `namespace`; nothing connects yet."""
     if url is None:
         return EmbeddedRegistry(embedded_path(project_root), namespace)
-    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-    if scheme not in schemes:
-        known = ", ".join(f"{name}://" for name in schemes)
-        raise ConfigError(f"unknown registry URL {redacted(url)!r}: known schemes are {known} "
-                          f"(or no URL for the embedded registry)")
-    return schemes[scheme](url, namespace)
+    return backend_for(url, schemes)(url, namespace)

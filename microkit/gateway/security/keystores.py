@@ -23,9 +23,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from microkit.errors import ConfigError
 from microkit.gateway.security.apikeys import KeyRecord, KeyStore, UnknownKey
-from microkit.registry import RegistryUnavailable, embedded_path
+from microkit.registry import RegistryUnavailable, backend_for, embedded_path
 from microkit.registry.redis_registry import redacted
 
 SOCKET_TIMEOUT = 1.0
@@ -207,9 +206,4 @@ def connect_keystore(url: str | None, *, project_root: Path, namespace: str) -> 
     """The key store for a registry URL (None: the embedded SQLite file); nothing connects yet."""
     if url is None:
         return SqliteKeyStore(embedded_path(project_root), namespace)
-    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-    if scheme not in schemes:
-        known = ", ".join(f"{name}://" for name in schemes)
-        raise ConfigError(f"unknown registry URL {redacted(url)!r}: known schemes are {known} "
-                          f"(or no URL for the embedded registry)")
-    return schemes[scheme](url, namespace)
+    return backend_for(url, schemes)(url, namespace)

@@ -92,7 +92,11 @@ def up(services: tuple[str, ...], config_file: str | None, reload_: bool, no_acc
     """
     if monolith and no_gateway:
         raise UsageError("--monolith serves at the gateway's address; it cannot be combined with --no-gateway")
-    supervise(config.discover(config_file), services, reload=reload_,
+    project = config.discover(config_file)
+    if monolith:
+        from .monolith import check
+        check(project)
+    supervise(project, services, reload=reload_,
               access_log=False if no_access_log else None, gateway=not no_gateway, monolith=monolith)
 
 

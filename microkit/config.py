@@ -619,6 +619,9 @@ def _check_security(reader: _Reader, folder: Path, gateway: dict, services: dict
                 raise reader.error("gateway.auth.jwt.algorithms", f"is required: services.{name} uses JWT auth")
             if set(jwt.algorithms) - {"HS256"} and not (jwt.public_key or jwt.public_keys or jwt.jwks_file):
                 raise reader.error("gateway.auth.jwt", "RS256/ES256 need public_key, public_keys or jwks_file")
+        if service.scopes and (service.auth or auth.default) == "none":
+            raise reader.error(f"services.{name}.scopes", 'need auth = "jwt" or "apikey" (with auth "none" '
+                                                          "nobody has scopes and the route would be open)")
         if service.cors is not None and service.cors.credentials and service.cors.origins == "*":
             raise reader.error(f"services.{name}.cors", 'credentials = true needs a list of origins, not "*"')
 

@@ -3,7 +3,9 @@
 A dispatcher routes by the same longest-prefix rules as the gateway, at the same URLs, so clients
 and the services' calls to each other (through MICROKIT_GATEWAY_URL) work unchanged. Each app is
 imported with its service's `env` applied and then restored, so settings read at import time (a
-DATABASE_URL, say) stay per service. Command services cannot be mounted: they are left out.
+DATABASE_URL, say) stay per service. Command services cannot be mounted: they are left out. The
+gateway's policies (auth, scopes, rate limits, CORS) are not enforced here, so a project whose routes
+set any is refused (`check`), and client-sent X-Auth-* headers are always removed.
 Loaded by a worker as `microkit.monolith:application` (after gevent patching).
 """
 
@@ -17,6 +19,7 @@ from typing import Callable, Iterable
 from urllib.parse import unquote_to_bytes
 
 from microkit import config as cfg
+from microkit.errors import UsageError
 from microkit.gateway.routing import BadPath, RouteTable, normalize, split_target
 
 HEALTH = "/__microkit/health"
@@ -45,6 +48,15 @@ def with_env(env: dict[str, str], load: Callable[[], Callable]) -> Callable:
                 os.environ[name] = value
 
 
+def check(conf: cfg.Config) -> None:
+    """Refuse monolith mode for routes that rely on the gateway's policies, which it does not enforce."""
+    governed = [s.name for s in conf.services.values() if s.app and s.route and (
+        (s.auth or conf.gateway.auth.default) != "none" or s.scopes or s.rate_limit or s.cors)]
+    if governed:
+        raise UsageError(f"--monolith does not enforce auth, scopes, rate limits or CORS, which "
+                         f"services {', '.join(governed)} set: run them behind the gateway (`microkit up`)")
+
+
 def _json(start_response: Callable, status: str, body: dict) -> list[bytes]:
     data = json.dumps(body).encode()
     start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
@@ -64,6 +76,8 @@ class Monolith:
             (s.route, with_env(dict(s.env), lambda s=s: load_app(s.app))) for s in self.mounted)
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        for key in [k for k in environ if k.startswith("HTTP_X_AUTH_")]:
+            del environ[key]  # only a gateway that checked a credential may say who is calling
         raw = environ.get("RAW_URI")
         path = environ.get("PATH_INFO", "/")
         if raw is not None:
@@ -82,7 +96,9 @@ class Monolith:
 
 
 def create(conf: cfg.Config | None = None) -> Monolith:
-    monolith = Monolith(conf or cfg.discover())
+    conf = conf or cfg.discover()
+    check(conf)
+    monolith = Monolith(conf)
     if monolith.skipped:
         print(f"monolith: not mounted (command services or no route): {', '.join(monolith.skipped)}", flush=True)
     return monolith

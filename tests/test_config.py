@@ -100,6 +100,9 @@ def test_defaults():
     (HEAD + '[gateway.ratelimit]\non_redis_down = "maybe"\n',
      'microkit.toml: gateway.ratelimit.on_redis_down: expected one of "open", "closed", got "maybe"'),
     (HEAD + USERS + 'cors = { methods = ["GET"] }\n', "microkit.toml: services.users.cors.origins: is required"),
+    (HEAD + USERS + 'scopes = ["admin"]\n',
+     'microkit.toml: services.users.scopes: need auth = "jwt" or "apikey" (with auth "none" nobody has scopes '
+     'and the route would be open)'),
     (HEAD + USERS + 'cors = { origins = "*", credentials = true }\n',
      'microkit.toml: services.users.cors: credentials = true needs a list of origins, not "*"'),
     (HEAD + '[gateway]\nmax_body = "ten"\n',

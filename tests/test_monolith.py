@@ -77,3 +77,18 @@ def test_up_monolith_serves_every_service_from_one_process(tmp_path):
         assert get(url + "/nothing")[0] == 404
     finally:
         up.close()
+
+
+def test_routes_governed_by_the_gateway_are_refused_and_identity_headers_never_pass(tmp_path, project):
+    from microkit.errors import UsageError
+    from microkit.monolith import check
+
+    governed = tmp_path / "governed.toml"
+    governed.write_text(project.path.read_text().replace('route = "/orders"', 'route = "/orders"\nrate_limit = "5/min"'))
+    with pytest.raises(UsageError, match="services orders set: run them behind the gateway"):
+        check(config.load(governed))
+    monolith = Monolith(project)
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/users", "RAW_URI": "/users", "wsgi.input": io.BytesIO(),
+               "HTTP_X_AUTH_SUBJECT": "root", "HTTP_X_AUTH_SCOPES": "admin"}
+    monolith(environ, lambda *a: None)
+    assert not [k for k in environ if k.startswith("HTTP_X_AUTH_")]

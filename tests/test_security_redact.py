@@ -104,3 +104,16 @@ def test_security_checks_never_log_or_echo_credentials(tmp_path, caplog):
     assert len(answers) == 14 and caplog.records
     for secret in (TOKEN, bad_token, key, other, key[14:], other[14:], TOKEN.split(".")[2]):
         assert secret not in text
+
+
+@pytest.mark.parametrize("target", [
+    "/pub/x?jwt=eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIn0.c2lnbmF0dXJl",
+    "/cb?id_token_hint=eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIn0.c2lnbmF0dXJl",
+    "/x/eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIn0.c2lnbmF0dXJl/y",
+    "/pub/x?x_api_key=mk_z86c85dE8uo7k62nbeSjpJDgF_cEDC_VSPtbiXPDBIc",
+    "/users/1?access_token%00=s3cr3t-value",
+])
+def test_tokens_are_redacted_from_targets_whatever_their_name(target):
+    redacted = redact_target(target)
+    for secret in ("c2lnbmF0dXJl", "F_cEDC_VSPtbiXPDBIc", "s3cr3t-value"):
+        assert secret not in redacted, redacted

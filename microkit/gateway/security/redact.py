@@ -41,7 +41,10 @@ def redact_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
 
 
 def redact_target(target: str) -> str:
-    """A request target (path?query) with the values of secret query parameters redacted."""
+    """A request target (path?query) with the values of secret query parameters redacted, and anything
+    shaped like a JWT or a microkit API key wherever it stands (any parameter name, or the path)."""
+    if "eyJ" in target or "mk_" in target:
+        target = _API_KEY.sub(lambda m: m.group(1) + REDACTED, _JWT.sub(REDACTED, target))
     path, mark, query = target.partition("?")
     if not mark:
         return target
@@ -52,7 +55,7 @@ def redact_target(target: str) -> str:
     pieces = []
     for piece in re.split(r"([&;])", query):
         name, equals, _ = piece.partition("=")
-        if equals and unquote_plus(name).lower() in SECRET_PARAMS:
+        if equals and unquote_plus(name).lower().strip(" \t\x00") in SECRET_PARAMS:
             piece = f"{name}={REDACTED}"
         pieces.append(piece)
     return f"{path}?{''.join(pieces)}{fragment}"

@@ -290,6 +290,14 @@ def test_header_and_a_differing_query_token_are_401(hs_settings):
     assert_invalid_token(error, "two different tokens in one request")
 
 
+@pytest.mark.parametrize("name", ["access%5Ftoken", "access%5ftoken", "%61ccess_token", "access_token%00"])
+def test_a_second_token_under_an_encoded_name_is_401(hs_settings, name):
+    token = jwt.encode(claims(), SECRET, algorithm="HS256")
+    other = jwt.encode(claims(sub="bob"), SECRET, algorithm="HS256")
+    error = denied(JWTAuth(hs_settings), request(token, query=f"{name}={other}"))
+    assert_invalid_token(error, "two different tokens in one request")
+
+
 def test_header_and_the_same_query_token_pass(hs_settings):
     token = jwt.encode(claims(), SECRET, algorithm="HS256")
     assert JWTAuth(hs_settings).authenticate(request(token, query=f"access_token={token}")).subject == "alice"

@@ -148,8 +148,9 @@ def presented_key(info: RequestInfo) -> str:
             found.append(rest.strip(" \t"))
     if header:
         found.append(header[0].strip(" \t"))
-    if "api_key" in info.query:
-        found += [value for name, value in parse_qsl(info.query, keep_blank_values=True) if name == "api_key"]
+    if "api_key" in info.query or "%" in info.query:  # "%": the name may be percent-encoded
+        found += [value for name, value in parse_qsl(info.query, keep_blank_values=True)
+                  if name.strip(" \t\x00") == "api_key"]
     if not found:
         raise unauthorized("API key required")
     if len(set(found)) > 1:

@@ -226,9 +226,9 @@ def bearer_token(info: RequestInfo) -> str:
         raise unauthorized("token too long")
     if _JWS_SHAPE.fullmatch(token) is None:
         raise unauthorized("malformed token")
-    if "access_token" in info.query:
+    if "access_token" in info.query or "%" in info.query:  # "%": the name may be percent-encoded
         for name, value in parse_qsl(info.query, keep_blank_values=True):
-            if name == "access_token" and value != token:
+            if name.strip(" \t\x00") == "access_token" and value != token:
                 raise unauthorized("two different tokens in one request")
     return token
 

@@ -284,6 +284,19 @@ def test_identity_headers_are_stripped_on_open_routes(gw, version):
     assert status == 200 and not [name for name in seen(body) if name.startswith("X_AUTH_")]
 
 
+@VERSIONS
+@pytest.mark.parametrize("target", ["/users#x", "/users/1#frag", "/%75sers/1", "/users/%2e%2e/users/1"])
+def test_fragments_and_encodings_never_skip_auth(gw, version, target):
+    assert call(gw.port, "GET", target, version=version)[0] == 401
+
+
+@VERSIONS
+def test_forwarded_and_x_real_ip_from_clients_do_not_reach_services(gw, version):
+    status, _, body = call(gw.port, "GET", "/open/1", [("Forwarded", "for=10.0.0.1;proto=https"),
+                                                      ("X-Real-IP", "10.0.0.1")], version=version)
+    assert status == 200 and "FORWARDED" not in seen(body) and "X_REAL_IP" not in seen(body)
+
+
 # API keys, managed with the real CLI
 
 def test_api_keys_created_listed_and_revoked_with_the_cli(fresh):

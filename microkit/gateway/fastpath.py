@@ -143,14 +143,17 @@ class FastPath:
         """Proxy `request` if it is on a fast route; None hands it to the Bottle app."""
         if request.version != "HTTP/1.1":
             return None
+        if b"#" in request.target:
+            return None  # the engine strips a fragment from PATH_INFO: let the Bottle path see the same thing
         path, query = split_target(request.target)
         try:
             normal = normalize(path)
         except BadPath:
             return None
-        if not normal.isascii() or normal.startswith(self.admin) or normal in self.own:
+        decoded = unquote_to_bytes(normal) if b"%" in normal else normal
+        if not normal.isascii() or decoded.startswith(self.admin) or decoded in self.own:
             return None
-        match = self.table.match((unquote_to_bytes(normal) if b"%" in normal else normal).decode("latin-1"))
+        match = self.table.match(decoded.decode("latin-1"))
         if match is None:
             return None
         route = match.target

@@ -387,6 +387,17 @@ def test_an_api_key_is_exchanged_for_a_short_lived_jwt(fresh):
     assert call(port, "POST", "/auth/token")[0] == 401
 
 
+def test_revoking_a_key_also_stops_the_tokens_issued_for_it(fresh):
+    port = fresh.gateway()
+    key = fresh.create_key("frontend", "users:read")
+    token = json.loads(call(port, "POST", "/auth/token", [("X-API-Key", key)])[2])["access_token"]
+    assert call(port, "GET", "/users/1", bearer(token))[0] == 200
+    assert fresh.cli("keys", "revoke", key[3:14]).returncode == 0
+    time.sleep(1.2)  # gateway.auth.apikeys.cache_ttl (1 s) bounds how long a verdict is remembered
+    status, answer, _ = call(port, "GET", "/users/1", bearer(token))
+    assert status == 401 and "revoked" in answer["www-authenticate"][0]
+
+
 def test_the_token_endpoint_is_rate_limited_by_ip_failed_attempts_included(fresh):
     port = fresh.gateway()
     key = fresh.create_key("k")

@@ -25,6 +25,7 @@ from microkit.gateway.security import (
     ApiKeyAuth, CorsPolicy, Identity, JWTAuth, JWTSettings, LocalLimiter, Rate, RedisLimiter, RequestInfo,
     connect_keystore, secret_from_env,
 )
+from microkit.gateway.security.jwt_auth import unauthorized as jwt_unauthorized
 
 TOKEN_PATH = "/auth/token"
 
@@ -145,7 +146,13 @@ class Security:
         if policy.auth == "jwt":
             jwt = self.jwt
             scopes = self.jwt_settings.required_scopes | policy.scopes
-            return lambda info: jwt.authenticate(info, scopes)
+
+            def check_jwt(info: RequestInfo) -> Identity:
+                identity = jwt.authenticate(info, scopes)
+                if identity.key_id is not None and not self.apikeys.active(identity.key_id):
+                    raise jwt_unauthorized("the API key this token was issued for is revoked")
+                return identity
+            return check_jwt
         if policy.auth == "apikey":
             apikeys = self.apikeys
             scopes = policy.scopes

@@ -192,3 +192,17 @@ class ApiKeyAuth:
             raise unauthorized("invalid or revoked API key")
         require_scopes(identity, required_scopes)
         return identity
+
+    def active(self, key_id: str) -> bool:
+        """Whether the key `key_id` exists and is not revoked, cached like verdicts: a token obtained with a
+        key (POST /auth/token) stops working when the key is revoked, within the same `cache_ttl`."""
+        cache_key = "id:" + key_id
+        found = self._cache.get(cache_key, _MISSING)
+        if found is _MISSING:
+            try:
+                entry = self.store._get(key_id)
+            except RegistryUnavailable:
+                raise Denied(503, "API key store unavailable", (("Retry-After", "1"),)) from None
+            found = entry is not None and not entry[0].revoked
+            self._cache.put(cache_key, found, self.clock() + self.cache_ttl)
+        return bool(found)

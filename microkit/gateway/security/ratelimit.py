@@ -183,6 +183,7 @@ class LocalLimiter:
         self.max_keys = max_keys
         self.clock = clock
         self._tats: dict[str, int] = {}
+        self._evictions = 0
         self._lock = threading.Lock()
 
     def check(self, key: str, rate: Rate, cost: int = 1) -> Decision:
@@ -195,7 +196,7 @@ class LocalLimiter:
                 self._tats.pop(key, None)
                 self._tats[key] = tat
                 if len(self._tats) > self.max_keys:
-                    self._prune(now)
+                    self._evict(now)
         return _decision(rate, allowed, remaining, retry_us, reset_us)
 
     def enforce(self, key: str, rate: Rate, cost: int = 1) -> Decision:
@@ -208,9 +209,14 @@ class LocalLimiter:
     def close(self) -> None:
         """Nothing to release."""
 
-    def _prune(self, now: int) -> None:
-        """Forget keys whose arrival time has passed (they are back to a full burst); then the oldest."""
-        self._tats = {k: tat for k, tat in self._tats.items() if tat > now}
+    def _evict(self, now: int) -> None:
+        """Make room in O(1): drop the least recently admitted key (the dict keeps admission order). Every
+        max_keys / 10 evictions, also sweep the keys whose arrival time has passed (back to a full burst),
+        so a flood of new keys cannot turn every request into a full scan."""
+        self._evictions += 1
+        if self._evictions >= max(1, self.max_keys // 10):
+            self._evictions = 0
+            self._tats = {k: tat for k, tat in self._tats.items() if tat > now}
         while len(self._tats) > self.max_keys:
             del self._tats[next(iter(self._tats))]
 

@@ -16,11 +16,10 @@ import json
 import os
 import sys
 from typing import Callable, Iterable
-from urllib.parse import unquote_to_bytes
 
 from microkit import config as cfg
 from microkit.errors import UsageError
-from microkit.gateway.routing import BadPath, RouteTable, normalize, split_target
+from microkit.gateway.routing import BadPath, RouteTable, normalize_environ
 
 HEALTH = "/__microkit/health"
 
@@ -78,15 +77,11 @@ class Monolith:
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         for key in [k for k in environ if k.startswith("HTTP_X_AUTH_")]:
             del environ[key]  # only a gateway that checked a credential may say who is calling
-        raw = environ.get("RAW_URI")
+        try:
+            normalize_environ(environ)
+        except BadPath as exc:
+            return _json(start_response, "400 Bad Request", {"error": str(exc), "status": 400})
         path = environ.get("PATH_INFO", "/")
-        if raw is not None:
-            try:
-                normal = normalize(split_target(raw.encode("latin-1"))[0])
-            except BadPath as exc:
-                return _json(start_response, "400 Bad Request", {"error": str(exc), "status": 400})
-            path = unquote_to_bytes(normal).decode("latin-1")
-            environ["PATH_INFO"] = path
         if path == HEALTH:
             return _json(start_response, "200 OK", {"status": "ok", "monolith": [s.name for s in self.mounted]})
         match = self.table.match(path)

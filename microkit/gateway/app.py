@@ -15,7 +15,6 @@ import logging
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
-from urllib.parse import unquote_to_bytes
 
 import bottle
 
@@ -26,7 +25,7 @@ from microkit.gateway.fastpath import FastPath
 from microkit.gateway.plugins import POLICY_KEY, UPSTREAM_KEY, AuthPlugin, CorsPlugin, RateLimitPlugin
 from microkit.gateway.policy import TOKEN_PATH, Policy, Security, admin_policy, service_policy, token_policy
 from microkit.gateway.proxy import Proxy, ProxyError, TrustedProxies
-from microkit.gateway.routing import BadPath, normalize, split_target
+from microkit.gateway.routing import BadPath, normalize_environ
 from microkit.gateway.security import Denied, redact_target
 from microkit.gateway.upstream import Pool
 from microkit.registry import Instance, Snapshot
@@ -167,19 +166,14 @@ class Gateway:
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         """Normalise the path (refusing unsafe encodings), then let Bottle route; keep upstream headers as sent."""
-        raw = environ.get("RAW_URI")
-        if raw is not None:
-            path, _ = split_target(raw.encode("latin-1"))
-            try:
-                normal = normalize(path)
-            except BadPath as exc:
-                rid = self.proxy.request_id(environ)
-                body = json.dumps({"error": str(exc), "status": 400, "request_id": rid}).encode()
-                start_response("400 Bad Request", [("Content-Type", "application/json"), ("X-Request-Id", rid),
-                                                   ("Content-Length", str(len(body)))])
-                return [body]
-            if normal != path:
-                environ["PATH_INFO"] = unquote_to_bytes(normal).decode("latin-1")
+        try:
+            normalize_environ(environ)
+        except BadPath as exc:
+            rid = self.proxy.request_id(environ)
+            body = json.dumps({"error": str(exc), "status": 400, "request_id": rid}).encode()
+            start_response("400 Bad Request", [("Content-Type", "application/json"), ("X-Request-Id", rid),
+                                               ("Content-Length", str(len(body)))])
+            return [body]
 
         def start(status: str, headers: list[tuple[str, str]], exc_info=None):
             if environ.get("microkit.keep_content_type") is False:

@@ -8,6 +8,7 @@ percent-encoded slashes and backslashes are refused, so no encoding can step out
 from __future__ import annotations
 
 import re
+from urllib.parse import unquote_to_bytes
 from dataclasses import dataclass
 from typing import Generic, Iterable, TypeVar
 
@@ -53,6 +54,18 @@ def normalize(path: bytes) -> bytes:
         else:
             out.append(segment)
     return b"/" + b"/".join(out)
+
+
+def normalize_environ(environ: dict) -> None:
+    """Point a WSGI environ's PATH_INFO at the normalised raw target (RAW_URI), so what a router matches
+    is what gets forwarded; raises BadPath for a target that cannot be routed safely."""
+    raw = environ.get("RAW_URI")
+    if raw is None:
+        return
+    path, _ = split_target(raw.encode("latin-1"))
+    normal = normalize(path)
+    if normal != path:
+        environ["PATH_INFO"] = unquote_to_bytes(normal).decode("latin-1")
 
 
 @dataclass(frozen=True)

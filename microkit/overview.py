@@ -10,6 +10,7 @@ from typing import Iterable
 from . import registry
 from .config import Config
 from .errors import MicrokitError
+from .supervisor.command import health_status
 
 PROBE_TIMEOUT = 1.0
 
@@ -19,15 +20,11 @@ class RegistryError(MicrokitError):
 
 
 def _probe(host: str, port: int, path: str) -> str:
-    connection = http.client.HTTPConnection(host, port, timeout=PROBE_TIMEOUT)
     try:
-        connection.request("GET", path, headers={"Connection": "close"})
-        status = connection.getresponse().status
-        return "healthy" if status == 200 else f"unhealthy ({status})"
+        status = health_status(host, port, path, PROBE_TIMEOUT)
     except (OSError, http.client.HTTPException) as exc:
         return f"unreachable ({type(exc).__name__})"
-    finally:
-        connection.close()
+    return "healthy" if status == 200 else f"unhealthy ({status})"
 
 
 def instances(conf: Config) -> dict[str, list[dict]]:

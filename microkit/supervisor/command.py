@@ -116,19 +116,25 @@ class CommandProcess:
         send_signal(self.pid, signum)
 
 
-def check_health(host: str, port: int, path: str, timeout: float = PROBE_TIMEOUT) -> bool:
-    """True when `GET path` answers 200 within `timeout`."""
+def health_status(host: str, port: int, path: str, timeout: float = PROBE_TIMEOUT) -> int:
+    """The status of `GET path` on host:port; OSError or HTTPException when there is no answer."""
     connection = http.client.HTTPConnection("127.0.0.1" if host in ("0.0.0.0", "") else host, port,
                                             timeout=timeout)
     try:
         connection.request("GET", path, headers={"Connection": "close"})
         response = connection.getresponse()
         response.read()
-        return response.status == 200
-    except (OSError, http.client.HTTPException):
-        return False
+        return response.status
     finally:
         connection.close()
+
+
+def check_health(host: str, port: int, path: str, timeout: float = PROBE_TIMEOUT) -> bool:
+    """True when `GET path` answers 200 within `timeout`."""
+    try:
+        return health_status(host, port, path, timeout) == 200
+    except (OSError, http.client.HTTPException):
+        return False
 
 
 class CommandGroup(Group):

@@ -9,7 +9,9 @@ import os
 import sys
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
+from types import MappingProxyType
 
 import click
 
@@ -105,19 +107,35 @@ def up(services: tuple[str, ...], config_file: str | None, reload_: bool, no_acc
 @config_option
 @click.option("--reload", "reload_", is_flag=True, help="Reload the workers when Python files change.")
 @click.option("--no-access-log", is_flag=True, help="No log line per request (overrides access_log).")
-def run(service: str, config_file: str | None, reload_: bool, no_access_log: bool) -> None:
+@click.option("--listen", default=None, metavar="HOST:PORT", help="Listen here instead of services.SERVICE.listen.")
+def run(service: str, config_file: str | None, reload_: bool, no_access_log: bool, listen: str | None) -> None:
     """Run one SERVICE alone (no gateway), registering into the configured registry: for other hosts."""
-    supervise(config.discover(config_file), (service,), reload=reload_,
+    project = config.discover(config_file)
+    if listen is not None and service in project.services:
+        services = {**project.services, service: replace(project.services[service], listen=listen_address(listen))}
+        project = replace(project, services=MappingProxyType(services))
+    supervise(project, (service,), reload=reload_,
               access_log=False if no_access_log else None, gateway=False, control_name=f"run-{service}-{os.getpid()}")
 
 
 @cli.command()
 @config_option
 @click.option("--no-access-log", is_flag=True, help="No log line per request (overrides gateway.access_log).")
-def gateway(config_file: str | None, no_access_log: bool) -> None:
+@click.option("--listen", default=None, metavar="HOST:PORT", help="Listen here instead of gateway.listen.")
+def gateway(config_file: str | None, no_access_log: bool, listen: str | None) -> None:
     """Run the gateway alone: it routes to the instances the registry lists, wherever they run."""
-    supervise(config.discover(config_file), (), access_log=False if no_access_log else None, run_services=False,
+    project = config.discover(config_file)
+    if listen is not None:
+        project = replace(project, gateway=replace(project.gateway, listen=listen_address(listen)))
+    supervise(project, (), access_log=False if no_access_log else None, run_services=False,
               control_name="gateway")
+
+
+def listen_address(value: str) -> config.Address:
+    try:
+        return config.address(value)
+    except config.Invalid as exc:
+        raise UsageError(f"--listen: {exc}") from None
 
 
 def supervise(project: config.Config, services: tuple[str, ...], **options) -> None:
@@ -288,6 +306,32 @@ def keys_revoke(key_id: str, config_file: str | None) -> None:
     finally:
         store.close()
     click.echo(f"revoked key {record.key_id} ({record.name})")
+
+
+@cli.command("export")
+@click.argument("target", type=click.Choice(["systemd", "compose", "kubernetes"]))
+@click.option("--output", "-o", type=click.Path(file_okay=False), default=None,
+              help="Folder to write into.  [default: deploy/TARGET beside microkit.toml]")
+@click.option("--check", is_flag=True,
+              help="Write nothing; exit 1 naming the files that differ from what would be written.")
+@config_option
+def export_(target: str, output: str | None, check: bool, config_file: str | None) -> None:
+    """Deployment files from microkit.toml: systemd units, a compose file, or Kubernetes manifests."""
+    from . import export
+    project = config.discover(config_file)
+    files = export.render(target, project)
+    folder = Path(output) if output else project.path.parent / "deploy" / target
+    shown = config.display_path(folder)
+    if check:
+        differ = export.differences(files, folder, target)
+        if differ:
+            raise export.ExportError(f"{shown}: {len(differ)} file(s) differ from {project.path.name}: "
+                                  f"{', '.join(differ)}; run `microkit export {target}` to update them")
+        click.echo(f"{shown}: {len(files)} files match {project.path.name}")
+        return
+    written, removed = export.write(files, folder, target)
+    click.echo(f"{shown}: {len(written)} written, {len(files) - len(written)} unchanged"
+               + (f", {len(removed)} removed ({', '.join(removed)})" if removed else ""))
 
 
 def main(argv: list[str] | None = None) -> None:

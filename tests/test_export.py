@@ -4,15 +4,19 @@ Kubernetes JSON schemas (kubernetes-validate, strict)."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml as pyyaml
 
-from helpers import run_cli, snapshot
+from helpers import free_port, microkit_executable, run_cli, snapshot
 from microkit import config
 from microkit.export import plan, yaml
 
@@ -301,3 +305,48 @@ def test_listen_option_is_checked(tmp_path):
     for args in (("run", "users", "--listen", "nowhere"), ("gateway", "--listen", "1.2.3.4:99999")):
         result = run_cli(*args, cwd=root)
         assert result.returncode == 2 and result.stderr.startswith("microkit: error: --listen: expected"), result.stderr
+
+
+ENV_APP = '''
+import os
+
+
+def app(environ, start_response):
+    body = os.environ.get("MICROKIT_GATEWAY_URL", "-").encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+'''
+
+
+def test_run_listens_where_told_and_passes_the_deployments_gateway_url_on(tmp_path):
+    """What the exported containers rely on: `microkit run NAME --listen 0.0.0.0:PORT`, and the gateway's
+    address from MICROKIT_GATEWAY_URL when no gateway runs in the same process."""
+    root = tmp_path / "p"
+    (root / "services" / "users").mkdir(parents=True)
+    for init in ("services/__init__.py", "services/users/__init__.py"):
+        (root / init).write_text("")
+    (root / "services" / "users" / "app.py").write_text(ENV_APP)
+    (root / "microkit.toml").write_text('[project]\nname = "envtest"\n\n[services.users]\n'
+                                        'app = "services.users.app:app"\nroute = "/users"\nhealth = "/"\n')
+    port = free_port()
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("MICROKIT_")}
+    environ["MICROKIT_GATEWAY_URL"] = "http://gateway.invalid:8000"
+    process = subprocess.Popen([microkit_executable(), "run", "users", "--listen", f"127.0.0.1:{port}"], cwd=root,
+                               env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1) as response:
+                    body = response.read().decode()
+                break
+            except OSError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    pytest.fail(f"microkit run did not answer on port {port}")
+                time.sleep(0.05)
+        assert body == "http://gateway.invalid:8000"
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(5)
+        process.stdout.close()

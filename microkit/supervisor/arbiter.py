@@ -142,9 +142,12 @@ class Arbiter:
 
     @property
     def gateway_url(self) -> str:
-        """Where services reach each other: this `up`'s gateway (its real port), else the configured one."""
+        """Where services reach each other: this `up`'s gateway (its real port), else MICROKIT_GATEWAY_URL when
+        set (a deployment whose gateway runs elsewhere), else the configured one."""
         if self.gateway_address is not None:
             return url(*self.gateway_address)
+        if os.environ.get("MICROKIT_GATEWAY_URL"):
+            return os.environ["MICROKIT_GATEWAY_URL"]
         listen = self.config.gateway.listen
         return url(listen.host, listen.port)
 

@@ -25,7 +25,7 @@ from .rates import Rate
 CONFIG_NAME = "microkit.toml"
 ENV_CONFIG = "MICROKIT_CONFIG"
 ENV_REGISTRY_URL = "MICROKIT_REGISTRY_URL"
-REGISTRY_SCHEMES = ("redis", "rediss")
+REGISTRY_SCHEMES = ("redis", "rediss", "redis+sentinel")
 RESERVED_NAMES = frozenset({"gateway"})
 
 
@@ -138,6 +138,12 @@ def registry_url(value: Any) -> str:
         known = ", ".join(f"{s}://" for s in REGISTRY_SCHEMES)
         raise Invalid(f"unknown registry scheme {show(scheme + '://')} (known: {known}; "
                       f"leave url out for the embedded registry), got {show(value)}")
+    if scheme == "redis+sentinel":
+        from .redis_url import parse_sentinel
+        try:
+            parse_sentinel(value)
+        except ValueError as exc:
+            raise Invalid(f'{exc} (e.g. "redis+sentinel://h1:26379,h2:26379/mymaster/0")') from None
     return value
 
 
@@ -380,7 +386,7 @@ PROJECT = (
 )
 REGISTRY = (
     Setting("url", registry_url, None,
-            "Where instances register: redis:// or rediss://. Absent: the embedded registry "
+            "Where instances register: redis://, rediss:// or redis+sentinel://. Absent: the embedded registry "
             "(no server, one host). MICROKIT_REGISTRY_URL overrides it."),
 )
 GATEWAY = (

@@ -140,7 +140,7 @@ def test_defaults():
     (HEAD + "[gateway]\nlisten = 8000\n",
      'microkit.toml: gateway.listen: expected "HOST:PORT" (e.g. "127.0.0.1:8000"), got 8000'),
     (HEAD + '[registry]\nurl = "http://x"\n',
-     'microkit.toml: registry.url: unknown registry scheme "http://" (known: redis://, rediss://; '
+     'microkit.toml: registry.url: unknown registry scheme "http://" (known: redis://, rediss://, redis+sentinel://; '
      'leave url out for the embedded registry), got "http://x"'),
     (HEAD + USERS + "env = { PORT = 8000 }\n",
      "microkit.toml: services.users.env: PORT: expected a string, got 8000"),

@@ -72,6 +72,7 @@ def test_registry_kinds():
     assert plan.registry_of("redis://localhost").kind == "local"
     assert plan.registry_of("redis://[::1]:6379/0").kind == "local"
     assert plan.registry_of("rediss://:pw@redis.internal:6380/1").kind == "external"
+    assert plan.registry_of("redis+sentinel://127.0.0.1:26379,127.0.0.1:26380/mymaster/0").kind == "external"
 
 
 # The command.

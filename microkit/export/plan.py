@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from ..config import Config
 from ..errors import UsageError
+from ..redis_url import SENTINEL_SCHEME, parse_sentinel
 
 CONTAINER_PORT = 8000          # a service's port in its own container, unless its listen names one
 GATEWAY_HEALTH = "/__microkit/health"
@@ -67,6 +68,8 @@ class Plan:
 def registry_of(url: str | None) -> Registry:
     if url is None:
         return Registry("embedded", None, "0")
+    if url.split("://", 1)[0].lower() == SENTINEL_SCHEME:  # its primary moves between hosts: never "local"
+        return Registry("external", url, str(parse_sentinel(url).db))
     parts = urlsplit(url)
     database = parts.path.strip("/") or "0"
     host = parts.hostname or ""

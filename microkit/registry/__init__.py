@@ -36,6 +36,7 @@ T = TypeVar("T")
 schemes: dict[str, Callable[[str, str], Registry]] = {
     "redis": _redis,
     "rediss": _redis,
+    "redis+sentinel": _redis,
 }
 
 

@@ -22,6 +22,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from microkit.redis_url import client_from_url
 from microkit.registry.base import (  # noqa: F401  (redacted is part of this module's API)
     ChangeFeed, Instance, Registry, RegistryUnavailable, Snapshot, ordered, redacted,
 )
@@ -88,7 +89,7 @@ class RedisRegistry(Registry):
 
     def _connect(self) -> redis.Redis:
         """A client for this process; one quick retry covers a pooled connection that a restart broke."""
-        return redis.Redis.from_url(
+        return client_from_url(
             self.url, decode_responses=True, socket_timeout=SOCKET_TIMEOUT,
             socket_connect_timeout=SOCKET_TIMEOUT, retry=Retry(NoBackoff(), 1),
         )

@@ -25,6 +25,7 @@ from redis.retry import Retry
 
 from microkit.gateway.security.apikeys import KeyRecord, KeyStore, UnknownKey
 from microkit.registry import RegistryUnavailable, backend_for, embedded_path
+from microkit.redis_url import client_from_url
 from microkit.registry.redis_registry import redacted
 
 SOCKET_TIMEOUT = 1.0
@@ -70,7 +71,7 @@ class RedisKeyStore(KeyStore):
     def __init__(self, url: str, namespace: str) -> None:
         self.url = url
         self.key = f"{namespace}:apikeys"
-        self._client = _PerProcess(lambda: redis.Redis.from_url(
+        self._client = _PerProcess(lambda: client_from_url(
             url, socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=SOCKET_TIMEOUT, retry=Retry(NoBackoff(), 1)))
 
     def __repr__(self) -> str:
@@ -199,7 +200,8 @@ class SqliteKeyStore(KeyStore):
                 raise RegistryUnavailable(f"API key store {self.path} unavailable: {exc}") from None
 
 
-schemes: dict[str, Callable[[str, str], KeyStore]] = {"redis": RedisKeyStore, "rediss": RedisKeyStore}
+schemes: dict[str, Callable[[str, str], KeyStore]] = {"redis": RedisKeyStore, "rediss": RedisKeyStore,
+                                                         "redis+sentinel": RedisKeyStore}
 
 
 def connect_keystore(url: str | None, *, project_root: Path, namespace: str) -> KeyStore:

@@ -30,6 +30,8 @@ from typing import Any
 
 import redis
 
+from microkit.redis_url import client_from_url
+
 
 class _Call:
     __slots__ = ("args", "result", "error", "leader", "done")
@@ -94,7 +96,7 @@ class ScriptRunner:
         if state is None or state.pid != os.getpid():
             with self._creating:
                 if self._state is None or self._state.pid != os.getpid():
-                    self._state = _ProcessState(redis.Redis.from_url(
+                    self._state = _ProcessState(client_from_url(
                         self.url, socket_timeout=self.socket_timeout, socket_connect_timeout=self.socket_timeout))
                 state = self._state
         return state

@@ -60,10 +60,6 @@ class Plan:
     def services(self) -> tuple[Process, ...]:
         return tuple(p for p in self.processes if not p.is_gateway)
 
-    @property
-    def gateway(self) -> Process:
-        return next(p for p in self.processes if p.is_gateway)
-
 
 def registry_of(url: str | None) -> Registry:
     if url is None:

@@ -4,6 +4,7 @@ Kubernetes JSON schemas (kubernetes-validate, strict)."""
 
 from __future__ import annotations
 
+import http.client
 import os
 import shutil
 import signal
@@ -16,9 +17,9 @@ from pathlib import Path
 import pytest
 import yaml as pyyaml
 
-from helpers import free_port, microkit_executable, run_cli, snapshot
-from microkit import config
+from helpers import free_port, microkit_executable, run_cli, server_missing, snapshot
 from microkit.export import plan, yaml
+from netns import Network, NetnsUnavailable
 
 BIN = Path(sys.executable).parent
 SECRET = "s3cr3t-in-toml"
@@ -351,3 +352,102 @@ def test_run_listens_where_told_and_passes_the_deployments_gateway_url_on(tmp_pa
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(5)
         process.stdout.close()
+
+
+# The exported container commands, run for real: each "container" is a network namespace of its own.
+
+WHERE_APP = '''
+def app(environ, start_response):
+    body = b"users here"
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+'''
+
+
+def test_the_exported_commands_and_healthchecks_work_as_containers_would_run_them(tmp_path):
+    """compose.yaml's commands and healthchecks, and the Kubernetes probes, on three namespace hosts standing
+    in for containers: the registry's Redis, users, the gateway. Only the registry's address differs (no
+    container DNS here): MICROKIT_REGISTRY_URL names the Redis host's address, and MICROKIT_ADVERTISE_HOST
+    the pod IP, as the Kubernetes manifests set it."""
+    network = Network(3)
+    try:
+        network.build()
+    except NetnsUnavailable as exc:
+        server_missing("network namespaces", exc)
+    root = tmp_path / "app"
+    (root / "services" / "users").mkdir(parents=True)
+    for init in ("services/__init__.py", "services/users/__init__.py"):
+        (root / init).write_text("")
+    (root / "services" / "users" / "app.py").write_text(WHERE_APP)
+    (root / "microkit.toml").write_text('[project]\nname = "shop"\n\n[registry]\nurl = "redis://127.0.0.1:6379/0"\n\n'
+                                        '[services.users]\napp = "services.users.app:app"\nroute = "/users"\n'
+                                        'health = "/users/ok"\nworkers = 2\n')
+    assert export(root, "compose").returncode == 0
+    assert export(root, "kubernetes").returncode == 0
+    compose = pyyaml.safe_load((root / "deploy" / "compose" / "compose.yaml").read_text())["services"]
+    manifests = {name: pyyaml.safe_load((root / "deploy" / "kubernetes" / f"{name}.yaml").read_text().split("---")[0])
+                 for name in ("users", "gateway")}
+    redis_host, users_host, gateway_host = network.hosts
+    started: list[subprocess.Popen] = []
+    try:
+        started.append(subprocess.Popen(redis_host.command(shutil.which("redis-server"), "--bind", redis_host.address,
+                                                           "--save", "", "--protected-mode", "no"),
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+        for name, host in (("users", users_host), ("gateway", gateway_host)):
+            service = compose[name]
+            environ = {k: v for k, v in os.environ.items() if not k.startswith("MICROKIT_")}
+            environ.update(service["environment"])
+            environ["MICROKIT_REGISTRY_URL"] = f"redis://{redis_host.address}:6379/0"
+            environ["MICROKIT_ADVERTISE_HOST"] = host.address
+            environ["PATH"] = f"{BIN}:{environ['PATH']}"   # `microkit` and `python` as in the image
+            started.append(subprocess.Popen(host.command(*service["command"]), cwd=root, env=environ,
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                            start_new_session=True))
+
+        def healthcheck(name: str, host) -> int:
+            test = compose[name]["healthcheck"]["test"]
+            assert test[0] == "CMD"
+            environ = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+            return subprocess.run(host.command(*test[1:]), env=environ, capture_output=True, timeout=10).returncode
+
+        def probe(name: str, host) -> tuple[int, str]:
+            container = manifests[name]["spec"]["template"]["spec"]["containers"][0]
+            path = container["readinessProbe"]["httpGet"]["path"]
+            port = container["ports"][0]["containerPort"]
+            return host.call(http_get, host.address, port, path)
+
+        for name, host in (("users", users_host), ("gateway", gateway_host)):
+            deadline = time.monotonic() + 30
+            while healthcheck(name, host) != 0:
+                assert time.monotonic() < deadline, f"{name}'s healthcheck did not pass within 30s"
+                time.sleep(0.2)
+            assert probe(name, host)[0] == 200
+        deadline = time.monotonic() + 10
+        while gateway_host.call(http_get, gateway_host.address, 8000, "/users/x") != (200, "users here"):
+            assert time.monotonic() < deadline, "the gateway does not route to users"
+            time.sleep(0.1)
+        # A healthcheck that can fail: with users stopped, its healthcheck fails.
+        os.killpg(started[1].pid, signal.SIGKILL)
+        started[1].wait(5)
+        deadline = time.monotonic() + 10
+        while healthcheck("users", users_host) == 0:
+            assert time.monotonic() < deadline, "users' healthcheck still passes with users stopped"
+            time.sleep(0.1)
+    finally:
+        for process in started:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(5)
+        network.destroy()
+
+
+def http_get(host: str, port: int, path: str) -> tuple[int, str]:
+    connection = http.client.HTTPConnection(host, port, timeout=2)
+    try:
+        connection.request("GET", path, headers={"Connection": "close"})
+        response = connection.getresponse()
+        return response.status, response.read().decode()
+    except OSError as exc:
+        return 0, str(exc)
+    finally:
+        connection.close()

@@ -5,7 +5,9 @@ Kubernetes JSON schemas (kubernetes-validate, strict)."""
 from __future__ import annotations
 
 import http.client
+import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -451,3 +453,40 @@ def http_get(host: str, port: int, path: str) -> tuple[int, str]:
         return 0, str(exc)
     finally:
         connection.close()
+
+
+def test_the_units_exec_start_runs_the_service_and_stops_it_within_timeout_stop_sec(tmp_path, private_redis):
+    """The unit's ExecStart, run as systemd would (in WorkingDirectory, with the layout the unit expects at
+    /srv/shop in a private mount namespace): the service registers, and SIGTERM stops it within TimeoutStopSec."""
+    root = tmp_path / "app"
+    (root / "services" / "users").mkdir(parents=True)
+    for init in ("services/__init__.py", "services/users/__init__.py"):
+        (root / init).write_text("")
+    (root / "services" / "users" / "app.py").write_text(WHERE_APP)
+    (root / "microkit.toml").write_text(f'[project]\nname = "shop"\n\n[registry]\nurl = "{private_redis.url}"\n\n'
+                                        '[services.users]\napp = "services.users.app:app"\nroute = "/users"\n'
+                                        'health = "/users/ok"\n')
+    (root / ".venv" / "bin").mkdir(parents=True)
+    (root / ".venv" / "bin" / "microkit").symlink_to(BIN / "microkit")
+    assert export(root, "systemd").returncode == 0
+    unit = (root / "deploy" / "systemd" / "shop-users.service").read_text()
+    settings = dict(line.split("=", 1) for line in unit.splitlines() if "=" in line and not line.startswith("#"))
+    script = (f"mount -t tmpfs none /srv && mkdir /srv/shop && mount --bind {root} /srv/shop && "
+              f"cd {shlex.quote(settings['WorkingDirectory'])} && exec {settings['ExecStart']}")
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("MICROKIT_")}
+    process = subprocess.Popen(["unshare", "-m", "sh", "-c", script], env=environ, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            status = run_cli("status", "--json", cwd=root)
+            if status.returncode == 0 and json.loads(status.stdout)["services"].get("users"):
+                break
+            assert time.monotonic() < deadline and process.poll() is None, "the unit's service did not register"
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(int(settings["TimeoutStopSec"])) == 0
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(5)

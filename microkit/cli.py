@@ -326,7 +326,7 @@ def export_(target: str, output: str | None, check: bool, config_file: str | Non
         differ = export.differences(files, folder, target)
         if differ:
             raise export.ExportError(f"{shown}: {len(differ)} file(s) differ from {project.path.name}: "
-                                  f"{', '.join(differ)}; run `microkit export {target}` to update them")
+                                     f"{', '.join(differ)}; run `microkit export {target}` to update them")
         click.echo(f"{shown}: {len(files)} files match {project.path.name}")
         return
     written, removed = export.write(files, folder, target)

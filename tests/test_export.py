@@ -490,3 +490,14 @@ def test_the_units_exec_start_runs_the_service_and_stops_it_within_timeout_stop_
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(5)
+
+
+def test_targets_sharing_one_folder_leave_each_others_files_alone(tmp_path):
+    root = write_project(tmp_path / "p")
+    out = tmp_path / "deploy"
+    for target in ("systemd", "compose", "kubernetes"):
+        assert export(root, target, "--output", str(out)).returncode == 0
+    for target in ("systemd", "compose", "kubernetes"):
+        result = export(root, target, "--output", str(out), "--check")
+        assert result.returncode == 0, result.stderr
+    assert len(snapshot(out)) == 4 + 1 + 4

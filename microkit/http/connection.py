@@ -17,8 +17,6 @@ from microkit.http.wsgi import Response, build_environ, environ_key
 
 RECV_SIZE = 65536
 DISCARD_LIMIT = 65536
-LINGER_SECONDS = 1.0
-LINGER_BYTES = 262144
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _UNIQUE = frozenset(("CONTENT_LENGTH", "HTTP_TRANSFER_ENCODING", "HTTP_HOST"))
 _TRACKED = _UNIQUE | {"HTTP_EXPECT", "HTTP_CONNECTION"}
@@ -33,9 +31,11 @@ class Connection:
         self._server = server
         self._app = server.app
         self._raw_handler = server.raw_handler
+        self._refused = getattr(server.raw_handler, "refused", None)
         self._access_log = server.access_log
         self._limits = limits = server.limits
         self._max_url = limits.max_request_line - 13
+        self._body_timeout = limits.header_timeout if limits.body_timeout is None else limits.body_timeout
         self._sock = sock
         self._raw = getattr(sock, "_sock", sock)
         peer = address if isinstance(address, tuple) else ("", 0)
@@ -183,13 +183,17 @@ class Connection:
 
     def _fill(self) -> None:
         """Read more of a request body from the socket (wsgi.input calls this)."""
+        sock = self._sock
         try:
-            data = self._sock.recv(RECV_SIZE)
+            sock.settimeout(self._body_timeout)
+            data = sock.recv(RECV_SIZE)
         except TimeoutError as exc:
             raise HTTPError(408, "request body timed out") from exc
         except OSError as exc:
             self._eof = True
             raise ClientDisconnected() from exc
+        finally:
+            sock.settimeout(self._limits.header_timeout)
         if not data:
             self._eof = True
             raise ClientDisconnected()
@@ -234,7 +238,7 @@ class Connection:
                 data = recv_when_readable(sock, self._raw, RECV_SIZE)
             except TimeoutError:
                 if self._headers is not None or self._stall:
-                    self._refuse(408)
+                    self._refuse(HTTPError(408))
                 return None
             except OSError:
                 self._eof = True
@@ -248,18 +252,29 @@ class Connection:
             self._feed(data)
         return ready.popleft()
 
-    def _send_error(self, status: int) -> None:
-        """Send the canned response for `status`; the connection closes afterwards."""
+    def _send_error(self, error: HTTPError, request: Request | None = None) -> None:
+        """Send the answer to a refused request (the raw handler's `refused` rendering, else the canned
+        one); the connection closes afterwards."""
+        if self._refused is not None:
+            if request is not None:
+                method, target = request.method, request.target
+            else:
+                method = self._parser.get_method().decode("latin-1") if self._headers is not None else "-"
+                target = self._url
+            data = self._refused(error.status, str(error), request, method, target)
+        else:
+            data = ERROR_RESPONSES[error.status]
         try:
-            self._sock.sendall(ERROR_RESPONSES[status])
+            self._sock.sendall(data)
         except OSError:
             self._eof = True
 
-    def _refuse(self, status: int) -> None:
+    def _refuse(self, error: HTTPError, request: Request | None = None) -> None:
         """Answer a request the engine rejected before the app saw it, and log it."""
-        self._send_error(status)
+        self._send_error(error, request)
         if self._access_log is not None:
-            self._access_log("-", self._url.decode("latin-1"), status, 0.0)
+            self._access_log(request.method if request else "-",
+                             (request.target if request else self._url).decode("latin-1"), error.status, 0.0)
 
     def _dispatch(self, request: Request) -> bool:
         """Answer one request (raw handler, else the WSGI app) and send its response; True to keep the connection open."""
@@ -286,13 +301,13 @@ class Connection:
             keep = False
             status = request.status or exc.status
             if not request.sent and not isinstance(exc, ClientDisconnected):
-                self._send_error(exc.status)
+                self._send_error(exc, request)
         except Exception:
             traceback.print_exc(file=self._base.get("wsgi.errors", sys.stderr))
             keep = False
             status = request.status or 500
             if not request.sent:
-                self._send_error(500)
+                self._send_error(HTTPError(500), request)
         finally:
             self.busy = False
             server.active_requests -= 1
@@ -326,16 +341,20 @@ class Connection:
         return resp.code
 
     def _linger(self) -> None:
-        """Half-close and read what the client still sends, so our last response is not lost to a reset."""
+        """Half-close and read and drop what the client still sends (until its FIN, lingering_time in all,
+        or lingering_timeout between reads), so our last answer is not lost to a reset."""
+        limits = self._limits
+        sock = self._sock
         try:
-            self._sock.shutdown(SHUT_WR)
-            self._sock.settimeout(LINGER_SECONDS)
-            received = 0
-            while received < LINGER_BYTES:
-                data = self._sock.recv(RECV_SIZE)
-                if not data:
+            sock.shutdown(SHUT_WR)
+            end = monotonic() + limits.lingering_time
+            while True:
+                left = end - monotonic()
+                if left <= 0:
                     return
-                received += len(data)
+                sock.settimeout(min(left, limits.lingering_timeout))
+                if not sock.recv(RECV_SIZE):
+                    return
         except OSError:
             return
 
@@ -347,10 +366,10 @@ class Connection:
                 break
             request, error = item
             if request is None:
-                self._refuse(error.status)
+                self._refuse(error)
                 break
             if request.input.error is not None:
-                self._refuse(request.input.error.status)
+                self._refuse(request.input.error, request)
                 break
             if not self._dispatch(request):
                 break

@@ -15,7 +15,9 @@ as soon as the head is out, so a failure later still logs it). A handler that an
 
 Errors behave as for WSGI apps: an HTTPError or exception before anything was sent is answered with
 the canned response and the connection closes; after something was sent, the connection just closes.
-The gateway's fast path is such a handler (microkit/gateway/fastpath.py).
+The gateway's proxy path is such a handler (microkit/gateway/handler.py); it may also offer
+`refused(status, message, request, method, target) -> bytes`, the whole response the engine sends
+for a request it refuses itself (the gateway answers those with its JSON error and logs them).
 """
 
 from __future__ import annotations

@@ -55,6 +55,7 @@ class Processes:
     def __init__(self, tmp_path: Path):
         self.tmp_path = tmp_path
         self.procs: list[subprocess.Popen] = []
+        self.output: dict[int, list[str]] = {}
 
     def start(self, *args: str) -> tuple[subprocess.Popen, int]:
         port = free_port()
@@ -65,16 +66,31 @@ class Processes:
         line = proc.stdout.readline()
         if not line.startswith("listening") or time.monotonic() > deadline:
             raise RuntimeError(f"{args[0]} did not start: {line}{proc.stdout.read() if proc.poll() else ''}")
-        threading.Thread(target=proc.stdout.read, daemon=True).start()
+        lines = self.output[proc.pid] = []
+        threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
         return proc, port
 
     def backend(self, name: str) -> int:
         return self.start("backend", name)[1]
 
-    def gateway(self, instances: list[str], max_body: str = "1MB", trusted: str = "[]") -> int:
+    def gateway(self, instances: list[str], max_body: str = "1MB", trusted: str = "[]", more: str = "",
+                settings: str = "") -> int:
+        """A gateway process; `settings` go into [gateway], `more` after the services."""
         config = self.tmp_path / f"gw{len(self.procs)}.toml"
-        config.write_text(CONFIG.format(max_body=max_body, trusted=trusted))
-        return self.start("gateway", str(config), *instances)[1]
+        text = CONFIG.format(max_body=max_body, trusted=trusted)
+        config.write_text(text.replace("[services.users]", settings + "\n[services.users]", 1) + more)
+        proc, port = self.start("gateway", str(config), *instances)
+        self.last_gateway = proc
+        return port
+
+    def lines(self, proc: subprocess.Popen, containing: str, timeout: float = 5.0) -> list[str]:
+        """The output lines of `proc` holding `containing`, once there is one (or after `timeout`)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [line for line in list(self.output[proc.pid]) if containing in line]
+            if found or time.monotonic() > deadline:
+                return found
+            time.sleep(0.02)
 
     def close(self) -> None:
         for proc in self.procs:

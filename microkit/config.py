@@ -405,6 +405,9 @@ SERVICE = (
     Setting("route_timeout", seconds, None, "Time this route may take at the gateway; default gateway.timeout."),
     Setting("balance", balance, None, "Balancing for this route; default gateway.balance."),
     Setting("max_body", size, None, "Largest request body on this route (413 above it); default gateway.max_body."),
+    Setting("websocket_idle_timeout", seconds, 300.0, "A WebSocket tunnel with no byte either way this long is closed."),
+    Setting("websocket_max_tunnels", integer(1), 1000, "Open WebSocket tunnels this route allows per gateway "
+                                                       "worker (503 above)."),
     Setting("strip_prefix", boolean, False, "Forward the path below the route (as a mount point) with "
                                             "X-Forwarded-Prefix, which a microkit worker makes SCRIPT_NAME."),
     Setting("auth", one_of(*AUTH_METHODS), None, 'Auth for this route: "none", "jwt" or "apikey"; '
@@ -470,6 +473,8 @@ class ServiceConfig:
     balance: str | None
     max_body: int | None
     strip_prefix: bool
+    websocket_idle_timeout: float
+    websocket_max_tunnels: int
     auth: str | None
     scopes: tuple[str, ...]
     rate_limit: str | None

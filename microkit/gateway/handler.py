@@ -8,6 +8,7 @@ WSGI. Only the gateway's own endpoints (under /__microkit/, and POST /auth/token
 to the Bottle app. Every answer the gateway makes itself (400, 404, 401, 413, 502 ...) has the same
 JSON body, and every request gets one access line carrying the request id the client got; the
 engine's own refusals (400, 408, 431 ...) come back here through `refused` for the same treatment.
+A WebSocket handshake that passed its route's checks becomes a tunnel (microkit/gateway/tunnel.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from microkit.gateway.render import AccessLog, access_line, empty_response, erro
 from microkit.gateway.route import Route
 from microkit.gateway.routing import BadPath, RouteTable, normalize, split_target
 from microkit.gateway.security import Denied
+from microkit.gateway.tunnel import UPGRADE_LINES, Pipe, TunnelCount, switching_head, wants_websocket
 from microkit.http import Request
 from microkit.http.errors import ClientDisconnected, HTTPError
 
@@ -62,6 +64,7 @@ class ProxyHandler:
         self.own = frozenset(path.encode() for path in own_paths)
         self.access_log = access_log
         self.before_proxy = before_proxy
+        self.tunnels = TunnelCount()
 
     def __call__(self, request: Request) -> int | None:
         """Proxy `request`; None hands one of the gateway's own endpoints to the Bottle app."""
@@ -91,6 +94,8 @@ class ProxyHandler:
                 call.upstream_headers.append(prefix_line)
             else:
                 upstream_target = normal + query
+            if request.upgrade is not None and wants_websocket(request):
+                return self._tunnel(request, route, call, upstream_target, started)
             head, rid = self.proxy.request_head(request, upstream_target, None, call.upstream_headers)
             response, upstream = self.proxy.open(request, head, route.service, route.balancer, route.timeout,
                                                  route.max_body)
@@ -106,6 +111,37 @@ class ProxyHandler:
             response.release()
         self._log(request, status, started, "%s:%d" % upstream.address, rid)
         return status
+
+    def _tunnel(self, request: Request, route: Route, call: Call, target: bytes, started: float) -> int:
+        """A WebSocket handshake: forwarded with its upgrade lines; a 101 becomes a tunnel (tunnel.py),
+        any other answer is relayed and the connection closes."""
+        if not self.tunnels.enter(route.prefix, route.websocket_max_tunnels):
+            raise ProxyError(503, f"{route.service}: {route.websocket_max_tunnels} WebSocket tunnels are open",
+                             (("Retry-After", "1"),))
+        try:
+            request.keep_alive = False
+            head, rid = self.proxy.request_head(request, target, None, [*call.upstream_headers, UPGRADE_LINES])
+            response, upstream = self.proxy.open(request, head, route.service, route.balancer, route.timeout,
+                                                 route.max_body)
+            address = "%s:%d" % upstream.address
+            try:
+                if not response.upgraded:
+                    status = self.proxy.relay(request, response, rid, call.response_headers, route.timeout, call.vary)
+                    self._log(request, status, started, address, rid)
+                    return status
+                request.status = 101
+                request.send(switching_head(response, rid, call.answer_headers()))
+                client, rest = request.upgrade()
+                try:
+                    Pipe(client, response.conn.sock, route.websocket_idle_timeout).run(rest, response.rest)
+                finally:
+                    self._log(request, 101, started, address, rid)
+                return 101
+            finally:
+                upstream.outstanding -= 1
+                response.release()
+        finally:
+            self.tunnels.leave(route.prefix)
 
     def _answer(self, request: Request, exc: Exception, started: float, call: Call | None = None) -> int:
         """Answer a request the gateway refuses (or a check answers) itself, and log it."""

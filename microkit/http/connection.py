@@ -3,6 +3,7 @@
 import sys
 import traceback
 from collections import deque
+from collections.abc import Callable
 from socket import SHUT_WR
 from time import monotonic, perf_counter
 
@@ -168,8 +169,11 @@ class Connection:
         seen = self._seen
         try:
             self._parser.feed_data(data)
-        except HttpParserUpgrade:
-            self._dead = True
+        except HttpParserUpgrade as exc:
+            self._dead = True  # no more requests on this connection: the rest belongs to the new protocol
+            if self._ready and self._ready[-1][0] is not None:
+                offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
+                self._ready[-1][0].upgrade = self._take_over(data[offset:])
         except HttpParserError as exc:
             cause = exc.__context__
             self._reject(cause if isinstance(cause, HTTPError) else HTTPError(400, str(exc)))
@@ -198,6 +202,13 @@ class Connection:
             self._eof = True
             raise ClientDisconnected()
         self._feed(data)
+
+    def _take_over(self, rest: bytes) -> Callable[[], tuple]:
+        """For a request asking to switch protocols: what hands a raw handler the socket to tunnel."""
+        def take_over() -> tuple:
+            self._eof = True  # the handler owns the socket now: no lingering afterwards
+            return self._sock, rest
+        return take_over
 
     def _send(self, data: bytes) -> None:
         """sendall that tries one plain send() first (gevent's sendall costs a getsockopt per call)."""

@@ -33,7 +33,7 @@ class Request:
 
     __slots__ = (
         "method", "target", "version", "headers", "keys", "host", "connection", "content_length", "chunked",
-        "input", "keep_alive", "peer", "base", "sent", "status", "_send", "_must_close",
+        "input", "keep_alive", "peer", "base", "sent", "status", "upgrade", "_send", "_must_close",
     )
 
     def __init__(
@@ -56,6 +56,9 @@ class Request:
         self.peer: str = base["REMOTE_ADDR"]
         self.sent = False
         self.status = 0
+        self.upgrade: Callable[[], tuple] | None = None
+        """Set for a request that asks to switch protocols (Connection: upgrade): calling it gives a raw
+        handler (socket, bytes the client sent after the head) to tunnel; the connection then ends."""
         self._send = send
         self._must_close = must_close
 

@@ -12,7 +12,7 @@ import threading
 import pytest
 import requests
 
-from sup_apps.harness import APPS, Up, make_project
+from sup_apps.harness import APPS, Up, eventually, make_project
 
 PATHS = ["/", "/3", "/order/", "/order/5", "/payment/", "/payment/9", "/order/x"]
 SERVICES = {
@@ -102,6 +102,7 @@ def test_an_aiohttp_app_with_only_a_root_route_works_behind_a_stripped_prefix(tm
     up = Up(root, gateway=True)
     try:
         gateway = up.ready(30)["gateway"]
+        eventually(lambda: requests.get(f"{gateway}/chat", timeout=5).status_code != 503, 15)
         for path in ("/chat", "/chat/"):
             response = requests.get(gateway + path, timeout=10)
             assert (response.status_code, response.text) == (200, "aiohttp root path=/ prefix=/chat")

@@ -10,9 +10,10 @@ import time
 
 import jwt
 import pytest
+import requests
 import websocket
 
-from sup_apps.harness import Up, make_project, run_cli
+from sup_apps.harness import Up, eventually, make_project, run_cli
 
 SECRET = "w" * 40
 
@@ -34,6 +35,8 @@ def gateway(tmp_path_factory):
     try:
         url = up.ready(30)["gateway"]
         up.root = root
+        for path in ("/chat/", "/secure/"):  # the gateway has picked both instances up from the registry
+            eventually(lambda path=path: requests.get(url + path, timeout=5).status_code != 503, 15)
         yield up, url.replace("http://", "ws://")
     finally:
         up.close()
@@ -75,10 +78,24 @@ def test_the_handshake_goes_through_the_routes_auth(gateway):
     ws.close()
 
 
+def _open_when_free(url: str, timeout: float = 5.0) -> websocket.WebSocket:
+    """A tunnel, once the ones earlier tests closed no longer count against the cap."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return websocket.create_connection(url, timeout=10)
+        except websocket.WebSocketBadStatusException:
+            assert time.monotonic() < deadline, "closed tunnels still count against the cap"
+            time.sleep(0.1)
+
+
 def test_the_tunnel_cap_and_the_idle_timeout(gateway):
     _, url = gateway
-    open_ = [websocket.create_connection(f"{url}/chat/", timeout=10) for _ in range(2)]
+    open_ = [_open_when_free(f"{url}/chat/") for _ in range(2)]
     try:
+        for ws in open_:  # both busy just now, so neither idles out before the third try
+            ws.send("ping")
+            assert ws.recv() == "ping"
         with pytest.raises(websocket.WebSocketBadStatusException) as refused:
             websocket.create_connection(f"{url}/chat/", timeout=10)
         assert refused.value.status_code == 503
@@ -91,14 +108,7 @@ def test_the_tunnel_cap_and_the_idle_timeout(gateway):
     finally:
         for ws in open_:
             ws.close()
-    deadline = time.monotonic() + 5
-    while True:  # the closed tunnels no longer count
-        try:
-            websocket.create_connection(f"{url}/chat/", timeout=10).close()
-            break
-        except websocket.WebSocketBadStatusException:
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+    _open_when_free(f"{url}/chat/").close()
 
 
 def test_other_upgrades_are_stripped(gateway):

@@ -18,6 +18,7 @@ from microkit.http.wsgi import Response, build_environ, environ_key
 
 RECV_SIZE = 65536
 DISCARD_LIMIT = 65536
+SHORT_LINGER = 1.0
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _UNIQUE = frozenset(("CONTENT_LENGTH", "HTTP_TRANSFER_ENCODING", "HTTP_HOST"))
 _TRACKED = _UNIQUE | {"HTTP_EXPECT", "HTTP_CONNECTION"}
@@ -351,19 +352,24 @@ class Connection:
         request.keep_alive = resp.keep_alive
         return resp.code
 
-    def _linger(self) -> None:
+    def _linger(self, unread: bool) -> None:
         """Half-close and read and drop what the client still sends (until its FIN, lingering_time in all,
-        or lingering_timeout between reads), so our last answer is not lost to a reset."""
+        or lingering_timeout between reads), so our last answer is not lost to a reset. With no request
+        bytes known to be unread (an idle close, a complete request), one short wait is enough."""
         limits = self._limits
         sock = self._sock
         try:
             sock.shutdown(SHUT_WR)
-            end = monotonic() + limits.lingering_time
+            if unread:
+                end, gap = monotonic() + limits.lingering_time, limits.lingering_timeout
+            else:
+                end = monotonic() + min(SHORT_LINGER, limits.lingering_time)
+                gap = SHORT_LINGER
             while True:
                 left = end - monotonic()
                 if left <= 0:
                     return
-                sock.settimeout(min(left, limits.lingering_timeout))
+                sock.settimeout(min(left, gap))
                 if not sock.recv(RECV_SIZE):
                     return
         except OSError:
@@ -371,20 +377,25 @@ class Connection:
 
     def run(self) -> None:
         """Answer requests in order until the client, an error, a limit or a drain ends the connection."""
+        unread = False  # whether the client may still be sending a request we did not read
         while True:
             item = self._next()
             if item is None:
+                unread = self._headers is not None or self._stall > 0
                 break
             request, error = item
             if request is None:
                 self._refuse(error)
+                unread = True
                 break
             if request.input.error is not None:
                 self._refuse(request.input.error, request)
+                unread = True
                 break
             if not self._dispatch(request):
+                unread = not request.input.done
                 break
             if self._headers is not None:
                 self._deadline = monotonic() + self._limits.header_timeout
         if not self._eof:
-            self._linger()
+            self._linger(unread)

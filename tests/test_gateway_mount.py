@@ -82,11 +82,12 @@ def test_dispatcher_style_apps_answer_the_same_split_and_monolith(tmp_path, refe
                                   "here": "/order/5", "index": "/order/"})
 
 
-def test_a_client_cannot_claim_a_mount_point(tmp_path):
+@pytest.mark.parametrize("mode", ["split", "monolith"])
+def test_a_client_cannot_claim_a_mount_point(tmp_path, mode):
     root = _project(tmp_path)
-    up = Up(root, gateway=True)
+    up = Up(root, *(["--monolith"] if mode == "monolith" else []), gateway=True)
     try:
-        gateway = up.ready(30)["gateway"]
+        gateway = up.wait_for(r"^ready: gateway (http://[\d.:]+)", 30).group(1)
         answer = requests.get(f"{gateway}/3", headers={"X-Forwarded-Prefix": "/evil"}, timeout=10).json()
         assert answer["script_root"] == "" and answer["here"] == "/3"
         answer = requests.get(f"{gateway}/order/", headers={"X-Forwarded-Prefix": "/evil"}, timeout=10).json()

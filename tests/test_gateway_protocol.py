@@ -173,3 +173,17 @@ def test_max_body_per_route(procs):
     status, _, body = get(gw, "/uploads/1", method="POST", body=big)
     assert status == 200 and json.loads(body)["body_bytes"] == len(big)
     assert get(gw, "/uploads/1", method="POST", body=big + big)[0] == 413
+
+
+def test_a_502_carries_the_request_id_the_instance_was_sent(procs):
+    backend = procs.start("stalebackend")[1]
+    gw = procs.gateway([f"users=127.0.0.1:{backend}"])
+    with socket.create_connection(("127.0.0.1", gw), timeout=10) as sock:
+        sock.sendall(b"GET /users/1 HTTP/1.1\r\nHost: h\r\n\r\n")
+        assert read_response(sock)[0] == 200
+        sock.sendall(b"POST /users/1 HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n")
+        status, headers, body = read_response(sock)
+    rid = json.loads(body)["request_id"]
+    assert status == 502 and headers["x-request-id"] == [rid]
+    lines = procs.lines(procs.last_gateway, f"id={rid}")
+    assert len(lines) == 1 and " 502 " in lines[0]

@@ -86,6 +86,7 @@ class ProxyHandler:
         route, checks, prefix_line = match.target
         self.before_proxy()
         call = Call(request, normal, query)
+        rid = None
         try:
             for check in checks:
                 check(call)
@@ -100,7 +101,7 @@ class ProxyHandler:
             response, upstream = self.proxy.open(request, head, route.service, route.balancer, route.timeout,
                                                  route.max_body)
         except (ProxyError, Denied, Answered, HTTPError) as exc:
-            return self._answer(request, exc, started, call)
+            return self._answer(request, exc, started, call, rid)
         try:
             status = self.proxy.relay(request, response, rid, call.response_headers, route.timeout, call.vary)
         except ClientDisconnected:
@@ -143,12 +144,15 @@ class ProxyHandler:
         finally:
             self.tunnels.leave(route.prefix)
 
-    def _answer(self, request: Request, exc: Exception, started: float, call: Call | None = None) -> int:
-        """Answer a request the gateway refuses (or a check answers) itself, and log it."""
+    def _answer(self, request: Request, exc: Exception, started: float, call: Call | None = None,
+                rid: bytes | None = None) -> int:
+        """Answer a request the gateway refuses (or a check answers) itself, and log it; `rid` is the
+        request id already sent upstream, if it went that far."""
+        if rid is None:
+            rid = request_id_of(request)
         if isinstance(exc, ClientDisconnected):
-            self._log(request, 499, started, "-", request_id_of(request))
+            self._log(request, 499, started, "-", rid)
             raise exc
-        rid = request_id_of(request)
         extra = call.answer_headers() if call is not None else []
         inp = request.input
         if not inp.done and (request.content_length is None or request.content_length > DISCARD_LIMIT):

@@ -397,6 +397,10 @@ GATEWAY = (
     Setting("balance", balance, "round_robin", 'Default balancing: "round_robin" or "least_outstanding".'),
     Setting("trusted_proxies", networks, (), "Peers whose X-Forwarded-* headers are kept and extended."),
     Setting("access_log", boolean, True, "One log line per proxied request."),
+    Setting("body_timeout", seconds, 10.0, "Longest wait for the next bytes of a request body (408 after it)."),
+    Setting("lingering_time", seconds, 30.0, "After an early answer (413, 408 ...), how long in all unread "
+                                             "request bytes are read and dropped before the socket closes."),
+    Setting("lingering_timeout", seconds, 5.0, "Longest wait between two reads while lingering."),
     Setting("auth", Table(AUTH, AuthConfig), None, "[gateway.auth]: authentication."),
     Setting("ratelimit", Table(RATELIMIT, RateLimitConfig), None, "[gateway.ratelimit]: shared rate limits."),
 )
@@ -406,6 +410,12 @@ SERVICE = (
     Setting("route", route, None, 'Path prefix the gateway routes to this service, e.g. "/users".'),
     Setting("route_timeout", seconds, None, "Time this route may take at the gateway; default gateway.timeout."),
     Setting("balance", balance, None, "Balancing for this route; default gateway.balance."),
+    Setting("max_body", size, None, "Largest request body on this route (413 above it); default gateway.max_body."),
+    Setting("websocket_idle_timeout", seconds, 300.0, "A WebSocket tunnel with no byte either way this long is closed."),
+    Setting("websocket_max_tunnels", integer(1), 1000, "Open WebSocket tunnels this route allows per gateway "
+                                                       "worker (503 above)."),
+    Setting("strip_prefix", boolean, False, "Forward the path below the route (as a mount point) with "
+                                            "X-Forwarded-Prefix, which a microkit worker makes SCRIPT_NAME."),
     Setting("auth", one_of(*AUTH_METHODS), None, 'Auth for this route: "none", "jwt" or "apikey"; '
                                                  "default gateway.auth.default."),
     Setting("scopes", strings, (), "Scopes a caller needs for this route (403 without them)."),
@@ -452,6 +462,9 @@ class GatewayConfig:
     balance: str
     trusted_proxies: tuple[str, ...]
     access_log: bool
+    body_timeout: float
+    lingering_time: float
+    lingering_timeout: float
     auth: AuthConfig
     ratelimit: RateLimitConfig
 
@@ -464,6 +477,10 @@ class ServiceConfig:
     route: str | None
     route_timeout: float | None
     balance: str | None
+    max_body: int | None
+    strip_prefix: bool
+    websocket_idle_timeout: float
+    websocket_max_tunnels: int
     auth: str | None
     scopes: tuple[str, ...]
     rate_limit: str | None

@@ -5,7 +5,9 @@ and the services' calls to each other (through MICROKIT_GATEWAY_URL) work unchan
 imported with its service's `env` applied and then restored, so settings read at import time (a
 DATABASE_URL, say) stay per service. Command services cannot be mounted: they are left out. The
 gateway's policies (auth, scopes, rate limits, CORS) are not enforced here, so a project whose routes
-set any is refused (`check`), and client-sent X-Auth-* headers are always removed.
+set any is refused (`check`), and client-sent X-Auth-* headers are always removed. A `strip_prefix`
+route's app is mounted like werkzeug's DispatcherMiddleware mounts one: SCRIPT_NAME is the route,
+PATH_INFO the rest (empty for the route itself).
 Loaded by a worker as `microkit.monolith:application` (after gevent patching).
 """
 
@@ -71,12 +73,15 @@ class Monolith:
             sys.path.insert(0, root)
         self.mounted = [s for s in conf.services.values() if s.app and s.route]
         self.skipped = [s.name for s in conf.services.values() if not (s.app and s.route)]
-        self.table: RouteTable[Callable] = RouteTable(
-            (s.route, with_env(dict(s.env), lambda s=s: load_app(s.app))) for s in self.mounted)
+        self.table: RouteTable[tuple[Callable, bool]] = RouteTable(
+            (s.route, (with_env(dict(s.env), lambda s=s: load_app(s.app)), s.strip_prefix and s.route != "/"))
+            for s in self.mounted)
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         for key in [k for k in environ if k.startswith("HTTP_X_AUTH_")]:
             del environ[key]  # only a gateway that checked a credential may say who is calling
+        if environ.pop("HTTP_X_FORWARDED_PREFIX", None) is not None:
+            environ["SCRIPT_NAME"] = ""  # the engine took a client's X-Forwarded-Prefix for a mount point
         try:
             normalize_environ(environ)
         except BadPath as exc:
@@ -87,7 +92,11 @@ class Monolith:
         match = self.table.match(path)
         if match is None:
             return _json(start_response, "404 Not Found", {"error": "no route for this path", "status": 404})
-        return match.target(environ, start_response)
+        app, mounted = match.target
+        if mounted:  # strip_prefix: the app sits at its route as a mount point, as under DispatcherMiddleware
+            environ["SCRIPT_NAME"] = environ.get("SCRIPT_NAME", "") + match.prefix
+            environ["PATH_INFO"] = path[len(match.prefix):]
+        return app(environ, start_response)
 
 
 def create(conf: cfg.Config | None = None) -> Monolith:

@@ -82,6 +82,28 @@ def raw_backend(sock: socket.socket, address) -> None:
             sock.sendall(RAW_RESPONSE)
 
 
+STALE_COUNT = [0]
+
+
+def stale_backend(sock: socket.socket, address) -> None:
+    """Answers the first request of each connection, then closes when the next one arrives, without
+    answering: what a keep-alive connection the backend timed out looks like to the gateway."""
+    STALE_COUNT[0] += 1
+    number, data, answered = STALE_COUNT[0], b"", False
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return
+        data += chunk
+        if b"\r\n\r\n" in data:
+            if answered:
+                sock.close()
+                return
+            body = b"connection %d" % number
+            sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            answered, data = True, b""
+
+
 def listen(port: int) -> socket.socket:
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -109,18 +131,18 @@ def gateway_app(config_file: str, instances: list[str]):
 def main(argv: list[str]) -> None:
     role, port = argv[0], int(argv[1])
     sock = listen(port)
-    if role == "rawbackend":
+    if role in ("rawbackend", "stalebackend"):
         from gevent.server import StreamServer
 
         print(f"listening {sock.getsockname()[1]}", flush=True)
-        StreamServer(sock, raw_backend).serve_forever()
+        StreamServer(sock, raw_backend if role == "rawbackend" else stale_backend).serve_forever()
         return
     if role == "backend":
         app = backend(argv[2])
     else:
         app = gateway_app(argv[2], argv[3:])
     print(f"listening {sock.getsockname()[1]}", flush=True)
-    HTTPServer(sock, app, limits=Limits(max_body=None)).serve_forever()
+    HTTPServer(sock, app, limits=getattr(app, "microkit_limits", None) or Limits()).serve_forever()
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 spoofed identity headers, API keys managed by the real CLI, admin endpoints, POST /auth/token, CORS
 preflights, a limit shared by two gateway processes, and the Redis-down policy on a private redis-server.
 
-Each case is sent twice where it matters: as HTTP/1.1 (the fast path) and HTTP/1.0 (through Bottle).
+Each case is sent twice where it matters: as HTTP/1.1 and HTTP/1.0 (both take the one proxy path).
 """
 
 from __future__ import annotations

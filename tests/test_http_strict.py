@@ -171,3 +171,17 @@ def test_blank_lines_do_not_keep_an_idle_connection_open():
                 closed = True
                 break
         assert closed and time.monotonic() - started < 2
+
+
+def test_a_client_sending_a_whole_body_over_the_limit_reads_the_413():
+    """urllib sends all 20 MB before reading: the engine lingers (lingering_time/lingering_timeout) so
+    the client reads the 413 instead of a broken pipe."""
+    import urllib.error
+    import urllib.request
+
+    with ServerThread(echo, limits=Limits(max_body=1024 * 1024)) as st:
+        for _ in range(3):
+            req = urllib.request.Request(f"http://127.0.0.1:{st.port}/", data=b"x" * (20 * 1024 * 1024), method="POST")
+            with pytest.raises(urllib.error.HTTPError) as caught:
+                urllib.request.urlopen(req, timeout=30)
+            assert caught.value.code == 413

@@ -1,6 +1,6 @@
 """The gateway worker's access log: lines gathered in memory and written in batches.
 
-One `write` per request costs about 30 us of system call, a third of what the fast path spends on a
+One `write` per request costs about 30 us of system call, a third of what the proxy path spends on a
 request; nginx has `access_log ... buffer=` for the same reason. `buffered_stdout()` replaces the
 worker's line-buffered stdout with a 64 KB buffer (written out whenever it fills), and `start_flushing`
 writes it every 100 ms, so a line shows within ~0.1 s. The worker's exit path flushes sys.stdout after

@@ -10,62 +10,62 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
 
 import bottle
 
+from microkit.config import TokenConfig
+from microkit.gateway.policy import Security
+from microkit.gateway.route import Route
 from microkit.gateway.security import Denied, RequestInfo, token_response
-
-if TYPE_CHECKING:
-    from microkit.gateway.app import Gateway
 
 MAX_TOKEN_BODY = 4096
 
 
-def routes_view(gateway: Gateway) -> Callable[[], bytes]:
+def routes_view(table: list[Route]) -> Callable[[], bytes]:
     def routes() -> bytes:
         rows = []
-        for route in gateway.routes:
+        for route in table:
             policy = route.policy
             rows.append({"prefix": route.prefix, "service": route.service, "timeout": route.timeout,
                          "balance": route.balancer.policy, "auth": policy.auth, "scopes": sorted(policy.scopes),
                          "rate_limit": str(policy.rate) if policy.rate else None,
                          "rate_limit_by": policy.rate_by if policy.rate else None, "cors": policy.cors is not None,
+                         "max_body": route.max_body, "strip_prefix": route.strip_prefix,
                          "instances": len(route.balancer.upstreams)})
         return _json({"routes": rows})
     return routes
 
 
-def instances_view(gateway: Gateway) -> Callable[[], bytes]:
+def instances_view(table: list[Route], snapshot_age: Callable[[], float]) -> Callable[[], bytes]:
     def instances() -> bytes:
-        healthy_by = {route.service: {id(u) for u in route.balancer.healthy()} for route in gateway.routes}
-        return _json({"registry_age": round(min(gateway.snapshot_age(), 1e9), 3), "services": {
+        healthy_by = {route.service: {id(u) for u in route.balancer.healthy()} for route in table}
+        return _json({"registry_age": round(min(snapshot_age(), 1e9), 3), "services": {
             route.service: [{"id": u.key, "address": f"{u.host}:{u.port}", "healthy": id(u) in healthy_by[route.service],
                              "outstanding": u.outstanding, "failures": u.failures}
                             for u in route.balancer.upstreams]
-            for route in gateway.routes}})
+            for route in table}})
     return instances
 
 
-def token_view(gateway: Gateway) -> Callable[[], bytes]:
+def token_view(security: Security, settings: TokenConfig,
+               error: Callable[[int, str, tuple[tuple[str, str], ...]], bytes]) -> Callable[[], bytes]:
     """`POST /auth/token`: `X-API-Key: mk_...` (or `Authorization: ApiKey mk_...`), optionally a `scope`
     (form or JSON body, space-separated) to narrow the token's scopes; answers RFC 6749 §5.1 JSON."""
-    security = gateway.security
-    ttl = gateway.config.gateway.auth.token.ttl
-    kid = gateway.config.gateway.auth.token.signing_kid
+    ttl = settings.ttl
+    kid = settings.signing_kid
 
     def token() -> bytes:
         request = bottle.request
         if request.method != "POST":
-            return gateway._error(405, "use POST", (("Allow", "POST"),))
+            return error(405, "use POST", (("Allow", "POST"),))
         try:
             identity = security.apikeys.authenticate(RequestInfo.from_environ(request.environ))
             scopes = _requested_scopes(request.environ)
             if scopes is not None and not scopes <= identity.scopes:
                 raise Denied(403, "requested scopes exceed the key's scopes")
         except Denied as denied:
-            return gateway._error(denied.status, denied.message, denied.headers)
+            return error(denied.status, denied.message, denied.headers)
         body = token_response(identity, security.jwt_settings, ttl, scopes=scopes,
                               signing_key=security.signing_key, kid=kid)
         bottle.response.set_header("Cache-Control", "no-store")

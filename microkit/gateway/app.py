@@ -1,11 +1,11 @@
-"""The gateway: a Bottle app that routes each request by path prefix to an instance from the registry.
+"""The gateway: one proxy path for every routed request, and a small Bottle app for its own endpoints.
 
-Every configured route becomes Bottle routes (the prefix itself, and everything below it), added
-longest prefix first so the longest one wins; each Bottle route carries its `Policy` (auth, scopes, rate
-limit, CORS) in its config, where the plugins read it (microkit/gateway/plugins.py, installed in
-`_build_app` and nowhere else). The gateway's own endpoints: `/__microkit/health` (open),
-`/__microkit/routes` and `/__microkit/instances` (admin API key), `POST /auth/token` (when JWTs are
-configured). A WSGI wrapper in front normalises the path first, so Bottle matches what the gateway forwards.
+`Gateway` builds the route table from the config (microkit/gateway/route.py), each route with its
+checks (microkit/gateway/checks.py), and hands them to the raw handler the engine calls first
+(`ProxyHandler`, microkit/gateway/handler.py), which proxies everything routed. Bottle serves only
+the gateway's own endpoints: `/__microkit/health` (open), `/__microkit/routes` and
+`/__microkit/instances` (admin API key), `POST /auth/token` (when JWTs are configured). The registry
+watcher keeps the balancers current through `update`.
 """
 
 from __future__ import annotations
@@ -13,21 +13,22 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import bottle
 
 from microkit.config import Config
 from microkit.gateway import admin
-from microkit.gateway.balancer import Balancer
-from microkit.gateway.fastpath import FastPath
-from microkit.gateway.plugins import POLICY_KEY, UPSTREAM_KEY, AuthPlugin, CorsPlugin, RateLimitPlugin
-from microkit.gateway.policy import TOKEN_PATH, Policy, Security, admin_policy, service_policy, token_policy
-from microkit.gateway.proxy import Proxy, ProxyError, TrustedProxies
+from microkit.gateway.checks import checks_for
+from microkit.gateway.handler import ProxyHandler
+from microkit.gateway.plugins import POLICY_KEY, PolicyPlugin
+from microkit.gateway.policy import TOKEN_PATH, Security, admin_policy, token_policy
+from microkit.gateway.proxy import Proxy, TrustedProxies, new_request_id, request_id_of
+from microkit.gateway.render import AccessLog, access_line, error_body
+from microkit.gateway.route import Route, routes_from_config
 from microkit.gateway.routing import BadPath, normalize_environ
-from microkit.gateway.security import Denied, redact_target
 from microkit.gateway.upstream import Pool
+from microkit.http import Limits
 from microkit.registry import Instance, Snapshot
 
 log = logging.getLogger("microkit.gateway")
@@ -35,46 +36,31 @@ log = logging.getLogger("microkit.gateway")
 ADMIN_PREFIX = "/__microkit"
 STALE_WARNING = 5.0
 
-
-@dataclass(frozen=True)
-class Route:
-    """One gateway route: where it points and how it is governed."""
-
-    prefix: str
-    service: str
-    timeout: float
-    balancer: Balancer
-    policy: Policy = field(default_factory=Policy)
-
-
-def routes_from_config(config: Config) -> list[Route]:
-    """The routing table of a project, longest prefix first."""
-    gateway = config.gateway
-    routes = [Route(s.route, s.name, s.route_timeout or gateway.timeout, Balancer(s.balance or gateway.balance),
-                    service_policy(config, s))
-              for s in config.services.values() if s.route is not None]
-    return sorted(routes, key=lambda r: (-len(r.prefix), r.prefix))
+__all__ = ["ADMIN_PREFIX", "Gateway", "Route", "routes_from_config"]
 
 
 class Gateway:
-    """Routes, balancers and the proxy, kept current from a registry snapshot."""
+    """Routes, balancers, the proxy path and the gateway's own endpoints, kept current from a registry snapshot."""
 
-    def __init__(self, config: Config, *, pool: Pool | None = None,
-                 access_log: Callable[[str], None] | None = None) -> None:
+    def __init__(self, config: Config, *, pool: Pool | None = None, access_log: AccessLog | None = None) -> None:
         self.config = config
+        gateway = config.gateway
         self.routes = routes_from_config(config)
         self.by_service = {route.service: route for route in self.routes}
         self.pool = pool or Pool()
-        self.proxy = Proxy(self.pool, trusted=TrustedProxies(config.gateway.trusted_proxies),
-                           max_body=config.gateway.max_body)
-        self.access_log = access_log if config.gateway.access_log else None
+        self.proxy = Proxy(self.pool, trusted=TrustedProxies(gateway.trusted_proxies))
+        self.access_log = access_log if gateway.access_log else None
         self.snapshot_age: Callable[[], float] = lambda: 0.0
         self._last_stale_log = 0.0
         self.security = Security(config)
         self.security.prepare([route.policy for route in self.routes])
         self.app = self._build_app()
         own = (TOKEN_PATH,) if self.security.issues_tokens else ()
-        self.microkit_raw_handler = FastPath(self, ADMIN_PREFIX, own)
+        self.microkit_raw_handler = ProxyHandler(
+            [(route, checks_for(route.policy, self.security)) for route in self.routes], self.proxy,
+            ADMIN_PREFIX, own, self.access_log, self._warn_if_stale)
+        self.microkit_limits = Limits(lingering_time=gateway.lingering_time,
+                                      lingering_timeout=gateway.lingering_timeout, body_timeout=gateway.body_timeout)
 
     def update(self, snapshot: Snapshot) -> None:
         """Point each route's balancer at the service's current instances (a registry watcher callback)."""
@@ -90,54 +76,24 @@ class Gateway:
         app.config["json.enable"] = False
         app.route(f"{ADMIN_PREFIX}/health", "GET", self._health)
         admin_only = {POLICY_KEY: admin_policy(self.config)}
-        app.route(f"{ADMIN_PREFIX}/routes", "GET", admin.routes_view(self), **admin_only)
-        app.route(f"{ADMIN_PREFIX}/instances", "GET", admin.instances_view(self), **admin_only)
+        app.route(f"{ADMIN_PREFIX}/routes", "GET", admin.routes_view(self.routes), **admin_only)
+        app.route(f"{ADMIN_PREFIX}/instances", "GET", admin.instances_view(self.routes, lambda: self.snapshot_age()),
+                  **admin_only)
         if self.security.issues_tokens:
-            app.route(TOKEN_PATH, "ANY", admin.token_view(self), **{POLICY_KEY: token_policy(self.config)})
-        for route in self.routes:
-            handler = self._handler(route)
-            paths = ["/", "/<path:path>"] if route.prefix == "/" else \
-                [route.prefix, route.prefix + "/", route.prefix + "/<path:path>"]
-            for path in paths:
-                app.route(path, "ANY", handler, name=None, **{"microkit.route": route, POLICY_KEY: route.policy})
+            app.route(TOKEN_PATH, "ANY", admin.token_view(self.security, self.config.gateway.auth.token, self._error),
+                      **{POLICY_KEY: token_policy(self.config)})
         for code in (400, 404, 405, 500):
             app.error(code)(self._bottle_error)
-        # The one place governance is installed; the first installed runs first (and on the fast path too).
-        app.install(CorsPlugin())
-        app.install(AuthPlugin(self.security, self._denied))
-        app.install(RateLimitPlugin(self.security, self._denied))
+        app.install(PolicyPlugin(self.security, self._error))
         return app
-
-    def _handler(self, route: Route) -> Callable[..., Iterable[bytes]]:
-        def proxy(path: str = "") -> Iterable[bytes]:
-            return self.forward(route)
-        return proxy
-
-    def forward(self, route: Route) -> Iterable[bytes]:
-        """Proxy the current Bottle request along `route`."""
-        environ = bottle.request.environ
-        self._warn_if_stale()
-        try:
-            outcome = self.proxy.forward(environ, route.service, route.balancer, route.timeout,
-                                         environ.get(UPSTREAM_KEY, ()))
-        except ProxyError as exc:
-            return self._error(exc.status, str(exc), exc.headers)
-        response = bottle.response
-        response.status = outcome.status
-        has_type = False
-        for name, value in outcome.headers:
-            response.add_header(name, value)
-            has_type = has_type or name.lower() == "content-type"
-        environ["microkit.upstream"] = outcome.upstream
-        environ["microkit.keep_content_type"] = has_type
-        return outcome.body
 
     def _warn_if_stale(self) -> None:
         age = self.snapshot_age()
-        now = time.monotonic()
-        if age > STALE_WARNING and now - self._last_stale_log > STALE_WARNING:
-            self._last_stale_log = now
-            log.warning("registry unreachable: routing to the instances known %.0f s ago", age)
+        if age > STALE_WARNING:
+            now = time.monotonic()
+            if now - self._last_stale_log > STALE_WARNING:
+                self._last_stale_log = now
+                log.warning("registry unreachable: routing to the instances known %.0f s ago", age)
 
     def _error(self, status: int, message: str, headers: Iterable[tuple[str, str]] = ()) -> bytes:
         response = bottle.response
@@ -145,12 +101,9 @@ class Gateway:
         response.content_type = "application/json"
         for name, value in headers:
             response.set_header(name, value)
-        rid = self.proxy.request_id(bottle.request.environ)
+        rid = self._rid_of(bottle.request.environ)
         response.set_header("X-Request-Id", rid)
-        return json.dumps({"error": message, "status": status, "request_id": rid}).encode()
-
-    def _denied(self, denied: Denied) -> bytes:
-        return self._error(denied.status, denied.message, denied.headers)
+        return error_body(status, message, rid)
 
     def _bottle_error(self, err: bottle.HTTPError) -> bytes:
         message = "no route for this path" if err.status_code == 404 else (
@@ -165,31 +118,36 @@ class Gateway:
                            "instances": {r.service: len(r.balancer.healthy()) for r in self.routes}}).encode()
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
-        """Normalise the path (refusing unsafe encodings), then let Bottle route; keep upstream headers as sent."""
+        """The gateway's own endpoints: normalise the path (refusing unsafe encodings), then let Bottle route."""
+        started = time.monotonic()
         try:
             normalize_environ(environ)
         except BadPath as exc:
-            rid = self.proxy.request_id(environ)
-            body = json.dumps({"error": str(exc), "status": 400, "request_id": rid}).encode()
+            rid = new_request_id()
+            environ["microkit.request_id"] = rid
+            body = error_body(400, str(exc), rid)
+            environ["microkit.status"] = "400"
             start_response("400 Bad Request", [("Content-Type", "application/json"), ("X-Request-Id", rid),
                                                ("Content-Length", str(len(body)))])
-            return [body]
-
-        def start(status: str, headers: list[tuple[str, str]], exc_info=None):
-            if environ.get("microkit.keep_content_type") is False:
-                headers = [h for h in headers if h[0].lower() != "content-type"]
-            if self.access_log is not None:
+            result: Iterable[bytes] = [body]
+        else:
+            def start(status: str, headers: list[tuple[str, str]], exc_info=None):
                 environ["microkit.status"] = status
-            return start_response(status, headers, exc_info)
-
-        started = time.monotonic()
-        result = self.app(environ, start)
+                if not any(name.lower() == "x-request-id" for name, _ in headers):
+                    headers.append(("X-Request-Id", self._rid_of(environ)))
+                return start_response(status, headers, exc_info)
+            result = self.app(environ, start)
         if self.access_log is not None:
-            self._log_access(environ, started)
+            self.access_log(access_line(environ["REQUEST_METHOD"], environ.get("RAW_URI") or environ.get("PATH_INFO", ""),
+                                        int(environ.get("microkit.status", "0")[:3] or 0), started, "-",
+                                        self._rid_of(environ)))
         return result
 
-    def _log_access(self, environ: dict, started: float) -> None:
-        self.access_log(
-            f'{environ["REQUEST_METHOD"]} {redact_target(environ.get("RAW_URI") or environ.get("PATH_INFO", ""))} '
-            f'{environ.get("microkit.status", "-")[:3]} {(time.monotonic() - started) * 1000:.1f}ms '
-            f'-> {environ.get("microkit.upstream", "-")} id={environ.get("microkit.request_id", "-")}')
+    @staticmethod
+    def _rid_of(environ: dict) -> str:
+        rid = environ.get("microkit.request_id")
+        if rid is None:
+            request = environ.get("microkit.request")
+            rid = environ["microkit.request_id"] = (
+                request_id_of(request).decode("latin-1") if request is not None else new_request_id())
+        return rid

@@ -1,13 +1,18 @@
-"""Forwarding one request to an instance of a service, and its response back, streaming both ways.
+"""Forwarding one request to an instance of a service, and relaying its response, streaming both ways.
 
 The method, path, query, headers and body go through unchanged, except: hop-by-hop headers are
 removed both ways; X-Forwarded-For/-Proto/-Host are set from the socket peer (a trusted proxy's values
 are extended instead of replaced); X-Request-ID is kept or generated, and returned; X-Auth-* headers a
-client sent are dropped on every route, since only the gateway's auth may tell services who is calling.
+client sent are dropped on every route, since only the gateway's auth may tell services who is calling;
+a Host is always sent (an HTTP/1.0 client may have sent none).
 
-Retries follow what is safe: a failed connect (nothing sent) is retried on another instance for any
-method; GET, HEAD, OPTIONS, PUT and DELETE are retried once more after a reset that came before the
-response started; a POST is never replayed once its bytes went out.
+Resends follow what is safe. A failed connect (nothing was sent) is tried on another instance, for
+any method. Once a request's bytes went out, it is sent again at most once, and only when the failure
+looks like a stale pooled connection: the connection had been idle in the pool and nothing was read
+from it; the method is idempotent and the body was small enough to keep; and the retry budget allows
+it (`RetryBudget`, about 20% of requests, as Envoy and Linkerd bound retries). A request that an
+instance accepted on a fresh connection and never answered is not resent: it may have crashed that
+worker, and would crash the next one too.
 """
 
 from __future__ import annotations
@@ -16,22 +21,21 @@ import ipaddress
 import os
 import re
 import time
-from dataclasses import dataclass
-from http import HTTPStatus
 from itertools import count
 from typing import Iterable, Iterator
 
 import gevent
 
 from microkit.gateway.balancer import Balancer, Upstream
-from microkit.gateway.routing import BadPath, normalize, split_target
+from microkit.gateway.checks import merged_vary
+from microkit.gateway.render import phrase
 from microkit.gateway.upstream import BrokenResponse, ConnectFailed, NoResponse, Pool, Response
 from microkit.http import Request
-from microkit.http.wsgi import environ_key
+from microkit.http.wsgi import _date_line, environ_key
 
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade"})
-SET_BY_GATEWAY = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-request-id",
-                            "forwarded", "x-real-ip"})  # the last two: other spellings of the client's address
+SET_BY_GATEWAY = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-prefix",
+                            "x-request-id", "forwarded", "x-real-ip"})  # the last two: other spellings of the client's address
 # The same two sets as environ keys, which the engine computed (cached) for every request header.
 _DROP_KEYS = frozenset("HTTP_" + name.upper().replace("-", "_") for name in HOP_BY_HOP | SET_BY_GATEWAY)
 _DROP_PREFIXES = ("HTTP_PROXY_", "HTTP_X_AUTH_")  # Proxy-*, and the identity headers only the gateway sets
@@ -100,6 +104,27 @@ class TrustedProxies:
         return any(address in network for network in self.networks)
 
 
+class RetryBudget:
+    """Resends allowed as a share of requests: each request earns `ratio` of a resend, up to `cap`
+    saved; a resend spends one. So a burst of failures can resend at most `cap` plus `ratio` of the
+    traffic, never every request."""
+
+    def __init__(self, ratio: float = 0.2, cap: float = 10.0) -> None:
+        self.ratio = ratio
+        self.cap = cap
+        self.tokens = cap
+
+    def earn(self) -> None:
+        tokens = self.tokens + self.ratio
+        self.tokens = tokens if tokens < self.cap else self.cap
+
+    def spend(self) -> bool:
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
 _FORWARDED = frozenset({"HTTP_X_FORWARDED_FOR", "HTTP_X_FORWARDED_PROTO", "HTTP_X_FORWARDED_HOST"})
 
 
@@ -132,63 +157,27 @@ def response_named(headers: list[tuple[bytes, bytes]]) -> set[bytes]:
 RESPONSE_DROP = frozenset(name.encode() for name in HOP_BY_HOP) | {b"x-request-id"}
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """What the gateway sends the client for a proxied request."""
-
-    status: str
-    headers: list[tuple[str, str]]
-    body: Iterable[bytes]
-    upstream: str
-
-
 class Proxy:
-    """Sends requests to instances picked by a Balancer, over pooled connections."""
+    """Sends requests to instances picked by a Balancer, over pooled connections, and relays the answers."""
 
-    def __init__(self, pool: Pool, *, trusted: TrustedProxies | None = None, max_body: int = 10 * 1024 * 1024) -> None:
+    def __init__(self, pool: Pool, *, trusted: TrustedProxies | None = None, budget: RetryBudget | None = None) -> None:
         self.pool = pool
         self.trusted = trusted or TrustedProxies()
-        self.max_body = max_body
+        self.budget = budget or RetryBudget()
 
-    def request_id(self, environ: dict) -> str:
-        """The client's X-Request-ID if it is sane, else a new one; stored in the environ for logs."""
-        rid = environ.get("microkit.request_id")
-        if rid is None:
-            given = environ.get("HTTP_X_REQUEST_ID", "")
-            rid = given if _REQUEST_ID.match(given.encode("latin-1")) else new_request_id()
-            environ["microkit.request_id"] = rid
-        return rid
-
-    def forward(self, environ: dict, service: str, balancer: Balancer, timeout: float,
-                extra: Iterable[bytes] = ()) -> Outcome:
-        """Proxy one request (with `extra` header lines); raises ProxyError for answers the gateway makes
-        itself (400/413/502/503/504)."""
-        request: Request = environ["microkit.request"]
-        raw = environ.get("RAW_URI") or environ.get("PATH_INFO", "/")
-        path, query = split_target(raw.encode("latin-1"))
-        try:
-            target = normalize(path) + query
-        except BadPath as exc:
-            raise ProxyError(400, str(exc)) from None
-        head, rid = self.request_head(request, target, self.request_id(environ).encode("latin-1"), extra=extra)
-        response, upstream = self.open(request, head, service, balancer, timeout)
-        return self._outcome(response, upstream, rid.decode("latin-1"), timeout)
-
-    def open(self, request: Request, head: bytes, service: str, balancer: Balancer,
-             timeout: float) -> tuple[Response, Upstream]:
-        """Send the request to an instance (retrying where safe) and read the response head; the caller
-        streams the body and must `finish(response, upstream)`. Raises ProxyError (413/502/503/504)."""
+    def open(self, request: Request, head: bytes, service: str, balancer: Balancer, timeout: float,
+             max_body: int) -> tuple[Response, Upstream]:
+        """Send the request to an instance and read the response head; the caller relays the body and
+        must `upstream.outstanding -= 1` and `response.release()`. Raises ProxyError (413/502/503/504)."""
         method = request.method
-        body, chunked, replayable = self._request_body(request)
+        body, chunked, replayable = self._request_body(request, max_body)
+        resend = replayable and method in IDEMPOTENT
+        self.budget.earn()
         deadline = time.monotonic() + timeout
         tried: list[Upstream] = []
-        last_error: Exception | None = None
-        retried_after_send = False
         while True:
             upstream = balancer.pick(exclude=tried)
             if upstream is None:
-                if isinstance(last_error, (NoResponse, BrokenResponse)):
-                    raise ProxyError(502, f"{service}: {last_error}")
                 raise ProxyError(503, f"no healthy instance of {service}", (("Retry-After", "1"),))
             tried.append(upstream)
             remaining = deadline - time.monotonic()
@@ -196,21 +185,17 @@ class Proxy:
                 raise ProxyError(504, f"{service} did not answer within {timeout:g} s")
             upstream.outstanding += 1
             try:
-                response = self._exchange(upstream, head, body, chunked, method, remaining, replayable)
+                response = self._exchange(upstream, head, body, chunked, method, remaining, resend)
             except BaseException as exc:  # whatever ends the attempt (client gone too): not in flight any more
                 upstream.outstanding -= 1
                 if isinstance(exc, gevent.Timeout):
                     raise ProxyError(504, f"{service} did not answer within {timeout:g} s") from None
                 if isinstance(exc, _BodyTooLarge):
-                    raise ProxyError(413, f"request body larger than {self.max_body} bytes") from None
+                    raise ProxyError(413, f"request body larger than {max_body} bytes") from None
                 if not isinstance(exc, (ConnectFailed, NoResponse, BrokenResponse)):
                     raise
                 balancer.failed(upstream)
-                last_error = exc
                 if isinstance(exc, ConnectFailed):
-                    continue
-                if isinstance(exc, NoResponse) and method in IDEMPOTENT and replayable and not retried_after_send:
-                    retried_after_send = True
                     continue
                 raise ProxyError(502, f"{service}: {exc}") from None
             if response.status >= 500:
@@ -220,17 +205,18 @@ class Proxy:
             return response, upstream
 
     def _exchange(self, upstream: Upstream, head: bytes, body, chunked: bool, method: str,
-                  remaining: float, replayable: bool) -> Response:
-        """Send and read the response head within `remaining` seconds; a stale pooled connection is
-        replaced by a fresh one when nothing can have been processed (or the request may be replayed)."""
+                  remaining: float, resend: bool) -> Response:
+        """Send and read the response head within `remaining` seconds. A pooled connection that gives no
+        response is taken for stale: the request is sent once more on a fresh one if `resend` and the
+        budget allow; a fresh connection's failure is final."""
         with gevent.Timeout(remaining):
             conn, reused = self.pool.acquire(upstream.address)
             try:
                 conn.send(head, body, chunked)
                 return Response(conn, self.pool, head_only=method == "HEAD")
-            except NoResponse:
+            except NoResponse as exc:
                 conn.close()
-                if not (reused and replayable and method in IDEMPOTENT):
+                if not (reused and resend and self.budget.spend()):
                     raise
             except BaseException:
                 conn.close()
@@ -244,12 +230,12 @@ class Proxy:
                 raise
 
     def request_head(self, request: Request, target: bytes, rid: bytes | None = None,
-                     drop: frozenset[str] = frozenset(), extra: Iterable[bytes] = ()) -> tuple[bytes, bytes]:
+                     extra: Iterable[bytes] = ()) -> tuple[bytes, bytes]:
         """(the upstream request head, the request id): the client's header lines as received, minus
-        hop-by-hop ones (and the environ keys in `drop`), plus X-Forwarded-* and X-Request-Id, and any
+        hop-by-hop ones, plus Host when the client sent none, X-Forwarded-* and X-Request-Id, and any
         `extra` lines (each ending in CRLF). `rid` None keeps a sane client X-Request-ID or makes one."""
         named = _connection_keys(request.connection)
-        drop = _DROP_KEYS | named | drop if named or drop else _DROP_KEYS
+        drop = _DROP_KEYS | named if named else _DROP_KEYS
         parts = [request.method.encode("latin-1"), b" ", target, b" HTTP/1.1\r\n"]
         given: list[bytes] = []
         forwarded: dict[str, bytes] = {}
@@ -272,10 +258,14 @@ class Proxy:
         else:
             for_, proto, host = peer, None, None
         base = request.base
+        own_host = request.host
+        if own_host is None:
+            own_host = ("%s:%s" % (base["SERVER_NAME"], base["SERVER_PORT"])).encode("latin-1")
+            parts += (b"Host: ", own_host, b"\r\n")
         parts += (
             b"X-Forwarded-For: ", for_,
             b"\r\nX-Forwarded-Proto: ", proto or base["wsgi.url_scheme"].encode("latin-1"),
-            b"\r\nX-Forwarded-Host: ", host or request.host or base["SERVER_NAME"].encode("latin-1"),
+            b"\r\nX-Forwarded-Host: ", host or own_host,
             b"\r\nX-Request-Id: ", rid, b"\r\n",
         )
         parts += extra
@@ -284,21 +274,22 @@ class Proxy:
         parts.append(b"\r\n")
         return b"".join(parts), rid
 
-    def _request_body(self, request: Request) -> tuple[bytes | Iterator[bytes] | None, bool, bool]:
-        """(body, chunked, replayable): small bodies are read whole so that a retry can resend them."""
+    def _request_body(self, request: Request, max_body: int) -> tuple[bytes | Iterator[bytes] | None, bool, bool]:
+        """(body, chunked, replayable): small bodies are read whole, before any instance is picked, so
+        that a slow client holds no upstream connection and a resend can repeat them."""
         stream = request.input
         size = request.content_length
         if size:
-            if size > self.max_body:
-                raise ProxyError(413, f"request body larger than {self.max_body} bytes")
+            if size > max_body:
+                raise ProxyError(413, f"request body larger than {max_body} bytes")
             if size <= REPLAY_BUFFER:
                 return stream.read(size), False, True
-            return self._stream(stream, size), False, False
+            return self._stream(stream, size, max_body), False, False
         if request.chunked:
-            return self._stream(stream, None), True, False
+            return self._stream(stream, None, max_body), True, False
         return None, False, True
 
-    def _stream(self, stream, size: int | None) -> Iterator[bytes]:
+    def _stream(self, stream, size: int | None, max_body: int) -> Iterator[bytes]:
         """The request body in pieces, refusing more than max_body bytes."""
         total = 0
         while size is None or total < size:
@@ -306,57 +297,76 @@ class Proxy:
             if not chunk:
                 break
             total += len(chunk)
-            if total > self.max_body:
+            if total > max_body:
                 raise _BodyTooLarge()
             yield chunk
 
-    def _outcome(self, response: Response, upstream: Upstream, rid: str, timeout: float) -> Outcome:
-        named = response_named(response.headers)
-        headers = []
-        for name, value in response.headers:
+    def relay(self, request: Request, response: Response, rid: bytes, extra: list[bytes], timeout: float,
+              vary: bytes | None = None) -> int:
+        """Send the upstream response to the client: the head filtered as bytes (with X-Request-Id, the
+        checks' `extra` lines and their `vary` token merged in), then the body as it arrives; reframed
+        for the client (chunked for HTTP/1.1 when the upstream gave no length, close-delimited for 1.0)."""
+        status = request.status = response.status
+        headers = response.headers
+        named = response_named(headers)
+        parts = [b"HTTP/1.1 %d %s\r\n" % (status, response.reason.strip() or phrase(status).encode())]
+        has_date = False
+        length = None
+        for name, value in headers:
             lower = lower_name(name)
             if lower in RESPONSE_DROP or lower.startswith(b"proxy-") or lower in named:
                 continue
-            headers.append((name.decode("latin-1"), value.decode("latin-1")))
-        headers.append(("X-Request-Id", rid))
-        reason = response.reason.decode("latin-1").strip() or phrase(response.status)
-        return Outcome(f"{response.status} {reason}", headers, _Body(response, upstream, timeout),
-                       "%s:%d" % upstream.address)
-
-
-def phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Unknown"
-
-
-class _Body:
-    """The response body as a WSGI iterable: counts the request as outstanding until it is done."""
-
-    __slots__ = ("response", "upstream", "timeout", "finished")
-
-    def __init__(self, response: Response, upstream: Upstream, timeout: float) -> None:
-        self.response = response
-        self.upstream = upstream
-        self.timeout = timeout
-        self.finished = False
-
-    def __iter__(self) -> Iterator[bytes]:
-        chunks = self.response.body()
+            if lower == b"content-length":
+                length = value
+            elif lower == b"date":
+                has_date = True
+            elif vary is not None and lower == b"vary":
+                value = merged_vary(value, vary)
+                vary = None
+            parts += (name, b": ", value, b"\r\n")
+        parts += (b"X-Request-Id: ", rid, b"\r\n")
+        parts += extra
+        if vary is not None:
+            parts += (b"Vary: ", vary, b"\r\n")
+        if not has_date:
+            parts.append(_date_line().encode())
+        bodyless = request.method == "HEAD" or status < 200 or status == 204 or status == 304
+        http10 = request.version == "HTTP/1.0"
+        chunked = not bodyless and length is None and not http10
+        if chunked:
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+        if not bodyless and length is None and http10:
+            request.keep_alive = False
+        if request.must_close():
+            request.keep_alive = False
+            parts.append(b"Connection: close\r\n")
+        elif http10:
+            parts.append(b"Connection: keep-alive\r\n")
+        parts.append(b"\r\n")
+        if response.complete:
+            body = response.take()
+            if bodyless:
+                body = b""
+            elif chunked:
+                body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body) if body else b"0\r\n\r\n"
+            parts.append(body)
+            request.send(b"".join(parts))
+            return status
+        request.send(b"".join(parts))
+        response.conn.sock.settimeout(timeout)
+        sent = 0
         try:
-            while True:
-                with gevent.Timeout(self.timeout, BrokenResponse("no body bytes within the route's timeout")):
-                    chunk = next(chunks, None)
-                if chunk is None:
-                    break
-                yield chunk
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        """Done or abandoned (the client went away): the connection is pooled only if the body was complete."""
-        if not self.finished:
-            self.finished = True
-            self.upstream.outstanding -= 1
-            self.response.release()
+            for chunk in response.body():
+                if chunked:
+                    request.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                else:
+                    sent += len(chunk)
+                    request.send(chunk)
+        except BrokenResponse:
+            request.keep_alive = False
+            return status
+        if chunked:
+            request.send(b"0\r\n\r\n")
+        elif not bodyless and length is not None and sent != int(length):
+            request.keep_alive = False
+        return status

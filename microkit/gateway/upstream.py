@@ -97,6 +97,8 @@ class Response:
         self._done = False
         self._released = False
         self.keep_alive = False
+        self.upgraded = False
+        self.rest = b""
         self._parser = httptools.HttpResponseParser(self)
         self._read_head(head_only)
 
@@ -125,8 +127,14 @@ class Response:
     def _feed(self, data: bytes) -> None:
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            raise BrokenResponse("the instance switched protocols, which the gateway does not proxy") from None
+        except httptools.HttpParserUpgrade as exc:
+            if not (self._headers_done and self._parser.get_status_code() == 101):
+                raise BrokenResponse("the instance switched protocols unasked") from None
+            self.upgraded = True  # a tunnel (WebSocket): what followed the head belongs to it
+            offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
+            self.rest = data[offset:]
+            self.keep_alive = False  # never back to the pool
+            self._done = True
         except httptools.HttpParserError as exc:
             raise BrokenResponse(f"malformed response from {self._where()}: {exc}") from None
 

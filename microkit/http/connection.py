@@ -3,6 +3,7 @@
 import sys
 import traceback
 from collections import deque
+from collections.abc import Callable
 from socket import SHUT_WR
 from time import monotonic, perf_counter
 
@@ -17,8 +18,7 @@ from microkit.http.wsgi import Response, build_environ, environ_key
 
 RECV_SIZE = 65536
 DISCARD_LIMIT = 65536
-LINGER_SECONDS = 1.0
-LINGER_BYTES = 262144
+SHORT_LINGER = 1.0
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _UNIQUE = frozenset(("CONTENT_LENGTH", "HTTP_TRANSFER_ENCODING", "HTTP_HOST"))
 _TRACKED = _UNIQUE | {"HTTP_EXPECT", "HTTP_CONNECTION"}
@@ -33,9 +33,11 @@ class Connection:
         self._server = server
         self._app = server.app
         self._raw_handler = server.raw_handler
+        self._refused = getattr(server.raw_handler, "refused", None)
         self._access_log = server.access_log
         self._limits = limits = server.limits
         self._max_url = limits.max_request_line - 13
+        self._body_timeout = limits.header_timeout if limits.body_timeout is None else limits.body_timeout
         self._sock = sock
         self._raw = getattr(sock, "_sock", sock)
         peer = address if isinstance(address, tuple) else ("", 0)
@@ -168,8 +170,11 @@ class Connection:
         seen = self._seen
         try:
             self._parser.feed_data(data)
-        except HttpParserUpgrade:
-            self._dead = True
+        except HttpParserUpgrade as exc:
+            self._dead = True  # no more requests on this connection: the rest belongs to the new protocol
+            if self._ready and self._ready[-1][0] is not None:
+                offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
+                self._ready[-1][0].upgrade = self._take_over(data[offset:])
         except HttpParserError as exc:
             cause = exc.__context__
             self._reject(cause if isinstance(cause, HTTPError) else HTTPError(400, str(exc)))
@@ -183,17 +188,28 @@ class Connection:
 
     def _fill(self) -> None:
         """Read more of a request body from the socket (wsgi.input calls this)."""
+        sock = self._sock
         try:
-            data = self._sock.recv(RECV_SIZE)
+            sock.settimeout(self._body_timeout)
+            data = sock.recv(RECV_SIZE)
         except TimeoutError as exc:
             raise HTTPError(408, "request body timed out") from exc
         except OSError as exc:
             self._eof = True
             raise ClientDisconnected() from exc
+        finally:
+            sock.settimeout(self._limits.header_timeout)
         if not data:
             self._eof = True
             raise ClientDisconnected()
         self._feed(data)
+
+    def _take_over(self, rest: bytes) -> Callable[[], tuple]:
+        """For a request asking to switch protocols: what hands a raw handler the socket to tunnel."""
+        def take_over() -> tuple:
+            self._eof = True  # the handler owns the socket now: no lingering afterwards
+            return self._sock, rest
+        return take_over
 
     def _send(self, data: bytes) -> None:
         """sendall that tries one plain send() first (gevent's sendall costs a getsockopt per call)."""
@@ -234,7 +250,7 @@ class Connection:
                 data = recv_when_readable(sock, self._raw, RECV_SIZE)
             except TimeoutError:
                 if self._headers is not None or self._stall:
-                    self._refuse(408)
+                    self._refuse(HTTPError(408))
                 return None
             except OSError:
                 self._eof = True
@@ -248,18 +264,29 @@ class Connection:
             self._feed(data)
         return ready.popleft()
 
-    def _send_error(self, status: int) -> None:
-        """Send the canned response for `status`; the connection closes afterwards."""
+    def _send_error(self, error: HTTPError, request: Request | None = None) -> None:
+        """Send the answer to a refused request (the raw handler's `refused` rendering, else the canned
+        one); the connection closes afterwards."""
+        if self._refused is not None:
+            if request is not None:
+                method, target = request.method, request.target
+            else:
+                method = self._parser.get_method().decode("latin-1") if self._headers is not None else "-"
+                target = self._url
+            data = self._refused(error.status, str(error), request, method, target)
+        else:
+            data = ERROR_RESPONSES[error.status]
         try:
-            self._sock.sendall(ERROR_RESPONSES[status])
+            self._sock.sendall(data)
         except OSError:
             self._eof = True
 
-    def _refuse(self, status: int) -> None:
+    def _refuse(self, error: HTTPError, request: Request | None = None) -> None:
         """Answer a request the engine rejected before the app saw it, and log it."""
-        self._send_error(status)
+        self._send_error(error, request)
         if self._access_log is not None:
-            self._access_log("-", self._url.decode("latin-1"), status, 0.0)
+            self._access_log(request.method if request else "-",
+                             (request.target if request else self._url).decode("latin-1"), error.status, 0.0)
 
     def _dispatch(self, request: Request) -> bool:
         """Answer one request (raw handler, else the WSGI app) and send its response; True to keep the connection open."""
@@ -286,13 +313,13 @@ class Connection:
             keep = False
             status = request.status or exc.status
             if not request.sent and not isinstance(exc, ClientDisconnected):
-                self._send_error(exc.status)
+                self._send_error(exc, request)
         except Exception:
             traceback.print_exc(file=self._base.get("wsgi.errors", sys.stderr))
             keep = False
             status = request.status or 500
             if not request.sent:
-                self._send_error(500)
+                self._send_error(HTTPError(500), request)
         finally:
             self.busy = False
             server.active_requests -= 1
@@ -325,36 +352,50 @@ class Connection:
         request.keep_alive = resp.keep_alive
         return resp.code
 
-    def _linger(self) -> None:
-        """Half-close and read what the client still sends, so our last response is not lost to a reset."""
+    def _linger(self, unread: bool) -> None:
+        """Half-close and read and drop what the client still sends (until its FIN, lingering_time in all,
+        or lingering_timeout between reads), so our last answer is not lost to a reset. With no request
+        bytes known to be unread (an idle close, a complete request), one short wait is enough."""
+        limits = self._limits
+        sock = self._sock
         try:
-            self._sock.shutdown(SHUT_WR)
-            self._sock.settimeout(LINGER_SECONDS)
-            received = 0
-            while received < LINGER_BYTES:
-                data = self._sock.recv(RECV_SIZE)
-                if not data:
+            sock.shutdown(SHUT_WR)
+            if unread:
+                end, gap = monotonic() + limits.lingering_time, limits.lingering_timeout
+            else:
+                end = monotonic() + min(SHORT_LINGER, limits.lingering_time)
+                gap = SHORT_LINGER
+            while True:
+                left = end - monotonic()
+                if left <= 0:
                     return
-                received += len(data)
+                sock.settimeout(min(left, gap))
+                if not sock.recv(RECV_SIZE):
+                    return
         except OSError:
             return
 
     def run(self) -> None:
         """Answer requests in order until the client, an error, a limit or a drain ends the connection."""
+        unread = False  # whether the client may still be sending a request we did not read
         while True:
             item = self._next()
             if item is None:
+                unread = self._headers is not None or self._stall > 0
                 break
             request, error = item
             if request is None:
-                self._refuse(error.status)
+                self._refuse(error)
+                unread = True
                 break
             if request.input.error is not None:
-                self._refuse(request.input.error.status)
+                self._refuse(request.input.error, request)
+                unread = True
                 break
             if not self._dispatch(request):
+                unread = not request.input.done
                 break
             if self._headers is not None:
                 self._deadline = monotonic() + self._limits.header_timeout
         if not self._eof:
-            self._linger()
+            self._linger(unread)

@@ -15,7 +15,9 @@ as soon as the head is out, so a failure later still logs it). A handler that an
 
 Errors behave as for WSGI apps: an HTTPError or exception before anything was sent is answered with
 the canned response and the connection closes; after something was sent, the connection just closes.
-The gateway's fast path is such a handler (microkit/gateway/fastpath.py).
+The gateway's proxy path is such a handler (microkit/gateway/handler.py); it may also offer
+`refused(status, message, request, method, target) -> bytes`, the whole response the engine sends
+for a request it refuses itself (the gateway answers those with its JSON error and logs them).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ class Request:
 
     __slots__ = (
         "method", "target", "version", "headers", "keys", "host", "connection", "content_length", "chunked",
-        "input", "keep_alive", "peer", "base", "sent", "status", "_send", "_must_close",
+        "input", "keep_alive", "peer", "base", "sent", "status", "upgrade", "_send", "_must_close",
     )
 
     def __init__(
@@ -54,6 +56,9 @@ class Request:
         self.peer: str = base["REMOTE_ADDR"]
         self.sent = False
         self.status = 0
+        self.upgrade: Callable[[], tuple] | None = None
+        """Set for a request that asks to switch protocols (Connection: upgrade): calling it gives a raw
+        handler (socket, bytes the client sent after the head) to tunnel; the connection then ends."""
         self._send = send
         self._must_close = must_close
 

@@ -47,7 +47,8 @@ def build_environ(base: dict, request) -> dict:
     """The WSGI environ of a request: `base` plus its headers (repeated ones joined with ", "), method,
     protocol and target. A chunked body is de-chunked by the engine, so Transfer-Encoding is left out
     (wsgi.input_terminated is True and `microkit.chunked` says it was chunked); `microkit.request` is
-    the engine's Request, whose raw header list lets a proxy rebuild the head without the environ."""
+    the engine's Request, whose raw header list lets a proxy rebuild the head without the environ.
+    An `X-Forwarded-Prefix` header sets SCRIPT_NAME (`set_script_name`)."""
     env = base.copy()
     for key, (_, value) in zip(request.keys, request.headers):
         text = value.decode("latin-1")
@@ -61,9 +62,21 @@ def build_environ(base: dict, request) -> dict:
     env["SERVER_PROTOCOL"] = request.version
     env["REQUEST_METHOD"] = request.method
     set_target(env, request.target)
+    prefix = env.get("HTTP_X_FORWARDED_PREFIX")
+    if prefix is not None:
+        set_script_name(env, prefix)
     env["wsgi.input"] = request.input
     env["microkit.request"] = request
     return env
+
+
+def set_script_name(environ: dict, prefix: str) -> None:
+    """The mount point a gateway forwarded a route's requests from (`X-Forwarded-Prefix`, sent for
+    `strip_prefix` routes; the gateway drops any copy a client sent) becomes SCRIPT_NAME, as werkzeug's
+    DispatcherMiddleware sets it, so apps build their URLs below it. Anything but a plain path is ignored."""
+    prefix = prefix.rstrip("/")
+    if prefix.startswith("/") and "," not in prefix and ".." not in prefix and "\\" not in prefix:
+        environ["SCRIPT_NAME"] = prefix
 
 
 def set_target(environ: dict, target: bytes) -> None:

@@ -318,13 +318,17 @@ def with_health(app: Callable, path: str) -> Callable:
     raw_handler = getattr(app, "microkit_raw_handler", None)
     if raw_handler is not None:
         application.microkit_raw_handler = raw_handler  # the engine's fast path (the gateway's) stays on
+    limits = getattr(app, "microkit_limits", None)
+    if limits is not None:
+        application.microkit_limits = limits  # the gateway's [gateway] body and lingering settings
     return application
 
 
 def serve(listener: socket.socket, app: Callable, log: Callable | None) -> Any:
     """Start microkit's HTTP engine on the inherited socket."""
     from microkit.http import HTTPServer, Limits
-    server = HTTPServer(listener, app, limits=Limits(chunked_readahead=CHUNKED_READAHEAD), access_log=log)
+    limits = getattr(app, "microkit_limits", None) or Limits(chunked_readahead=CHUNKED_READAHEAD)
+    server = HTTPServer(listener, app, limits=limits, access_log=log)
     server.start()
     return server
 

@@ -1,6 +1,6 @@
 """The gateway's security core, free of any web framework: authentication (JWT, API keys), token
 exchange, rate limits, CORS and log redaction. Each check takes a `RequestInfo` and either returns or
-raises `Denied`, so a Bottle plugin and the gateway's fast path call them alike.
+raises `Denied`; the gateway's checks (microkit/gateway/checks.py) wrap them.
 """
 
 from microkit.gateway.security.apikeys import ApiKeyAuth, KeyRecord, KeyStore, UnknownKey

@@ -1,7 +1,7 @@
 """What the security checks see of a request, what they answer, and who they found.
 
-The checks take a `RequestInfo` rather than a Bottle request so that a Bottle plugin and the gateway's
-fast path call them alike. `RequestInfo.from_environ` wraps a WSGI environ and `RequestInfo.from_head`
+The checks take a `RequestInfo` rather than a Bottle request so that the proxy path and the Bottle
+plugin of the gateway's own endpoints call them alike. `RequestInfo.from_environ` wraps a WSGI environ and `RequestInfo.from_head`
 the engine's raw header lines; neither copies headers up front.
 """
 

@@ -1,0 +1,192 @@
+"""The gateway's one proxy path: every proxied request, whatever its HTTP version or policy.
+
+The engine hands every request to `ProxyHandler` first (its raw-handler extension point,
+microkit/http/request.py). The handler normalises the target (origin- or absolute-form), matches
+it in the one route table, runs the route's checks (microkit/gateway/checks.py), sends the request
+upstream through `Proxy` and relays the answer, all from the parsed head as bytes: no environ, no
+WSGI. Only the gateway's own endpoints (under /__microkit/, and POST /auth/token) return None and go
+to the Bottle app. Every answer the gateway makes itself (400, 404, 401, 413, 502 ...) has the same
+JSON body, and every request gets one access line carrying the request id the client got; the
+engine's own refusals (400, 408, 431 ...) come back here through `refused` for the same treatment.
+A WebSocket handshake that passed its route's checks becomes a tunnel (microkit/gateway/tunnel.py).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from urllib.parse import unquote_to_bytes
+
+from microkit.gateway.checks import Answered, Call, Check, header_line
+from microkit.gateway.proxy import Proxy, ProxyError, new_request_id, request_id_of
+from microkit.gateway.render import AccessLog, access_line, empty_response, error_response
+from microkit.gateway.route import Route
+from microkit.gateway.routing import BadPath, RouteTable, normalize, split_target
+from microkit.gateway.security import Denied
+from microkit.gateway.tunnel import UPGRADE_LINES, Pipe, TunnelCount, switching_head, wants_websocket
+from microkit.http import Request
+from microkit.http.errors import ClientDisconnected, HTTPError
+
+DISCARD_LIMIT = 65536  # what the engine reads and drops after an answer to keep the connection (connection.py)
+
+
+def origin_form(target: bytes) -> bytes:
+    """The origin-form of a request target: an absolute-form one (RFC 9112 3.2.2) loses its scheme and
+    authority; a fragment (which clients should never send) is dropped."""
+    if not target.startswith(b"/"):
+        scheme, sep, rest = target.partition(b"://")
+        if not (sep and scheme.lower() in (b"http", b"https")):
+            raise BadPath("the request target must be a path or an absolute http(s) URL")
+        target = b"/" + rest.partition(b"/")[2]
+    if b"#" in target:
+        target = target.partition(b"#")[0]
+    return target
+
+
+def below_prefix(path: bytes, prefix: str) -> bytes:
+    """The normalised raw `path` without the route's `prefix` segments (a mount point), at least "/"."""
+    segments = path.split(b"/")[prefix.count("/") + 1:]
+    return b"/" + b"/".join(segments)
+
+
+class ProxyHandler:
+    """The gateway's raw handler (see the module docstring); its collaborators are narrow: the routes
+    with their checks, the proxy, the access log and a callable warning of a stale registry snapshot."""
+
+    def __init__(self, routes: Iterable[tuple[Route, tuple[Check, ...]]], proxy: Proxy, own_prefix: str,
+                 own_paths: Iterable[str] = (), access_log: AccessLog | None = None,
+                 before_proxy: Callable[[], None] = lambda: None) -> None:
+        self.table: RouteTable[tuple[Route, tuple[Check, ...], bytes]] = RouteTable(
+            (route.prefix, (route, checks, b"X-Forwarded-Prefix: %s\r\n" % route.prefix.encode()))
+            for route, checks in routes)
+        self.proxy = proxy
+        self.own_prefix = own_prefix.encode()
+        self.own = frozenset(path.encode() for path in own_paths)
+        self.access_log = access_log
+        self.before_proxy = before_proxy
+        self.tunnels = TunnelCount()
+
+    def __call__(self, request: Request) -> int | None:
+        """Proxy `request`; None hands one of the gateway's own endpoints to the Bottle app."""
+        started = time.monotonic()
+        target = request.target
+        try:
+            if target[:1] != b"/" or b"#" in target:
+                target = origin_form(target)
+            path, query = split_target(target)
+            normal = normalize(path)
+        except BadPath as exc:
+            return self._answer(request, ProxyError(400, str(exc)), started)
+        decoded = unquote_to_bytes(normal) if b"%" in normal else normal
+        if decoded.startswith(self.own_prefix) or decoded in self.own:
+            return None
+        match = self.table.match(decoded.decode("latin-1"))
+        if match is None:
+            return self._answer(request, ProxyError(404, "no route for this path"), started)
+        route, checks, prefix_line = match.target
+        self.before_proxy()
+        call = Call(request, normal, query)
+        rid = None
+        try:
+            for check in checks:
+                check(call)
+            if route.strip_prefix and route.prefix != "/":
+                upstream_target = below_prefix(normal, route.prefix) + query
+                call.upstream_headers.append(prefix_line)
+            else:
+                upstream_target = normal + query
+            if request.upgrade is not None and wants_websocket(request):
+                return self._tunnel(request, route, call, upstream_target, started)
+            head, rid = self.proxy.request_head(request, upstream_target, None, call.upstream_headers)
+            response, upstream = self.proxy.open(request, head, route.service, route.balancer, route.timeout,
+                                                 route.max_body)
+        except (ProxyError, Denied, Answered, HTTPError) as exc:
+            return self._answer(request, exc, started, call, rid)
+        try:
+            status = self.proxy.relay(request, response, rid, call.response_headers, route.timeout, call.vary)
+        except ClientDisconnected:
+            self._log(request, 499, started, "%s:%d" % upstream.address, rid)
+            raise
+        finally:
+            upstream.outstanding -= 1
+            response.release()
+        self._log(request, status, started, "%s:%d" % upstream.address, rid)
+        return status
+
+    def _tunnel(self, request: Request, route: Route, call: Call, target: bytes, started: float) -> int:
+        """A WebSocket handshake: forwarded with its upgrade lines; a 101 becomes a tunnel (tunnel.py),
+        any other answer is relayed and the connection closes."""
+        if not self.tunnels.enter(route.prefix, route.websocket_max_tunnels):
+            raise ProxyError(503, f"{route.service}: {route.websocket_max_tunnels} WebSocket tunnels are open",
+                             (("Retry-After", "1"),))
+        try:
+            request.keep_alive = False
+            head, rid = self.proxy.request_head(request, target, None, [*call.upstream_headers, UPGRADE_LINES])
+            response, upstream = self.proxy.open(request, head, route.service, route.balancer, route.timeout,
+                                                 route.max_body)
+            address = "%s:%d" % upstream.address
+            try:
+                if not response.upgraded:
+                    status = self.proxy.relay(request, response, rid, call.response_headers, route.timeout, call.vary)
+                    self._log(request, status, started, address, rid)
+                    return status
+                request.status = 101
+                request.send(switching_head(response, rid, call.answer_headers()))
+                client, rest = request.upgrade()
+                try:
+                    Pipe(client, response.conn.sock, route.websocket_idle_timeout).run(rest, response.rest)
+                finally:
+                    self._log(request, 101, started, address, rid)
+                return 101
+            finally:
+                upstream.outstanding -= 1
+                response.release()
+        finally:
+            self.tunnels.leave(route.prefix)
+
+    def _answer(self, request: Request, exc: Exception, started: float, call: Call | None = None,
+                rid: bytes | None = None) -> int:
+        """Answer a request the gateway refuses (or a check answers) itself, and log it; `rid` is the
+        request id already sent upstream, if it went that far."""
+        if rid is None:
+            rid = request_id_of(request)
+        if isinstance(exc, ClientDisconnected):
+            self._log(request, 499, started, "-", rid)
+            raise exc
+        extra = call.answer_headers() if call is not None else []
+        inp = request.input
+        if not inp.done and (request.content_length is None or request.content_length > DISCARD_LIMIT):
+            request.keep_alive = False  # an early answer: the engine lingers, then closes (connection.py)
+        if isinstance(exc, HTTPError):
+            request.keep_alive = False
+        close = request.must_close()
+        if close:
+            request.keep_alive = False
+        status = request.status = exc.status
+        if isinstance(exc, Answered):
+            data = empty_response(status, rid, [*_lines(exc.headers), *extra], close)
+        else:
+            message = exc.message if isinstance(exc, Denied) else str(exc)
+            data = error_response(status, message, rid, [*_lines(getattr(exc, "headers", ())), *extra], close)
+        request.send(data)
+        self._log(request, status, started, "-", rid)
+        return status
+
+    def refused(self, status: int, message: str, request: Request | None, method: str, target: bytes) -> bytes:
+        """The engine's refusal of a request (malformed, too large, too slow) as the gateway answers
+        any: a JSON error with a request id, and an access line."""
+        rid = request_id_of(request) if request is not None else new_request_id().encode()
+        if self.access_log is not None:
+            self.access_log(access_line(method, target.decode("latin-1"), status, time.monotonic(), "-",
+                                        rid.decode("latin-1")))
+        return error_response(status, message, rid, (), close=True)
+
+    def _log(self, request: Request, status: int, started: float, upstream: str, rid: bytes) -> None:
+        log = self.access_log
+        if log is not None:
+            log(access_line(request.method, request.target.decode("latin-1"), status, started, upstream,
+                            rid.decode("latin-1")))
+
+
+def _lines(headers: Iterable[tuple[str, str]]) -> list[bytes]:
+    return [header_line(name, value) for name, value in headers]

@@ -24,13 +24,23 @@ def debug_enabled() -> bool:
     return os.environ.get("MICROKIT_DEBUG", "") not in ("", "0", "false", "no")
 
 
-@click.group(context_settings=CONTEXT)
+def help_without_command(ctx: click.Context) -> None:
+    """A group called without a subcommand prints its help on stdout and exits 0 (like `git`)."""
+    if ctx.invoked_subcommand is None:
+        click.echo(ctx.get_help())
+        ctx.exit(0)
+
+
+@click.group(context_settings=CONTEXT, invoke_without_command=True)
 @click.version_option(__version__, "--version", prog_name="microkit", message="%(prog)s %(version)s")
-@click.option("--debug", is_flag=True, help="Show tracebacks of errors (also MICROKIT_DEBUG=1).")
-def cli(debug: bool) -> None:
+@click.option("--debug", is_flag=True, help="Show tracebacks of errors (also MICROKIT_DEBUG=1); "
+                                            "accepted after the subcommand too.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
     """microkit: from one Python web process to many services."""
     if debug:
         os.environ["MICROKIT_DEBUG"] = "1"
+    help_without_command(ctx)
 
 
 config_option = click.option(
@@ -38,9 +48,11 @@ config_option = click.option(
     help="microkit.toml to use (default: $MICROKIT_CONFIG, else the nearest in this folder or a parent).")
 
 
-@cli.group()
-def new() -> None:
+@cli.group(invoke_without_command=True)
+@click.pass_context
+def new(ctx: click.Context) -> None:
     """Scaffold a project or a service from templates."""
+    help_without_command(ctx)
 
 
 @new.command("project")
@@ -222,13 +234,15 @@ def scale(counts: tuple[str, ...], config_file: str | None) -> None:
     click.echo(", ".join(f"{name}={reply['workers'][name]}" for name in workers))
 
 
-@cli.group()
-def keys() -> None:
+@cli.group(invoke_without_command=True)
+@click.pass_context
+def keys(ctx: click.Context) -> None:
     """API keys for routes with `auth = "apikey"`, `POST /auth/token` and the admin endpoints.
 
     Keys are stored hashed in the registry's store (Redis, or the embedded SQLite file); a revoked key
     stops working within gateway.auth.apikeys.cache_ttl seconds (default 1).
     """
+    help_without_command(ctx)
 
 
 def keystore(config_file: str | None):
@@ -278,12 +292,22 @@ def keys_list(as_json: bool, config_file: str | None) -> None:
 
 
 @keys.command("revoke")
-@click.argument("key_id")
+@click.argument("key_id", metavar="KEY")
 @config_option
 def keys_revoke(key_id: str, config_file: str | None) -> None:
-    """Revoke the key KEY_ID (as `keys list` shows it); gateways refuse it within apikeys.cache_ttl."""
+    """Revoke KEY: its id (as `keys list` shows it) or the whole key; gateways refuse it within
+    apikeys.cache_ttl."""
+    from .gateway.security.apikeys import PREFIX, key_id_of, well_formed
+    if key_id.startswith(PREFIX):
+        if not well_formed(key_id):
+            raise UsageError(f"{key_id[:len(PREFIX) + 4]}...: not a whole microkit key (give the key or its id)")
+        key_id = key_id_of(key_id)
     store = keystore(config_file)
     try:
+        before = {r.key_id: r for r in store.list()}.get(key_id)
+        if before is not None and before.revoked:
+            click.echo(f"key {key_id} ({before.name}) was already revoked")
+            return
         record = store.revoke(key_id)
     finally:
         store.close()
@@ -293,7 +317,8 @@ def keys_revoke(key_id: str, config_file: str | None) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script: run the CLI and turn every error into one line and an exit code."""
     try:
-        result = cli.main(args=argv, prog_name="microkit", standalone_mode=False)
+        result = cli.main(args=hoist_debug(sys.argv[1:] if argv is None else argv), prog_name="microkit",
+                          standalone_mode=False)
     except click.exceptions.UsageError as exc:
         command = exc.ctx.command_path if exc.ctx else "microkit"
         fail(f"{exc.format_message()} (see `{command} --help`)", 2)
@@ -308,6 +333,14 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:
         fail(f"unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)", 1)
     sys.exit(result if isinstance(result, int) else 0)
+
+
+def hoist_debug(args: list[str]) -> list[str]:
+    """`--debug` anywhere before `--` (after the subcommand too) is the group's option."""
+    end = args.index("--") if "--" in args else len(args)
+    if "--debug" not in args[:end]:
+        return args
+    return ["--debug"] + [a for a in args[:end] if a != "--debug"] + args[end:]
 
 
 def fail(message: str, code: int) -> None:

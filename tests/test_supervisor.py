@@ -168,7 +168,7 @@ def test_reload_command_reloads_one_service(start):
     eventually(lambda: not plain & up.pids("plain"), 3)
     assert up.pids("web") == web
     result = run_cli(up.root, "reload", "nope")
-    assert result.returncode == 1 and "no running service named 'nope'" in result.stderr
+    assert result.returncode == 2 and "no running service named 'nope'" in result.stderr
 
 
 def test_boot_failure_is_fatal_while_other_services_stay_up(start):

@@ -105,6 +105,7 @@ class Arbiter:
             self.reloader = Reloader(self.root, {
                 name: app_scope(self.root, s.app) if s.app else command_scope(self.root, name)
                 for name, s in ((n, self.config.services[n]) for n in self.names)})
+        self.printer.reserve(f"{name}.{group.desired}" for name, group in self.groups.items())
         self.printer.say(f"supervisor pid {os.getpid()}, project {self.config.project.name} at {self.root}"
                          + (" (reloading on changes)" if self.watch_files else ""))
 
@@ -360,17 +361,18 @@ class Arbiter:
             names = message.get("services") or []
             unknown = [n for n in names if n not in self.groups]
             if unknown:
-                return {"ok": False, "error": f"no running service named {unknown[0]!r} "
-                                              f"(running: {', '.join(self.groups)})"}
+                return {"ok": False, "usage": True, "error": f"no running service named {unknown[0]!r} "
+                                                             f"(running: {', '.join(self.groups)})"}
             return {"ok": True, "services": self.reload(names)}
         if command == "scale":
             workers = message.get("workers") or {}
             for name, count in workers.items():
                 if name not in self.groups:
-                    return {"ok": False, "error": f"no running service named {name!r} "
-                                                  f"(running: {', '.join(self.groups)})"}
+                    return {"ok": False, "usage": True, "error": f"no running service named {name!r} "
+                                                                 f"(running: {', '.join(self.groups)})"}
                 if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-                    return {"ok": False, "error": f"{name}: expected a number of workers >= 1, got {count!r}"}
+                    return {"ok": False, "usage": True,
+                            "error": f"{name}: expected a number of workers >= 1, got {count!r}"}
             self.scale(workers)
             return {"ok": True, "workers": {n: g.desired for n, g in self.groups.items()}}
         return {"ok": False, "error": f"unknown command {command!r}"}

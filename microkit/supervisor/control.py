@@ -4,7 +4,8 @@
 temp folder when that one is too long for a socket), and records it with its pid in
 `.microkit/supervisor.json`. A client sends one JSON object on one line, `{"command": "status"}`,
 `{"command": "reload", "services": [...]}` or `{"command": "scale", "workers": {"users": 3}}`, and reads
-one JSON line back: `{"ok": true, ...}` or `{"ok": false, "error": "..."}`.
+one JSON line back: `{"ok": true, ...}` or `{"ok": false, "error": "..."}` (with `"usage": true` when the
+request itself was wrong, such as an unknown service name: the CLI exits 2 for those).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import NotRunningError, SupervisorError
+from ..errors import NotRunningError, SupervisorError, UsageError
 
 STATE_DIR = ".microkit"
 UP = "supervisor"
@@ -128,5 +129,6 @@ def request(root: Path, message: dict, timeout: float = REQUEST_TIMEOUT, name: s
         except (OSError, ValueError) as exc:
             raise SupervisorError(f"`microkit up` (pid {state.get('pid')}) did not answer: {exc}") from None
     if not reply.get("ok"):
-        raise SupervisorError(reply.get("error", "the supervisor refused the request"))
+        error = UsageError if reply.get("usage") else SupervisorError
+        raise error(reply.get("error", "the supervisor refused the request"))
     return reply

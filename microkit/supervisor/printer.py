@@ -21,6 +21,10 @@ class Printer:
         self.width = len(SYSTEM)
         self.colours: dict[str, str] = {}
 
+    def reserve(self, sources) -> None:
+        """Widen the prefix column for sources known in advance, so prefixes align from the first line."""
+        self.width = max([self.width, *map(len, sources)])
+
     def line(self, source: str, text: str) -> None:
         """One line from `source` ("users.2", or "microkit" for the supervisor itself)."""
         self.width = max(self.width, len(source))

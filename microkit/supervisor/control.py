@@ -40,6 +40,23 @@ def socket_path(root: Path, name: str = UP) -> Path:
     return Path(tempfile.gettempdir()) / f"microkit-{digest}.sock"
 
 
+def running(root: Path, name: str = UP) -> int | None:
+    """The pid of the supervisor `name` of this project when one answers on its socket, else None."""
+    try:
+        return request(root, {"command": "status"}, timeout=1.0, name=name).get("pid")
+    except NotRunningError:
+        return None
+    except SupervisorError:
+        return state_pid(root, name)
+
+
+def state_pid(root: Path, name: str = UP) -> int | None:
+    try:
+        return json.loads(state_path(root, name).read_text()).get("pid")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 class ControlServer:
     """The listening end in `up`. The arbiter polls `sock` and calls `serve_one()` when it is readable."""
 

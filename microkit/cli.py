@@ -244,21 +244,47 @@ def duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
 
 
+wait_options = [
+    click.option("--no-wait", is_flag=True, help="Return at once instead of waiting for the outcome."),
+    click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=120.0, show_default=True,
+                 help="Seconds to wait for the outcome."),
+]
+
+
+def with_wait_options(command):
+    for option in reversed(wait_options):
+        command = option(command)
+    return command
+
+
 @cli.command()
 @click.argument("services", nargs=-1)
 @config_option
-def reload(services: tuple[str, ...], config_file: str | None) -> None:
-    """Rolling restart of the running services (or the SERVICES named): new code, no refused request."""
+@with_wait_options
+def reload(services: tuple[str, ...], config_file: str | None, no_wait: bool, timeout: float) -> None:
+    """Rolling restart of the running services (or the SERVICES named): new code, no refused request.
+
+    Waits for the outcome and prints it (`reloaded users: 2 workers, pids ...`); exit 1 when the new
+    workers do not boot (the old ones keep serving).
+    """
     project = config.discover(config_file)
     reply = control.request(project.root, {"command": "reload", "services": list(services)})
-    click.echo(f"reloading {', '.join(reply['services'])}")
+    if no_wait:
+        click.echo(f"reloading {', '.join(reply['services'])}")
+        return
+    wait_for_outcome(project.root, "reload", reply["services"], reply, timeout)
 
 
 @cli.command()
 @click.argument("counts", nargs=-1, required=True, metavar="SERVICE=N...")
 @config_option
-def scale(counts: tuple[str, ...], config_file: str | None) -> None:
-    """Change how many workers the running services have, e.g. `microkit scale users=3 orders=1`."""
+@with_wait_options
+def scale(counts: tuple[str, ...], config_file: str | None, no_wait: bool, timeout: float) -> None:
+    """Change how many workers the running services have, e.g. `microkit scale users=3 orders=1`.
+
+    Waits until they run and prints them (`scaled users: 3 workers, pids ...`); exit 1 when new
+    workers do not boot.
+    """
     workers = {}
     for item in counts:
         name, _, number = item.partition("=")
@@ -267,7 +293,61 @@ def scale(counts: tuple[str, ...], config_file: str | None) -> None:
         workers[name] = int(number)
     project = config.discover(config_file)
     reply = control.request(project.root, {"command": "scale", "workers": workers})
-    click.echo(", ".join(f"{name}={reply['workers'][name]}" for name in workers))
+    if no_wait:
+        click.echo(", ".join(f"{name}={reply['workers'][name]}" for name in workers))
+        return
+    wait_for_outcome(project.root, "scale", list(workers), reply, timeout)
+
+
+def wait_for_outcome(root: Path, what: str, names: list[str], reply: dict, timeout: float) -> None:
+    """Poll `up` until every named group settled after a reload or scale: print each outcome, raise if one failed."""
+    deadline = time.monotonic() + timeout
+    pending = list(names)
+    failed: list[str] = []
+    while pending:
+        groups = {g["name"]: g for g in control.request(root, {"command": "status"})["services"]}
+        for name in list(pending):
+            group = groups.get(name)
+            outcome = settled(group, reply["generations"].get(name, 0), reply["failures"].get(name, 0))
+            if outcome is None:
+                continue
+            pending.remove(name)
+            ok, text = outcome
+            if ok:
+                click.echo(f"{'reloaded' if what == 'reload' else 'scaled'} {name}: {text}")
+            else:
+                failed.append(f"{what} of {name} failed: {text}")
+        if pending:
+            if time.monotonic() > deadline:
+                raise SupervisorError(f"{what} of {', '.join(pending)} not finished after {timeout:g}s "
+                                      f"(see `microkit status`)")
+            time.sleep(0.1)
+    if failed:
+        raise SupervisorError("; ".join(failed))
+
+
+def settled(group: dict | None, generation: int, failures: int) -> tuple[bool, str] | None:
+    """(ok, what to print) once a group is done with a reload or scale, else None."""
+    if group is None:
+        return False, "it is no longer running"
+    if group.get("failures", 0) > failures:
+        failure = group["failure"]
+        return False, f"{failure['outcome']}: {last_line(failure['error'])}"
+    if group["state"] == "FATAL":
+        return False, f"FATAL: {last_line(group.get('error') or 'its workers do not boot')}"
+    instances = group["instances"]
+    current = [i for i in instances if i["generation"] >= generation]
+    if group["state"] != "running" or len(current) != len(instances) or len(current) != group["workers"]:
+        return None
+    if not all(i["state"] == "ready" for i in current):
+        return None
+    pids = ", ".join(str(i["pid"]) for i in current)
+    return True, f"{len(current)} worker{'s' if len(current) != 1 else ''}, pid{'s' if len(current) != 1 else ''} {pids}"
+
+
+def last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else text
 
 
 @cli.group(invoke_without_command=True)

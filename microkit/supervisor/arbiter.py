@@ -363,7 +363,9 @@ class Arbiter:
             if unknown:
                 return {"ok": False, "usage": True, "error": f"no running service named {unknown[0]!r} "
                                                              f"(running: {', '.join(self.groups)})"}
-            return {"ok": True, "services": self.reload(names)}
+            names = self.reload(names)
+            return {"ok": True, "services": names, "generations": {n: self.groups[n].generation for n in names},
+                    "failures": {n: self.groups[n].failures for n in names}}
         if command == "scale":
             workers = message.get("workers") or {}
             for name, count in workers.items():
@@ -374,5 +376,7 @@ class Arbiter:
                     return {"ok": False, "usage": True,
                             "error": f"{name}: expected a number of workers >= 1, got {count!r}"}
             self.scale(workers)
-            return {"ok": True, "workers": {n: g.desired for n, g in self.groups.items()}}
+            return {"ok": True, "workers": {n: g.desired for n, g in self.groups.items()},
+                    "generations": {n: g.generation for n, g in self.groups.items()},
+                    "failures": {n: g.failures for n, g in self.groups.items()}}
         return {"ok": False, "error": f"unknown command {command!r}"}

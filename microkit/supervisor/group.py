@@ -67,6 +67,9 @@ class Group:
         self.booted: set[int] = set()
         self.last_error: str | None = None
         self.next_spawn_at = 0.0
+        self.failed_boots = 0
+        self.failures = 0  # reloads and scale-ups that failed; `failure` says how the last one did
+        self.failure: dict | None = None
 
     # What subclasses provide.
 
@@ -176,8 +179,12 @@ class Group:
                 self.printer.line(instance.name, line)
             self.last_error = error
         self.boot_failures += 1
+        self.failed_boots += 1
         old = [i for i in self.instances if i.generation < self.generation and not i.retiring]
         if old:
+            self.failures += 1
+            self.failure = {"generation": self.generation, "error": error,
+                            "outcome": "the new code does not boot; the old workers keep serving"}
             self.say("reload failed: the new code does not boot; the old workers keep serving")
             for survivor in self.instances:
                 survivor.generation = self.generation
@@ -187,6 +194,9 @@ class Group:
         ready = [i for i in self.instances if i.ready and not i.retiring]
         if self.boot_failures >= BOOT_TRIES:
             if ready:
+                self.failures += 1
+                self.failure = {"generation": self.generation, "error": error,
+                                "outcome": f"new workers do not boot; keeping the {len(ready)} that run"}
                 self.say(f"new workers do not boot; keeping the {len(ready)} that run")
                 self.desired = len(ready)
                 self.boot_failures = 0
@@ -271,7 +281,11 @@ class Group:
             "state": self.state,
             "workers": self.desired,
             "urls": self.urls(),
-            "restarts": sum(self.restarts.values()),
+            "restarts": sum(self.restarts.values()) + self.failed_boots,
+            "generation": self.generation,
+            "error": self.last_error,
+            "failures": self.failures,
+            "failure": self.failure,
             "instances": [{
                 "name": i.name,
                 "pid": i.pid,

@@ -129,7 +129,7 @@ def run(service: str, config_file: str | None, reload_: bool, no_access_log: boo
 def gateway(config_file: str | None, no_access_log: bool) -> None:
     """Run the gateway alone: it routes to the instances the registry lists, wherever they run."""
     supervise(config.discover(config_file), (), access_log=False if no_access_log else None, run_services=False,
-              control_name="gateway")
+              control_name=f"gateway-{os.getpid()}")
 
 
 def supervise(project: config.Config, services: tuple[str, ...], **options) -> None:

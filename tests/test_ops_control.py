@@ -75,3 +75,42 @@ def test_scale_waits_and_reports_the_outcome(up):
     assert "scale of plain failed: new workers do not boot; keeping the 1 that run: ModuleNotFoundError" in failed.stderr
     quick = run_cli(running.root, "scale", "--no-wait", "plain=1")
     assert quick.returncode == 0 and quick.stdout == "plain=1\n"
+
+
+def test_two_gateways_in_one_project_folder(tmp_path):
+    from helpers import free_port
+    root = make_project(tmp_path / "proj", {"plain": {"app": "services.plain.app:app", "route": "/plain"}},
+                        {"plain": "plain_app.py"})
+    text = (root / "microkit.toml").read_text()
+    ports = [free_port(), free_port()]
+    for n, port in enumerate(ports):
+        (root / f"gw{n}.toml").write_text(text.replace('listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{port}"'))
+    gateways = []
+    try:
+        for n in range(2):
+            gateways.append(GatewayProcess(root, f"gw{n}.toml"))
+        for gateway, port in zip(gateways, ports):
+            gateway.wait_for(rf"^ready: gateway http://127\.0\.0\.1:{port}$", 20)
+        for gateway in gateways:
+            gateway.signal(signal.SIGTERM)
+            assert gateway.wait() == 0
+        assert "already running" not in gateways[1].output
+    finally:
+        for gateway in gateways:
+            gateway.close()
+
+
+class GatewayProcess(Up):
+    """`microkit gateway -c FILE`, read like an `up`."""
+
+    def __init__(self, root, config_file):
+        import subprocess
+        import threading
+        from sup_apps.harness import CLI
+        self.root = root
+        self.process = subprocess.Popen([*CLI, "gateway", "-c", config_file], cwd=root, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        self.lines = []
+        self.changed = threading.Condition()
+        self.reader = threading.Thread(target=self.read, daemon=True)
+        self.reader.start()

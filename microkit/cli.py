@@ -174,65 +174,118 @@ def check(services: tuple[str, ...], config_file: str | None, no_gateway: bool, 
     click.echo("all checks passed")
 
 
+def running_project(config_file: str | None) -> config.Config:
+    """The project's config, with the registry URL that this host's running `up` uses (it records it in
+    `.microkit/`), unless MICROKIT_REGISTRY_URL says otherwise."""
+    import dataclasses
+    project = config.discover(config_file)
+    if os.environ.get(config.ENV_REGISTRY_URL):
+        return project
+    state = control.read_state(project.root)
+    if state is None or "registry" not in state or state["registry"] == project.registry.url:
+        return project
+    registry = dataclasses.replace(project.registry, url=state["registry"])
+    return dataclasses.replace(project, registry=registry)
+
+
+def local_supervisor(project: config.Config) -> dict | None:
+    try:
+        local = control.request(project.root, {"command": "status"})
+    except NotRunningError:
+        return None
+    local.pop("ok", None)
+    return local
+
+
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @config_option
 def status(as_json: bool, config_file: str | None) -> None:
-    """Every service's instances from the registry (host, port, pid, health, age), and the local `up`."""
+    """Every service's instances from the registry (host, port, pid, health, age), and the local `up`.
+
+    Exit 1 when the registry cannot be read (this host's workers are still listed).
+    """
     from . import overview
-    project = config.discover(config_file)
-    live = overview.instances(project)
+    project = running_project(config_file)
+    local = local_supervisor(project)
     try:
-        local = control.request(project.root, {"command": "status"})
-        local.pop("ok", None)
-    except NotRunningError:
-        local = None
+        live, registry_error = overview.instances(project), None
+    except overview.RegistryError as exc:
+        live, registry_error = None, str(exc)
+    monolith = bool(local and local.get("monolith"))
     if as_json:
-        click.echo(json.dumps({"registry": project.registry.url or "embedded", "services": live,
-                               "supervisor": local}, indent=2))
+        click.echo(json.dumps({"registry": project.registry.url or "embedded", "registry_error": registry_error,
+                               "services": live, "supervisor": local}, indent=2))
+        if registry_error:
+            raise SupervisorError(registry_error)
         return
-    click.echo(f"registry: {project.registry.url or 'embedded (' + str(project.root / '.microkit') + ')'}")
+    where = project.registry.url or "embedded (" + str(project.root / ".microkit") + ")"
+    click.echo(f"registry: {where}" + (f": UNREACHABLE ({registry_error})" if registry_error else ""))
     rows = [("SERVICE", "HOST", "PORT", "PID", "HEALTH", "AGE")]
-    for service in project.services:
-        found = live.get(service, [])
+    gateway = next((g for g in (local or {}).get("services", []) if g["name"] == "gateway"), None)
+    for name, service in project.services.items():
+        found = (live or {}).get(name, [])
+        if monolith and service.app and gateway is not None:
+            for worker in gateway["instances"]:
+                rows.append((name, *gateway["urls"][0].split("//", 1)[1].rsplit(":", 1), worker["pid"],
+                             "served by the monolith", duration(worker["uptime"])))
+            continue
         if not found:
-            rows.append((service, "-", "-", "-", "no instance", "-"))
+            rows.append((name, "-", "-", "-", "registry unreachable" if registry_error else "no instance", "-"))
         for i in found:
-            rows.append((service, i["host"], i["port"], i["pid"], i["health"], duration(i["age"])))
+            rows.append((name, i["host"], i["port"], i["pid"], i["health"], duration(i["age"])))
     click.echo(overview.table(rows))
     if local is None:
         click.echo("no `microkit up` running for this project on this host")
-        return
-    click.echo(f"\nmicrokit up: pid {local['pid']}, up {duration(local['uptime'])}")
-    rows = [("GROUP", "WORKER", "PID", "PORT", "STATE", "RESTARTS", "UPTIME")]
-    for group in local["services"]:
-        rows.append((group["name"], f"{group['kind']}, {group['workers']} wanted", "", "",
-                     group["state"], group["restarts"], ""))
-        for worker in group["instances"]:
-            rows.append(("", worker["name"], worker["pid"], worker["port"], worker["state"],
-                         worker["restarts"], duration(worker["uptime"])))
-    click.echo(overview.table(rows))
+    else:
+        click.echo(f"\nmicrokit up: pid {local['pid']}, up {duration(local['uptime'])}"
+                   + (" (monolith)" if monolith else ""))
+        rows = [("GROUP", "WORKER", "PID", "PORT", "STATE", "RESTARTS", "UPTIME")]
+        for group in local["services"]:
+            rows.append((group["name"], f"{group['kind']}, {group['workers']} wanted", "", "",
+                         group["state"], group["restarts"], ""))
+            if group["state"] == "FATAL" and group.get("error"):
+                rows.append(("", f"error: {last_line(group['error'])}", "", "", "", "", ""))
+            for worker in group["instances"]:
+                rows.append(("", worker["name"], worker["pid"], worker["port"], worker["state"],
+                             worker["restarts"], duration(worker["uptime"])))
+        click.echo(overview.table(rows))
+    if registry_error:
+        raise SupervisorError(registry_error)
 
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @config_option
 def routes(as_json: bool, config_file: str | None) -> None:
-    """The gateway's routing table: prefix, service, timeout, balancing, live instances."""
+    """The gateway's routing table: prefix, service, timeout, balancing, live instances.
+
+    Exit 1 when the registry cannot be read.
+    """
     from . import overview
-    project = config.discover(config_file)
+    project = running_project(config_file)
+    local = local_supervisor(project)
     try:
-        live = overview.instances(project)
-    except overview.RegistryError:
-        live = None
+        live, registry_error = overview.instances(project), None
+    except overview.RegistryError as exc:
+        live, registry_error = None, str(exc)
     rows = overview.routes(project, live)
+    gateway = next((g for g in (local or {}).get("services", []) if g["name"] == "gateway"), None)
+    if local and local.get("monolith") and gateway is not None:
+        for row in rows:
+            if project.services[row["service"]].app:
+                row["instances"] = len(gateway["instances"])
+                row["served_by"] = "monolith"
     if as_json:
         click.echo(json.dumps(rows, indent=2))
-        return
-    click.echo(overview.table([("PREFIX", "SERVICE", "TIMEOUT", "BALANCE", "INSTANCES")] + [
-        (r["prefix"], r["service"], f"{r['timeout']:g}s", r["balance"],
-         "?" if r["instances"] is None else r["instances"]) for r in rows]))
-    click.echo(f"anything else: 404 (gateway {project.gateway.listen})")
+    else:
+        click.echo(overview.table([("PREFIX", "SERVICE", "TIMEOUT", "BALANCE", "INSTANCES")] + [
+            (r["prefix"], r["service"], f"{r['timeout']:g}s", r["balance"],
+             "unknown" if r["instances"] is None else
+             f"{r['instances']} (monolith)" if r.get("served_by") else r["instances"]) for r in rows]))
+        click.echo(f"anything else: 404 (gateway {project.gateway.listen})")
+    if registry_error:
+        raise SupervisorError(registry_error)
 
 
 def duration(seconds: float) -> str:
@@ -363,7 +416,7 @@ def keys(ctx: click.Context) -> None:
 
 def keystore(config_file: str | None):
     from .gateway.security import connect_keystore
-    project = config.discover(config_file)
+    project = running_project(config_file)
     return connect_keystore(project.registry.url, project_root=project.root, namespace=project.project.name)
 
 

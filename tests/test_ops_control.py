@@ -15,11 +15,13 @@ from sup_apps.harness import Up, eventually, get, make_project, run_cli
 def up(tmp_path):
     running: list[Up] = []
 
-    def start(services: dict, apps: dict, *args: str, gateway: bool = False) -> Up:
+    def start(services: dict, apps: dict, *args: str, gateway: bool = False, env: dict | None = None,
+              extra: str = "") -> Up:
         root = tmp_path / "proj"
         if not root.exists():
             make_project(root, services, apps)
-        process = Up(root, *args, gateway=gateway)
+            (root / "microkit.toml").write_text((root / "microkit.toml").read_text() + extra)
+        process = Up(root, *args, gateway=gateway, env=env)
         running.append(process)
         return process
 
@@ -114,3 +116,84 @@ class GatewayProcess(Up):
         self.changed = threading.Condition()
         self.reader = threading.Thread(target=self.read, daemon=True)
         self.reader.start()
+
+
+@pytest.fixture
+def redis_server():
+    from helpers import PrivateRedis
+    server = PrivateRedis()
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_status_and_routes_with_the_registry_down(up, redis_server):
+    running = up({"plain": {"app": "services.plain.app:app", "route": "/plain"}}, {"plain": "plain_app.py"},
+                 extra=f'\n[registry]\nurl = "{redis_server.url}"\n')
+    running.ready()
+    eventually(lambda: running.status()["services"].get("plain"), 5)
+    pid = next(iter(running.pids("plain")))
+    redis_server.stop()
+    status = run_cli(running.root, "status", timeout=20)
+    assert status.returncode == 1, status.stdout
+    assert "UNREACHABLE" in status.stdout and str(pid) in status.stdout and "plain.1" in status.stdout
+    assert len(status.stderr.strip().splitlines()) == 1 and "cannot read the registry" in status.stderr
+    routes = run_cli(running.root, "routes", timeout=20)
+    assert routes.returncode == 1 and "?" not in routes.stdout and "unknown" in routes.stdout
+    assert "cannot read the registry" in routes.stderr
+
+
+def test_status_reads_the_registry_the_running_up_uses(up, redis_server):
+    running = up({"plain": {"app": "services.plain.app:app", "workers": 2}}, {"plain": "plain_app.py"},
+                 env={"MICROKIT_REGISTRY_URL": redis_server.url})
+    running.ready()
+    workers = running.pids("plain")
+    status = eventually(lambda: (lambda s: s if len(s["services"].get("plain", [])) == 2 else None)(running.status()), 5)
+    assert status["registry"] == redis_server.url
+    assert {i["pid"] for i in status["services"]["plain"]} == workers
+    table = run_cli(running.root, "status")
+    assert table.returncode == 0 and "no instance" not in table.stdout and redis_server.url in table.stdout
+    created = run_cli(running.root, "keys", "create", "ops")
+    assert created.returncode == 0
+    import redis
+    client = redis.Redis.from_url(redis_server.url)
+    assert any(client.scan_iter(match="*")), "the key went to the Redis the running up uses"
+    client.close()
+
+
+def test_routes_and_status_under_monolith(up):
+    running = up({"plain": {"app": "services.plain.app:app", "route": "/plain"}}, {"plain": "plain_app.py"},
+                 "--monolith", gateway=True)
+    gateway = running.wait_for(r"^ready: gateway (http://\S+) \(monolith\)$", 15).group(1)
+    assert get(gateway + "/plain/version")[1] in ("v1", "not found"), "the app itself answers"
+    routes = run_cli(running.root, "routes", "--json")
+    assert routes.returncode == 0, routes.stderr
+    (row,) = json.loads(routes.stdout)
+    assert row["instances"] == 1 and row["served_by"] == "monolith"
+    table = run_cli(running.root, "status")
+    assert "served by the monolith" in table.stdout and "no instance" not in table.stdout
+
+
+def test_status_shows_a_fatal_service_reason_and_restarts(up):
+    running = up({"plain": {"app": "services.plain.app:app"}, "broken": {"app": "services.broken.app:app"}},
+                 {"plain": "plain_app.py", "broken": "broken_app.py"})
+    running.wait_for(r"^broken +\| FATAL: gave up after 3 failed boots")
+    broken = running.service("broken")
+    assert broken["state"] == "FATAL" and broken["restarts"] == 3
+    assert "No module named 'no_such_module_for_microkit_tests'" in broken["error"]
+    table = run_cli(running.root, "status").stdout
+    assert re.search(r"^broken +app, 1 wanted +FATAL +3$", table, re.M), table
+    assert "error: ModuleNotFoundError: No module named 'no_such_module_for_microkit_tests'" in table
+
+
+def test_status_shows_a_command_services_program_pid(up):
+    import sys
+    running = up({"cmd": {"command": f"{sys.executable} services/cmd/command_server.py"}},
+                 {"cmd": "command_server.py"})
+    running.ready()
+    (pid,) = running.pids("cmd")
+    with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+        argv = cmdline.read().split(b"\0")
+    assert argv[1:2] == [b"services/cmd/command_server.py"], argv
+    registered = eventually(lambda: running.status()["services"].get("cmd"), 5)
+    assert [i["pid"] for i in registered] == [pid]

@@ -53,7 +53,8 @@ class Arbiter:
         self.printer = printer or Printer()
         self.selector = selectors.DefaultSelector()
         self.groups: dict[str, Group] = {}
-        self.control = control.ControlServer(self.root, self.handle_request, control_name)
+        self.control = control.ControlServer(self.root, self.handle_request, control_name,
+                                             info={"registry": config.registry.url})
         self.reloader: Reloader | None = None
         self.signals: list[int] = []
         self.stopping = False
@@ -347,6 +348,7 @@ class Arbiter:
 
     def status(self) -> dict:
         return {"pid": os.getpid(), "project": self.config.project.name, "root": str(self.root),
+                "monolith": self.monolith, "registry": self.config.registry.url,
                 "uptime": round(time.time() - self.started, 1),
                 "services": [group.status() for group in self.groups.values()]}
 

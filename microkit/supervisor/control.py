@@ -51,17 +51,25 @@ def running(root: Path, name: str = UP) -> int | None:
 
 
 def state_pid(root: Path, name: str = UP) -> int | None:
+    return (read_state(root, name) or {}).get("pid")
+
+
+def read_state(root: Path, name: str = UP) -> dict | None:
+    """What the supervisor `name` recorded at start (pid, socket, registry URL), if its process still runs."""
     try:
-        return json.loads(state_path(root, name).read_text()).get("pid")
-    except (OSError, ValueError, AttributeError):
+        state = json.loads(state_path(root, name).read_text())
+        os.kill(int(state["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
+    return state if isinstance(state, dict) else None
 
 
 class ControlServer:
     """The listening end in `up`. The arbiter polls `sock` and calls `serve_one()` when it is readable."""
 
-    def __init__(self, root: Path, handle: Callable[[dict], dict], name: str = UP):
+    def __init__(self, root: Path, handle: Callable[[dict], dict], name: str = UP, info: dict | None = None):
         self.root = root
+        self.info = dict(info or {})
         self.handle = handle
         self.name = name
         self.path = socket_path(root, name)
@@ -84,7 +92,7 @@ class ControlServer:
         sock.listen(16)
         sock.setblocking(False)
         self.sock = sock
-        state = {"pid": os.getpid(), "socket": str(self.path), "started": time.time()}
+        state = {**self.info, "pid": os.getpid(), "socket": str(self.path), "started": time.time()}
         tmp = state_path(self.root, self.name).with_suffix(".tmp")
         tmp.write_text(json.dumps(state))
         tmp.replace(state_path(self.root, self.name))

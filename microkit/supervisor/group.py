@@ -160,7 +160,7 @@ class Group:
             return
         if self.state == STOPPING or instance.retiring:
             if os.waitstatus_to_exitcode(status) not in (0, -signal.SIGTERM):
-                self.say(f"{instance.name} (pid {instance.pid}) {how} while stopping")
+                self.say(f"{instance.name} (pid {shown_pid(instance)}) {how} while stopping")
             return
         if not instance.ready:
             self.boot_failed(instance, how)
@@ -169,7 +169,7 @@ class Group:
         delay = self.backoff.crashed(now - instance.started_at)
         self.next_spawn_at = now + delay
         why = f"blocked for more than {self.timeout:g}s, so it was {how}" if instance.aborted else how
-        self.say(f"{instance.name} (pid {instance.pid}) {why}; "
+        self.say(f"{instance.name} (pid {shown_pid(instance)}) {why}; "
                  + (f"restarting in {delay:g}s" if delay else "restarting"))
 
     def boot_failed(self, instance: Any, how: str) -> None:
@@ -218,7 +218,7 @@ class Group:
             elif not instance.aborted and now - instance.last_beat > self.timeout:
                 instance.aborted = True
                 what = "did not get ready" if not instance.ready else "is blocked"
-                self.say(f"{instance.name} (pid {instance.pid}) {what} for more than {self.timeout:g}s: killing it")
+                self.say(f"{instance.name} (pid {shown_pid(instance)}) {what} for more than {self.timeout:g}s: killing it")
                 instance.signal(signal.SIGABRT)
                 instance.kill_at = now + ABORT_GRACE
 
@@ -288,7 +288,7 @@ class Group:
             "failure": self.failure,
             "instances": [{
                 "name": i.name,
-                "pid": i.pid,
+                "pid": shown_pid(i),
                 "port": i.port,
                 "state": "stopping" if i.retiring else "ready" if i.ready else "booting",
                 "restarts": self.restarts.get(i.slot, 0),
@@ -296,6 +296,11 @@ class Group:
                 "generation": i.generation,
             } for i in sorted(self.instances, key=lambda i: i.slot)],
         }
+
+
+def shown_pid(instance: Any) -> int | None:
+    """The pid users see: a command's program rather than the shim around it."""
+    return getattr(instance, "program_pid", None) or instance.pid
 
 
 class AppGroup(Group):

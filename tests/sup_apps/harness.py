@@ -45,11 +45,12 @@ def run_cli(root: Path, *args: str, timeout: float = 10) -> subprocess.Completed
 class Up:
     """A running `microkit up` and its output, read by a thread into `lines`."""
 
-    def __init__(self, root: Path, *args: str, gateway: bool = False):
+    def __init__(self, root: Path, *args: str, gateway: bool = False, env: dict | None = None):
         self.root = root
         args = args if gateway else ("--no-gateway", *args)
         self.process = subprocess.Popen([*CLI, "up", *args], cwd=root, stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                                        stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                                        env=None if env is None else {**os.environ, **env})
         self.lines: list[str] = []
         self.changed = threading.Condition()
         self.reader = threading.Thread(target=self.read, daemon=True)

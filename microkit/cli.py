@@ -84,6 +84,17 @@ def new_service(name: str, template: str, route: str | None, workers: int, confi
     click.echo(f"next: pytest {folder}")
 
 
+def log_options(command):
+    """--log-format, --log-level and --log-health, for the commands that supervise (they reach `supervise`)."""
+    from .supervisor.printer import FORMATS, LEVELS
+    command = click.option("--log-health", is_flag=True,
+                           help="Also log the health probes' own requests (left out by default).")(command)
+    command = click.option("--log-level", type=click.Choice(list(LEVELS)), default="info", show_default=True,
+                           help="Leave out lines below this level (warning and above: no access lines).")(command)
+    return click.option("--log-format", type=click.Choice(FORMATS), default="text", show_default=True,
+                        help="text: `HH:MM:SS service.N | line`; json: one JSON object a line.")(command)
+
+
 @cli.command()
 @click.argument("services", nargs=-1)
 @config_option
@@ -93,8 +104,9 @@ def new_service(name: str, template: str, route: str | None, workers: int, confi
 @click.option("--no-gateway", is_flag=True, help="Run the services only, without the gateway.")
 @click.option("--monolith", is_flag=True,
               help="Every service's app mounted in one process at the gateway's address (same URLs).")
+@log_options
 def up(services: tuple[str, ...], config_file: str | None, reload_: bool, no_access_log: bool,
-       no_gateway: bool, monolith: bool) -> None:
+       no_gateway: bool, monolith: bool, **logs) -> None:
     """Run the project's services (or the SERVICES named) and the gateway, in the foreground.
 
     Each service runs as `workers` gevent worker processes sharing one socket (or as its command),
@@ -108,7 +120,7 @@ def up(services: tuple[str, ...], config_file: str | None, reload_: bool, no_acc
     if monolith:
         from .monolith import check
         check(project)
-    supervise(project, services, reload=reload_,
+    supervise(project, services, logs, reload=reload_,
               access_log=False if no_access_log else None, gateway=not no_gateway, monolith=monolith)
 
 
@@ -117,27 +129,34 @@ def up(services: tuple[str, ...], config_file: str | None, reload_: bool, no_acc
 @config_option
 @click.option("--reload", "reload_", is_flag=True, help="Reload the workers when Python files change.")
 @click.option("--no-access-log", is_flag=True, help="No log line per request (overrides access_log).")
-def run(service: str, config_file: str | None, reload_: bool, no_access_log: bool) -> None:
+@log_options
+def run(service: str, config_file: str | None, reload_: bool, no_access_log: bool, **logs) -> None:
     """Run one SERVICE alone (no gateway), registering into the configured registry: for other hosts."""
-    supervise(config.discover(config_file), (service,), reload=reload_,
+    supervise(config.discover(config_file), (service,), logs, reload=reload_,
               access_log=False if no_access_log else None, gateway=False, control_name=f"run-{service}-{os.getpid()}")
 
 
 @cli.command()
 @config_option
 @click.option("--no-access-log", is_flag=True, help="No log line per request (overrides gateway.access_log).")
-def gateway(config_file: str | None, no_access_log: bool) -> None:
+@log_options
+def gateway(config_file: str | None, no_access_log: bool, **logs) -> None:
     """Run the gateway alone: it routes to the instances the registry lists, wherever they run."""
-    supervise(config.discover(config_file), (), access_log=False if no_access_log else None, run_services=False,
+    supervise(config.discover(config_file), (), logs, access_log=False if no_access_log else None, run_services=False,
               control_name=f"gateway-{os.getpid()}")
 
 
-def supervise(project: config.Config, services: tuple[str, ...], **options) -> None:
+def supervise(project: config.Config, services: tuple[str, ...], logs: dict, **options) -> None:
     """Preflight (nothing starts or is written when a check fails), then the arbiter."""
-    from .supervisor.arbiter import Arbiter
+    from .supervisor.arbiter import GATEWAY_HEALTH, Arbiter
+    from .supervisor.printer import LEVELS, Printer
     preflight_checks(project, services, gateway=options.get("gateway", True),
                      run_services=options.get("run_services", True), monolith=options.get("monolith", False),
                      control_name=options.get("control_name", control.UP))
+    quiet = () if logs["log_health"] else {GATEWAY_HEALTH, *(s.health for s in project.services.values())}
+    options["printer"] = Printer(log_format=logs["log_format"], level=logs["log_level"], quiet_paths=quiet)
+    if LEVELS[logs["log_level"]] > LEVELS["info"]:
+        options["access_log"] = False  # access lines are info: not written at all, rather than dropped
     if Arbiter(project, services, **options).run():
         raise SupervisorError("every service failed to start (see the errors above)")
 

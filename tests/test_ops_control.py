@@ -113,6 +113,7 @@ class GatewayProcess(Up):
         self.process = subprocess.Popen([*CLI, "gateway", "-c", config_file], cwd=root, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, text=True, start_new_session=True)
         self.lines = []
+        self.raw_lines = []
         self.changed = threading.Condition()
         self.reader = threading.Thread(target=self.read, daemon=True)
         self.reader.start()

@@ -170,13 +170,13 @@ class Group:
         self.next_spawn_at = now + delay
         why = f"blocked for more than {self.timeout:g}s, so it was {how}" if instance.aborted else how
         self.say(f"{instance.name} (pid {shown_pid(instance)}) {why}; "
-                 + (f"restarting in {delay:g}s" if delay else "restarting"))
+                 + (f"restarting in {delay:g}s" if delay else "restarting"), "warning")
 
     def boot_failed(self, instance: Any, how: str) -> None:
         error = instance.error or f"{instance.name} {how} before it was ready"
         if error != self.last_error:
             for line in error.splitlines():
-                self.printer.line(instance.name, line)
+                self.printer.line(instance.name, line, "error")
             self.last_error = error
         self.boot_failures += 1
         self.failed_boots += 1
@@ -203,7 +203,7 @@ class Group:
                 return
             self.state = FATAL
             self.say(f"FATAL: gave up after {BOOT_TRIES} failed boots (error above); "
-                     f"fix it, then `microkit reload {self.name}`")
+                     f"fix it, then `microkit reload {self.name}`", "error")
             for other in self.instances:
                 other.signal(signal.SIGKILL)
             return
@@ -218,7 +218,8 @@ class Group:
             elif not instance.aborted and now - instance.last_beat > self.timeout:
                 instance.aborted = True
                 what = "did not get ready" if not instance.ready else "is blocked"
-                self.say(f"{instance.name} (pid {shown_pid(instance)}) {what} for more than {self.timeout:g}s: killing it")
+                self.say(f"{instance.name} (pid {shown_pid(instance)}) {what} for more than {self.timeout:g}s: "
+                         f"killing it", "warning")
                 instance.signal(signal.SIGABRT)
                 instance.kill_at = now + ABORT_GRACE
 
@@ -270,8 +271,8 @@ class Group:
         instance.signal(signal.SIGTERM)
         instance.kill_at = self.clock() + self.graceful_timeout + KILL_GRACE
 
-    def say(self, text: str) -> None:
-        self.printer.line(self.name, text)
+    def say(self, text: str, level: str = "info") -> None:
+        self.printer.line(self.name, text, level)
 
     def status(self) -> dict:
         now = self.clock()

@@ -17,6 +17,7 @@ from pathlib import Path
 
 APPS = Path(__file__).parent
 CLI = [sys.executable, "-m", "microkit.cli"]
+TIMESTAMP = re.compile(r"^\d\d:\d\d:\d\d ")
 
 
 def make_project(root: Path, services: dict[str, dict], apps: dict[str, str]) -> Path:
@@ -51,7 +52,8 @@ class Up:
         self.process = subprocess.Popen([*CLI, "up", *args], cwd=root, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, text=True, start_new_session=True,
                                         env=None if env is None else {**os.environ, **env})
-        self.lines: list[str] = []
+        self.lines: list[str] = []  # without the leading HH:MM:SS timestamp
+        self.raw_lines: list[str] = []
         self.changed = threading.Condition()
         self.reader = threading.Thread(target=self.read, daemon=True)
         self.reader.start()
@@ -59,7 +61,8 @@ class Up:
     def read(self) -> None:
         for line in self.process.stdout:
             with self.changed:
-                self.lines.append(line.rstrip("\n"))
+                self.raw_lines.append(line.rstrip("\n"))
+                self.lines.append(TIMESTAMP.sub("", line.rstrip("\n")))
                 self.changed.notify_all()
         with self.changed:
             self.changed.notify_all()

@@ -46,6 +46,20 @@ def cli(ctx: click.Context, debug: bool) -> None:
 config_option = click.option(
     "-c", "--config", "config_file", type=click.Path(dir_okay=False), default=None,
     help="microkit.toml to use (default: $MICROKIT_CONFIG, else the nearest in this folder or a parent).")
+env_file_option = click.option(
+    "--env-file", type=click.Path(dir_okay=False), default=None,
+    help="Variables to load instead of the project's .env (the environment and microkit.toml win).")
+
+
+def load_project(config_file: str | None, env_file: str | None = None) -> config.Config:
+    """The project's config, after its .env (beside microkit.toml, or --env-file) filled the environment."""
+    from . import envfile
+    path = config.find(config_file)
+    if env_file is not None:
+        envfile.load(Path(env_file), required=True)
+    else:
+        envfile.load(path.resolve().parent / envfile.NAME)
+    return config.load(path)
 
 
 @cli.group(invoke_without_command=True)
@@ -104,9 +118,12 @@ def log_options(command):
 @click.option("--no-gateway", is_flag=True, help="Run the services only, without the gateway.")
 @click.option("--monolith", is_flag=True,
               help="Every service's app mounted in one process at the gateway's address (same URLs).")
+@click.option("-d", "--detach", is_flag=True,
+              help="Run in the background once ready, logging to .microkit/logs/up.log (`microkit logs`, `microkit stop`).")
+@env_file_option
 @log_options
 def up(services: tuple[str, ...], config_file: str | None, reload_: bool, no_access_log: bool,
-       no_gateway: bool, monolith: bool, **logs) -> None:
+       no_gateway: bool, monolith: bool, detach: bool, env_file: str | None, **logs) -> None:
     """Run the project's services (or the SERVICES named) and the gateway, in the foreground.
 
     Each service runs as `workers` gevent worker processes sharing one socket (or as its command),
@@ -116,10 +133,14 @@ def up(services: tuple[str, ...], config_file: str | None, reload_: bool, no_acc
     """
     if monolith and no_gateway:
         raise UsageError("--monolith serves at the gateway's address; it cannot be combined with --no-gateway")
-    project = config.discover(config_file)
+    project = load_project(config_file, env_file)
     if monolith:
         from .monolith import check
         check(project)
+    if detach:
+        preflight_checks(project, services, gateway=not no_gateway, monolith=monolith)
+        start_detached(project, services)
+        return
     supervise(project, services, logs, reload=reload_,
               access_log=False if no_access_log else None, gateway=not no_gateway, monolith=monolith)
 
@@ -129,20 +150,23 @@ def up(services: tuple[str, ...], config_file: str | None, reload_: bool, no_acc
 @config_option
 @click.option("--reload", "reload_", is_flag=True, help="Reload the workers when Python files change.")
 @click.option("--no-access-log", is_flag=True, help="No log line per request (overrides access_log).")
+@env_file_option
 @log_options
-def run(service: str, config_file: str | None, reload_: bool, no_access_log: bool, **logs) -> None:
+def run(service: str, config_file: str | None, reload_: bool, no_access_log: bool, env_file: str | None,
+        **logs) -> None:
     """Run one SERVICE alone (no gateway), registering into the configured registry: for other hosts."""
-    supervise(config.discover(config_file), (service,), logs, reload=reload_,
+    supervise(load_project(config_file, env_file), (service,), logs, reload=reload_,
               access_log=False if no_access_log else None, gateway=False, control_name=f"run-{service}-{os.getpid()}")
 
 
 @cli.command()
 @config_option
 @click.option("--no-access-log", is_flag=True, help="No log line per request (overrides gateway.access_log).")
+@env_file_option
 @log_options
-def gateway(config_file: str | None, no_access_log: bool, **logs) -> None:
+def gateway(config_file: str | None, no_access_log: bool, env_file: str | None, **logs) -> None:
     """Run the gateway alone: it routes to the instances the registry lists, wherever they run."""
-    supervise(config.discover(config_file), (), logs, access_log=False if no_access_log else None, run_services=False,
+    supervise(load_project(config_file, env_file), (), logs, access_log=False if no_access_log else None, run_services=False,
               control_name=f"gateway-{os.getpid()}")
 
 
@@ -175,7 +199,9 @@ def preflight_checks(project: config.Config, services: tuple[str, ...], *, gatew
 @config_option
 @click.option("--no-gateway", is_flag=True, help="Check for `up --no-gateway`.")
 @click.option("--monolith", is_flag=True, help="Check for `up --monolith`.")
-def check(services: tuple[str, ...], config_file: str | None, no_gateway: bool, monolith: bool) -> None:
+@env_file_option
+def check(services: tuple[str, ...], config_file: str | None, no_gateway: bool, monolith: bool,
+          env_file: str | None) -> None:
     """Run the preflight checks of `up` (for the SERVICES named, or all) and print what was checked.
 
     Secrets and key files present and valid, each app importable with its service's env, command
@@ -184,7 +210,7 @@ def check(services: tuple[str, ...], config_file: str | None, no_gateway: bool, 
     """
     if monolith and no_gateway:
         raise UsageError("--monolith serves at the gateway's address; it cannot be combined with --no-gateway")
-    project = config.discover(config_file)
+    project = load_project(config_file, env_file)
     if monolith:
         from .monolith import check as check_monolith
         check_monolith(project)
@@ -193,11 +219,138 @@ def check(services: tuple[str, ...], config_file: str | None, no_gateway: bool, 
     click.echo("all checks passed")
 
 
+LOG_FILE = "up.log"
+DETACH_READY_TIMEOUT = 120.0
+
+
+def logs_dir(root: Path) -> Path:
+    return root / control.STATE_DIR / "logs"
+
+
+def start_detached(project: config.Config, services: tuple[str, ...]) -> None:
+    """`up -d`: run this same `up` without -d in a new session, its output appended to .microkit/logs/up.log;
+    wait until it is ready (print its ready line) or has failed (exit as it did, with its error)."""
+    import subprocess
+    folder = logs_dir(project.root)
+    folder.mkdir(parents=True, exist_ok=True)
+    log = folder / LOG_FILE
+    args = [a for a in hoist_debug(sys.argv[1:]) if a not in ("-d", "--detach")]
+    with open(log, "ab") as out:
+        start = out.tell()
+        child = subprocess.Popen([sys.executable, "-m", "microkit.cli", *args], stdin=subprocess.DEVNULL,
+                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + DETACH_READY_TIMEOUT
+    shown = config.display_path(log)
+    while True:
+        with open(log, "rb") as source:
+            source.seek(start)
+            lines = source.read().decode("utf-8", "replace").splitlines()
+        ready = next((message for message in map(plain_message, lines) if message.startswith("ready: ")), None)
+        if ready is not None:
+            click.echo(ready)
+            click.echo(f"running in the background: pid {child.pid}, logs in {shown} "
+                       f"(`microkit logs -f`), `microkit stop` to stop")
+            return
+        code = child.poll()
+        if code is not None:
+            errors = [line for line in lines if line.startswith("microkit: error: ")]
+            message = errors[-1][len("microkit: error: "):] if errors else f"`microkit up` exited with code {code}"
+            raise SupervisorError(f"{message} (see {shown})") if code != 2 else UsageError(f"{message} (see {shown})")
+        if time.monotonic() > deadline:
+            click.echo(f"started in the background (pid {child.pid}) but not ready after "
+                       f"{DETACH_READY_TIMEOUT:g}s; see {shown}")
+            return
+        time.sleep(0.1)
+
+
+@cli.command()
+@click.argument("service", required=False)
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines as they come (Ctrl-C to stop).")
+@click.option("-n", "--lines", "count", type=click.IntRange(min=0), default=None,
+              help="Only the last N lines.")
+@config_option
+def logs(service: str | None, follow: bool, count: int | None, config_file: str | None) -> None:
+    """Print the log of `microkit up -d` (.microkit/logs/up.log), or only SERVICE's lines."""
+    project = load_project(config_file)
+    if service is not None and service not in project.services and service not in ("gateway", "microkit"):
+        raise UsageError(f"no service named {service!r} in {project.path.name} "
+                         f"(known: {', '.join(['gateway', *project.services])})")
+    path = logs_dir(project.root) / LOG_FILE
+    if not path.exists():
+        raise NotRunningError(f"no log yet: {config.display_path(path)} is written by `microkit up -d`")
+    with open(path, "rb") as source:
+        lines = [line for line in source.read().decode("utf-8", "replace").splitlines() if belongs(line, service)]
+        for line in lines[-count:] if count else ([] if count == 0 else lines):
+            click.echo(line)
+        if not follow:
+            return
+        pending = b""
+        try:
+            while True:
+                chunk = source.read()
+                if not chunk:
+                    time.sleep(0.2)
+                    continue
+                pending += chunk
+                *complete, pending = pending.split(b"\n")
+                for raw in complete:
+                    line = raw.decode("utf-8", "replace")
+                    if belongs(line, service):
+                        click.echo(line)
+        except KeyboardInterrupt:
+            return
+
+
+def plain_message(line: str) -> str:
+    """A line of the supervisor's own output without prefix: as is in text, the message of a JSON line."""
+    if line.startswith("{"):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            return line
+        return record.get("message", "") if record.get("worker") is None and record.get("service") == "microkit" else ""
+    return line
+
+
+def belongs(line: str, service: str | None) -> bool:
+    """Whether a log line (text or JSON) comes from SERVICE (any of its workers); every line when None."""
+    if service is None:
+        return True
+    if line.startswith("{"):
+        try:
+            return json.loads(line).get("service") == service
+        except ValueError:
+            return False
+    source = line[9:].split(" |", 1)[0].strip() if line[:2].isdigit() and " |" in line else ""
+    return source.split(".", 1)[0] == service
+
+
+@cli.command()
+@config_option
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
+              help="Seconds to wait for it to stop.")
+def stop(config_file: str | None, timeout: float) -> None:
+    """Stop this project's running `microkit up` gracefully (SIGTERM), and wait until it has exited."""
+    import signal
+    project = load_project(config_file)
+    state = control.read_state(project.root)
+    if state is None or not control.pid_alive(state["pid"]):
+        raise NotRunningError(f"no `microkit up` is running for {project.root}")
+    pid = state["pid"]
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while control.pid_alive(pid):
+        if time.monotonic() > deadline:
+            raise SupervisorError(f"`microkit up` (pid {pid}) is still stopping after {timeout:g}s")
+        time.sleep(0.05)
+    click.echo(f"stopped `microkit up` (pid {pid})")
+
+
 def running_project(config_file: str | None) -> config.Config:
     """The project's config, with the registry URL that this host's running `up` uses (it records it in
     `.microkit/`), unless MICROKIT_REGISTRY_URL says otherwise."""
     import dataclasses
-    project = config.discover(config_file)
+    project = load_project(config_file)
     if os.environ.get(config.ENV_REGISTRY_URL):
         return project
     state = control.read_state(project.root)
@@ -339,7 +492,7 @@ def reload(services: tuple[str, ...], config_file: str | None, no_wait: bool, ti
     Waits for the outcome and prints it (`reloaded users: 2 workers, pids ...`); exit 1 when the new
     workers do not boot (the old ones keep serving).
     """
-    project = config.discover(config_file)
+    project = load_project(config_file)
     reply = control.request(project.root, {"command": "reload", "services": list(services)})
     if no_wait:
         click.echo(f"reloading {', '.join(reply['services'])}")
@@ -363,7 +516,7 @@ def scale(counts: tuple[str, ...], config_file: str | None, no_wait: bool, timeo
         if not name or not number.isdigit() or int(number) < 1:
             raise UsageError(f"expected SERVICE=N with N >= 1 (e.g. users=3), got {item!r}")
         workers[name] = int(number)
-    project = config.discover(config_file)
+    project = load_project(config_file)
     reply = control.request(project.root, {"command": "scale", "workers": workers})
     if no_wait:
         click.echo(", ".join(f"{name}={reply['workers'][name]}" for name in workers))

@@ -54,6 +54,15 @@ def state_pid(root: Path, name: str = UP) -> int | None:
     return (read_state(root, name) or {}).get("pid")
 
 
+def pid_alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie waiting for its parent counts as gone)."""
+    try:
+        with open(f"/proc/{int(pid)}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, ValueError, IndexError):
+        return False
+
+
 def read_state(root: Path, name: str = UP) -> dict | None:
     """What the supervisor `name` recorded at start (pid, socket, registry URL), if its process still runs."""
     try:

@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from . import __version__, config
-from .errors import MicrokitError, NotRunningError, SupervisorError, UsageError
+from .errors import ConfigError, MicrokitError, NotRunningError, SupervisorError, UsageError
 from .supervisor import control
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -492,12 +492,17 @@ def reload(services: tuple[str, ...], config_file: str | None, no_wait: bool, ti
     Waits for the outcome and prints it (`reloaded users: 2 workers, pids ...`); exit 1 when the new
     workers do not boot (the old ones keep serving).
     """
-    project = load_project(config_file)
-    reply = control.request(project.root, {"command": "reload", "services": list(services)})
+    try:
+        root = load_project(config_file).root
+    except ConfigError as exc:  # the running `up` re-reads the file itself and says what is wrong with it
+        root = config.find(config_file).resolve().parent
+        if control.read_state(root) is None:
+            raise exc from None
+    reply = control.request(root, {"command": "reload", "services": list(services)})
     if no_wait:
         click.echo(f"reloading {', '.join(reply['services'])}")
         return
-    wait_for_outcome(project.root, "reload", reply["services"], reply, timeout)
+    wait_for_outcome(root, "reload", reply["services"], reply, timeout)
 
 
 @cli.command()

@@ -57,7 +57,7 @@ def run(conf: Config, plan: Plan, report: Callable[[str], None] = lambda line: N
     running = [conf.services[name] for name in plan.services]
 
     jobs: list[tuple[str, str, subprocess.Popen]] = []
-    if plan.gateway and not plan.monolith:
+    if plan.gateway and not plan.monolith and security_configured(conf):
         jobs.append(("gateway.auth", "gateway security settings load", spawn(["gateway", str(conf.path)],
                                                                                conf.root, environ)))
     for service in running:
@@ -100,6 +100,15 @@ def run(conf: Config, plan: Plan, report: Callable[[str], None] = lambda line: N
         report(f"registry: {reachable(conf)}")
     else:
         report(f"registry: embedded ({display_path(conf.root / control.STATE_DIR)})")
+
+
+def security_configured(conf: Config) -> bool:
+    """Whether the gateway has keys, secrets or CORS rules to build (else its check is skipped: it costs an
+    import of the whole gateway)."""
+    auth = conf.gateway.auth
+    routed = [s for s in conf.services.values() if s.route is not None]
+    return (bool(auth.jwt.algorithms) or auth.token.signing_key is not None
+            or any((s.auth or auth.default) == "jwt" or s.cors is not None for s in routed))
 
 
 def spawn(args: list[str], root: Path, env: dict[str, str]) -> subprocess.Popen:

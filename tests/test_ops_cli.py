@@ -105,3 +105,14 @@ def test_readme_token_example_calls_a_jwt_route():
     jwt_block = readme.split("### Protect a route with JWTs", 1)[1].split("\n### ", 1)[0]
     jwt_routes = re.findall(r'route = "(/\w+)"\nauth = "jwt"', jwt_block)
     assert set(called) <= set(jwt_routes), (called, jwt_routes)
+
+
+def test_new_commands_have_help(tmp_path):
+    for command in ("check", "logs", "stop"):
+        result = run_cli(command, "--help", cwd=tmp_path)
+        assert result.returncode == 0 and result.stdout.startswith(f"Usage: microkit {command}"), result.stderr
+    up_help = run_cli("up", "--help", cwd=tmp_path).stdout
+    for option in ("--detach", "--env-file", "--log-format", "--log-level", "--log-health"):
+        assert option in up_help
+    for command in ("reload", "scale"):
+        assert "--no-wait" in run_cli(command, "--help", cwd=tmp_path).stdout

@@ -6,12 +6,11 @@ import os
 import re
 import signal
 import subprocess
-import time
 
 import pytest
 
 from helpers import run_cli
-from sup_apps.harness import CLI, Up, alive, eventually, get, make_project
+from sup_apps.harness import CLI, Up, alive, get, make_project
 
 
 @pytest.fixture

@@ -191,7 +191,7 @@ def preflight_checks(project: config.Config, services: tuple[str, ...], *, gatew
     from .supervisor.arbiter import Arbiter
     names = Arbiter.select(project, services) if run_services else []
     plan = preflight.Plan(names, gateway=gateway, monolith=monolith, control_name=control_name)
-    preflight.run(project, plan, report)
+    preflight.run(project, plan, report, notice=click.echo)
 
 
 @cli.command()

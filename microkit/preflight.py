@@ -44,8 +44,9 @@ class Plan:
 
 
 def run(conf: Config, plan: Plan, report: Callable[[str], None] = lambda line: None,
-        environ: dict[str, str] | None = None) -> None:
-    """Every check, in order; `report` gets one line per check that passed. Raises at the first failure."""
+        environ: dict[str, str] | None = None, notice: Callable[[str], None] = lambda line: None) -> None:
+    """Every check, in order; `report` gets one line per check that passed, `notice` a line while it waits
+    for the registry. Raises at the first failure."""
     environ = dict(os.environ if environ is None else environ)
     pid = control.running(conf.root, plan.control_name)
     if pid is not None:
@@ -97,7 +98,7 @@ def run(conf: Config, plan: Plan, report: Callable[[str], None] = lambda line: N
         report(f"{key}: {address} is free")
 
     if conf.registry.url is not None:
-        report(f"registry: {reachable(conf)}")
+        report(f"registry: {reachable(conf, notice)}")
     else:
         report(f"registry: embedded ({display_path(conf.root / control.STATE_DIR)})")
 
@@ -163,7 +164,7 @@ def free(key: str, address: Address) -> None:
             raise SupervisorError(f"{key}: cannot listen on {address}: {exc.strerror or exc}") from None
 
 
-def reachable(conf: Config) -> str:
+def reachable(conf: Config, notice: Callable[[str], None] = lambda line: None) -> str:
     """Wait up to `[registry] connect_timeout` for the registry to answer; SupervisorError otherwise."""
     from . import registry
 
@@ -179,6 +180,9 @@ def reachable(conf: Config) -> str:
                 if time.monotonic() + REGISTRY_RETRY >= deadline:
                     raise SupervisorError(f"registry {registry.redacted(url)} did not answer within {timeout:g}s "
                                           f"([registry] connect_timeout): {exc}") from None
+                if notice is not None:
+                    notice(f"waiting up to {timeout:g}s for the registry {registry.redacted(url)} ({exc})")
+                    notice = None
             time.sleep(REGISTRY_RETRY)
     finally:
         store.close()

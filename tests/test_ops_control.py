@@ -139,6 +139,11 @@ def test_status_and_routes_with_the_registry_down(up, redis_server):
     assert status.returncode == 1, status.stdout
     assert "UNREACHABLE" in status.stdout and str(pid) in status.stdout and "plain.1" in status.stdout
     assert len(status.stderr.strip().splitlines()) == 1 and "cannot read the registry" in status.stderr
+    as_json = run_cli(running.root, "status", "--json", timeout=20)
+    assert as_json.returncode == 1
+    found = json.loads(as_json.stdout)
+    assert "cannot read the registry" in found["registry_error"] and found["services"] is None
+    assert [w["pid"] for g in found["supervisor"]["services"] for w in g["instances"]] == [pid]
     routes = run_cli(running.root, "routes", timeout=20)
     assert routes.returncode == 1 and "?" not in routes.stdout and "unknown" in routes.stdout
     assert "cannot read the registry" in routes.stderr

@@ -105,4 +105,5 @@ def test_unreachable_registry_fails_after_connect_timeout(tmp_path):
         took = time.monotonic() - started
         one_line(result, 1, f"registry {url} did not answer within 1.5s ([registry] connect_timeout)")
         assert 1.2 < took < 8, took
+        assert f"waiting up to 1.5s for the registry {url}" in result.stdout
     assert not (root / ".microkit").exists()

@@ -107,3 +107,14 @@ def test_unreachable_registry_fails_after_connect_timeout(tmp_path):
         assert 1.2 < took < 8, took
         assert f"waiting up to 1.5s for the registry {url}" in result.stdout
     assert not (root / ".microkit").exists()
+
+
+def test_a_key_file_that_does_not_load_is_refused(tmp_path):
+    root = project(tmp_path, {"plain": {"app": "services.plain.app:app", "route": "/plain", "auth": "jwt"}},
+                   extra='\n[gateway.auth.jwt]\nalgorithms = ["RS256"]\npublic_key = "keys/public.pem"\n')
+    (root / "keys").mkdir()
+    (root / "keys" / "public.pem").write_text("-----BEGIN PUBLIC KEY-----\nnot a key\n-----END PUBLIC KEY-----\n")
+    result = run_cli("up", cwd=root, timeout=30)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "public.pem" in result.stderr and "Traceback" not in result.stderr
+    assert not (root / ".microkit").exists()

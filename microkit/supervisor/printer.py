@@ -36,7 +36,8 @@ class Printer:
         self.json = log_format == "json"
         self.colour = colour and not self.json
         self.threshold = LEVELS[level]
-        self.quiet_paths = frozenset(quiet_paths)
+        self.quiet = tuple(f"{method} {path} " for path in quiet_paths for method in ("GET", "HEAD"))
+        self.second, self.clock_text = -1, ""
         self.clock = clock
         self.width = len(SYSTEM)
         self.colours: dict[str, str] = {}
@@ -48,34 +49,41 @@ class Printer:
     def line(self, source: str, text: str, level: str | None = None) -> None:
         """One line from `source` ("users.2", or "microkit" for the supervisor itself)."""
         text = text.rstrip()
-        access = ACCESS.match(text) if source != SYSTEM else None
-        if access is not None and access.group("path").partition("?")[0] in self.quiet_paths:
+        if self.quiet and text.startswith(self.quiet) and source != SYSTEM and ACCESS.match(text):
             return
         if level is None:
-            word = LEVEL_WORD.match(text)
+            word = LEVEL_WORD.match(text) if text[:1] in "DIWEC" else None
             level = {"CRITICAL": "error"}.get(word.group(1), word.group(1).lower()) if word else "info"
         if LEVELS.get(level, 20) < self.threshold:
             return
         now = self.clock()
         if self.json:
-            service, _, worker = source.partition(".")
-            record = {"time": stamp(now), "service": service, "worker": source if worker else None,
-                      "level": level, "message": text}
-            if access is not None:
-                fields = access.groupdict()
-                record.update(method=fields["method"], path=fields["path"],
-                              status=int(fields["status"]) if fields["status"].isdigit() else None,
-                              ms=float(fields["ms"]), request_id=fields["request_id"], upstream=fields["upstream"])
-            self.write(json.dumps(record) + "\n")
+            self.write(json.dumps(self.record(source, text, level, now)) + "\n")
             return
-        self.width = max(self.width, len(source))
+        if len(source) > self.width:
+            self.width = len(source)
         prefix = f"{source:<{self.width}} |"
         if self.colour:
             service = source.split(".", 1)[0]
             code = "1" if source == SYSTEM else self.colours.setdefault(
                 service, COLOURS[len(self.colours) % len(COLOURS)])
             prefix = f"\033[{code}m{prefix}\033[0m"
-        self.write(f"{time.strftime('%H:%M:%S', time.localtime(now))} {prefix} {text}\n")
+        second = int(now)
+        if second != self.second:  # one strftime a second, not one a line
+            self.second, self.clock_text = second, time.strftime("%H:%M:%S", time.localtime(now))
+        self.write(f"{self.clock_text} {prefix} {text}\n")
+
+    def record(self, source: str, text: str, level: str, now: float) -> dict:
+        service, _, worker = source.partition(".")
+        record = {"time": stamp(now), "service": service, "worker": source if worker else None,
+                  "level": level, "message": text}
+        access = ACCESS.match(text) if source != SYSTEM else None
+        if access is not None:
+            fields = access.groupdict()
+            record.update(method=fields["method"], path=fields["path"],
+                          status=int(fields["status"]) if fields["status"].isdigit() else None,
+                          ms=float(fields["ms"]), request_id=fields["request_id"], upstream=fields["upstream"])
+        return record
 
     def say(self, text: str, level: str = "info") -> None:
         """A line from the supervisor."""

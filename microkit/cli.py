@@ -186,11 +186,13 @@ def supervise(project: config.Config, services: tuple[str, ...], logs: dict, **o
 
 
 def preflight_checks(project: config.Config, services: tuple[str, ...], *, gateway: bool, run_services: bool = True,
-                     monolith: bool = False, control_name: str = control.UP, report=lambda line: None) -> None:
+                     monolith: bool = False, control_name: str = control.UP, report=lambda line: None,
+                     beside_running: bool = False) -> None:
     from . import preflight
     from .supervisor.arbiter import Arbiter
     names = Arbiter.select(project, services) if run_services else []
-    plan = preflight.Plan(names, gateway=gateway, monolith=monolith, control_name=control_name)
+    plan = preflight.Plan(names, gateway=gateway, monolith=monolith, control_name=control_name,
+                          beside_running=beside_running)
     preflight.run(project, plan, report, notice=click.echo)
 
 
@@ -206,7 +208,8 @@ def check(services: tuple[str, ...], config_file: str | None, no_gateway: bool, 
 
     Secrets and key files present and valid, each app importable with its service's env, command
     programs found, listen addresses free, the registry reachable. Exit 2 for bad config, 1 for a
-    runtime problem (a port in use, the registry down), 0 when `up` would start.
+    runtime problem (a port in use, the registry down), 0 when `up` would start. Beside a running
+    `up`, it checks an edited microkit.toml before `microkit reload` (without the addresses).
     """
     if monolith and no_gateway:
         raise UsageError("--monolith serves at the gateway's address; it cannot be combined with --no-gateway")
@@ -215,7 +218,7 @@ def check(services: tuple[str, ...], config_file: str | None, no_gateway: bool, 
         from .monolith import check as check_monolith
         check_monolith(project)
     preflight_checks(project, services, gateway=not no_gateway, monolith=monolith,
-                     report=lambda line: click.echo(f"ok  {line}"))
+                     report=lambda line: click.echo(f"ok  {line}"), beside_running=True)
     click.echo("all checks passed")
 
 

@@ -41,6 +41,7 @@ class Plan:
     gateway: bool
     monolith: bool = False
     control_name: str = control.UP
+    beside_running: bool = False  # `check` beside a running `up`: its addresses are in use, by it
 
 
 def run(conf: Config, plan: Plan, report: Callable[[str], None] = lambda line: None,
@@ -49,7 +50,7 @@ def run(conf: Config, plan: Plan, report: Callable[[str], None] = lambda line: N
     for the registry. Raises at the first failure."""
     environ = dict(os.environ if environ is None else environ)
     pid = control.running(conf.root, plan.control_name)
-    if pid is not None:
+    if pid is not None and not plan.beside_running:
         what = "`microkit up`" if plan.control_name == control.UP else f"`microkit {plan.control_name}`"
         raise SupervisorError(f"{what} is already running for this project (pid {pid}); "
                               f"stop it first (`microkit stop`), or use `microkit reload`")
@@ -93,6 +94,9 @@ def run(conf: Config, plan: Plan, report: Callable[[str], None] = lambda line: N
         for n in range(count):
             addresses.append((f"services.{service.name}.listen",
                               Address(service.listen.host, service.listen.port + n)))
+    if pid is not None and addresses:
+        report(f"listen addresses: not checked, `microkit up` (pid {pid}) is running")
+        addresses = []
     for key, address in addresses:
         free(key, address)
         report(f"{key}: {address} is free")

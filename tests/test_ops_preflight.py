@@ -96,6 +96,23 @@ def test_check_prints_what_it_checked(tmp_path):
     assert not (root / ".microkit").exists()
 
 
+def test_check_beside_a_running_up_checks_the_edited_file(tmp_path):
+    from sup_apps.harness import Up
+    root = project(tmp_path)
+    up = Up(root)
+    try:
+        up.ready()
+        result = run_cli("check", cwd=root, timeout=30)
+        assert result.returncode == 0, result.stderr
+        assert "ok  listen addresses: not checked, `microkit up` (pid" in result.stdout
+        toml = root / "microkit.toml"
+        toml.write_text(toml.read_text().replace("services.plain.app:app", "services.gone.app:app"))
+        one_line(run_cli("check", cwd=root, timeout=30), 2, "services.plain.app: cannot import services.gone.app:app")
+        assert run_cli("up", cwd=root, timeout=30).returncode == 1, "a second `up` is still refused"
+    finally:
+        up.close()
+
+
 def test_unreachable_registry_fails_after_connect_timeout(tmp_path):
     url = f"redis://127.0.0.1:{free_port()}/0"
     root = project(tmp_path, extra=f'\n[registry]\nurl = "{url}"\nconnect_timeout = 1.5\n')

@@ -388,6 +388,8 @@ REGISTRY = (
     Setting("url", registry_url, None,
             "Where instances register: redis://, rediss:// or redis+sentinel://. Absent: the embedded registry "
             "(no server, one host). MICROKIT_REGISTRY_URL overrides it."),
+    Setting("connect_timeout", seconds, 10.0,
+            "Seconds up, run and gateway wait at start for the registry to answer before they exit 1."),
 )
 GATEWAY = (
     Setting("listen", address, Address("127.0.0.1", 8000), "Address the gateway listens on."),
@@ -447,6 +449,7 @@ class ProjectConfig:
 @dataclass(frozen=True)
 class RegistryConfig:
     url: str | None
+    connect_timeout: float = 10.0
 
     @property
     def embedded(self) -> bool:

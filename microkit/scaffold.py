@@ -110,8 +110,9 @@ def _fill(text: str, variables: dict[str, str], template: Path, relative: Path) 
 def check_name(kind: str, name: str, *, shadow_check: bool) -> None:
     """Refuse names that cannot be Python packages, or that would shadow a module the code imports."""
     if not name.isidentifier() or not name.isascii():
-        suggestion = re.sub(r"\W", "_", name)
-        hint = f" (e.g. {suggestion!r})" if suggestion.isidentifier() else ""
+        suggestion = re.sub(r"[^A-Za-z0-9_]", "_", name).lstrip("0123456789")
+        offered = suggestion.strip("_") and suggestion.isidentifier() and not keyword.iskeyword(suggestion)
+        hint = f" (e.g. {suggestion!r})" if offered else ""
         raise ScaffoldError(f"{kind} name {name!r} is not a Python identifier: use letters, digits and _{hint}")
     if keyword.iskeyword(name) or keyword.issoftkeyword(name):
         raise ScaffoldError(f"{kind} name {name!r} is a Python keyword: choose another name")
@@ -138,8 +139,12 @@ def model_name(service: str) -> str:
     return name if name.isidentifier() and not name[0].isdigit() else "Item"
 
 
-def plan_project(name: str) -> Plan:
-    check_name("project", name, shadow_check=False)
+def plan_project(name: str, parent: Path | None = None) -> Plan:
+    """A new project folder NAME under `parent` (default: here); an existing non-empty folder is refused."""
+    check_name("project", name, shadow_check=True)
+    folder = (parent or Path.cwd()) / name
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise ScaffoldError(f"{name}/ already exists; nothing was written (a new project needs a new or empty folder)")
     return Plan(tuple(render(templates_root() / PROJECT_TEMPLATE, {"project": name}, PurePosixPath(name))))
 
 

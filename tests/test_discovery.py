@@ -179,9 +179,9 @@ def test_gateway_and_run_as_separate_processes(project, tmp_path):
         routes = json.loads(run_cli(root, "routes", "--json").stdout)
         assert routes == [{"prefix": "/users", "service": "users", "timeout": 30.0, "balance": "round_robin",
                            "instances": 2}]
-        state = json.loads((root / ".microkit" / "gateway.json").read_text())
+        state = json.loads((root / ".microkit" / f"gateway-{procs[2].pid}.json").read_text())
         assert state["pid"] == procs[2].pid
-        port = gateway_port(root)
+        port = gateway_port(root, f"gateway-{procs[2].pid}")
         seen = {Loop_get(f"http://127.0.0.1:{port}/users/pid") for _ in range(8)}
         assert seen == {str(pid) for pid in registered_pids(root, "users")}
     finally:
@@ -194,13 +194,13 @@ def test_gateway_and_run_as_separate_processes(project, tmp_path):
             proc.stdout.close()
 
 
-def gateway_port(root: Path) -> int:
+def gateway_port(root: Path, name: str) -> int:
     """The gateway's real port (the test config listens on port 0), from its supervisor's status."""
     from microkit.supervisor import control
 
     def port():
         try:
-            reply = control.request(root, {"command": "status"}, name="gateway")
+            reply = control.request(root, {"command": "status"}, name=name)
         except Exception:
             return None
         group = reply["services"][0]

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import io
 import itertools
+import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -223,11 +225,13 @@ def test_scale_down_retires_extra_instances_and_stop_retires_all():
 
 def test_printer_aligns_prefixes_and_colours_only_when_asked():
     out = io.StringIO()
-    printer = Printer(out, colour=False)
+    printer = Printer(out, colour=False, clock=lambda: 1764577201.25)
     printer.line("users.1", "hello")
     printer.say("ready")
     printer.plain("ready: users http://127.0.0.1:1")
-    assert out.getvalue().splitlines() == ["users.1  | hello", "microkit | ready", "ready: users http://127.0.0.1:1"]
+    at = time.strftime("%H:%M:%S", time.localtime(1764577201.25))
+    assert out.getvalue().splitlines() == [f"{at} users.1  | hello", f"{at} microkit | ready",
+                                           "ready: users http://127.0.0.1:1"]
     coloured = io.StringIO()
     Printer(coloured, colour=True).line("users.1", "hello")
     assert "\033[" in coloured.getvalue()
@@ -299,3 +303,23 @@ def test_control_socket_falls_back_to_a_short_path_for_deep_projects(tmp_path: P
     deep = tmp_path / ("x" * 120)
     path = control.socket_path(deep)
     assert len(str(path)) <= control.MAX_SOCKET_PATH and path == control.socket_path(deep)
+
+
+def test_printer_json_lines_levels_and_quiet_health_paths():
+    out = io.StringIO()
+    printer = Printer(out, log_format="json", level="info", quiet_paths={"/healthz"}, clock=lambda: 1764577201.25)
+    printer.line("gateway.1", "GET /users/1?x=1 200 1.5ms -> 127.0.0.1:4001 id=abc")
+    printer.line("users.2", "GET /healthz 200 0.1ms")
+    printer.line("users.2", "debug detail", "debug")
+    printer.line("users", "users.2 (pid 7) killed by SIGKILL; restarting", "warning")
+    printer.plain("ready: gateway http://127.0.0.1:8000")
+    access, warning, ready = map(json.loads, out.getvalue().splitlines())
+    assert access == {"time": "2025-12-01T08:20:01.250Z", "service": "gateway", "worker": "gateway.1",
+                      "level": "info", "message": "GET /users/1?x=1 200 1.5ms -> 127.0.0.1:4001 id=abc",
+                      "method": "GET", "path": "/users/1?x=1", "status": 200, "ms": 1.5, "request_id": "abc",
+                      "upstream": "127.0.0.1:4001"}
+    assert warning["level"] == "warning" and warning["worker"] is None and warning["service"] == "users"
+    assert ready["message"] == "ready: gateway http://127.0.0.1:8000" and ready["service"] == "microkit"
+    quiet = io.StringIO()
+    Printer(quiet, level="warning").line("users.1", "GET /x 200 1.0ms")
+    assert quiet.getvalue() == ""

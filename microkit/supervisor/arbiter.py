@@ -9,6 +9,7 @@ this module imports neither gevent nor any app: the workers do that after the fo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import selectors
@@ -17,8 +18,9 @@ import time
 import urllib.request
 from typing import Callable, Sequence
 
+from .. import config as cfg
 from ..config import Config, ServiceConfig
-from ..errors import SupervisorError, UsageError
+from ..errors import ConfigError, MicrokitError, SupervisorError, UsageError
 from . import control
 from .command import CommandGroup, CommandSpec, check_health
 from .group import FATAL, AppGroup, Group
@@ -46,6 +48,8 @@ class Arbiter:
         self.root = config.root
         self.monolith = monolith
         self.names = self.select(config, services) if run_services else []
+        self.all_services = run_services and not services  # then a reload starts services added to the file
+        self.removed: set[str] = set()  # groups stopping because a reload removed them from the file
         self.gateway = gateway
         self.gateway_address: tuple[str, int] | None = None
         self.watch_files = reload
@@ -53,7 +57,8 @@ class Arbiter:
         self.printer = printer or Printer()
         self.selector = selectors.DefaultSelector()
         self.groups: dict[str, Group] = {}
-        self.control = control.ControlServer(self.root, self.handle_request, control_name)
+        self.control = control.ControlServer(self.root, self.handle_request, control_name,
+                                             info={"registry": config.registry.url})
         self.reloader: Reloader | None = None
         self.signals: list[int] = []
         self.stopping = False
@@ -105,6 +110,7 @@ class Arbiter:
             self.reloader = Reloader(self.root, {
                 name: app_scope(self.root, s.app) if s.app else command_scope(self.root, name)
                 for name, s in ((n, self.config.services[n]) for n in self.names)})
+        self.printer.reserve(f"{name}.{group.desired}" for name, group in self.groups.items())
         self.printer.say(f"supervisor pid {os.getpid()}, project {self.config.project.name} at {self.root}"
                          + (" (reloading on changes)" if self.watch_files else ""))
 
@@ -202,6 +208,9 @@ class Arbiter:
                 getattr(self, f"handle_{signal.Signals(signum).name[3:].lower()}")()
             for group in self.groups.values():
                 group.tick()
+            for name in [n for n in self.removed if self.groups[n].done]:
+                self.groups.pop(name).close()
+                self.removed.discard(name)
             if self.stopping:
                 if all(group.done for group in self.groups.values()):
                     self.printer.say("stopped")
@@ -327,7 +336,10 @@ class Arbiter:
             group.kill()
 
     def handle_hup(self) -> None:
-        self.reload([])
+        try:
+            self.reload([])
+        except MicrokitError as exc:
+            self.printer.say(f"reload refused: {exc}", "error")
 
     def handle_ttin(self) -> None:
         self.scale({name: group.desired + 1 for name, group in self.groups.items()})
@@ -338,10 +350,110 @@ class Arbiter:
     # Commands, from signals or from `microkit reload/scale/status`.
 
     def reload(self, names: Sequence[str]) -> list[str]:
-        names = list(names) or list(self.groups)
-        for name in names:
-            self.groups[name].reload()
-        return names
+        """Re-read microkit.toml and apply it, then restart the groups named (all when none) and those whose
+        settings changed. Raises, changing nothing, when the file is invalid or needs a restart.
+        Returns every group to wait for."""
+        try:
+            new = cfg.load(self.config.path)
+            if self.monolith:
+                from ..monolith import check
+                check(new)
+        except ConfigError as exc:
+            raise ConfigError(f"{exc} (not applied: the running config is kept)") from None
+        plan = self.plan_changes(new)
+        running = [n for n in self.groups if n not in self.removed and n not in plan["removed"]]
+        unknown = [n for n in names if n not in running and n not in plan["added"]]
+        if unknown:
+            raise UsageError(f"no running service named {unknown[0]!r} (running: {', '.join(running)})")
+        self.apply_changes(new, plan)
+        restart = list(dict.fromkeys([*(names or running), *plan["changed"]]))
+        for name in restart:
+            if name not in plan["added"]:
+                self.groups[name].reload()
+        return list(dict.fromkeys([*restart, *plan["added"]]))
+
+    # Re-reading microkit.toml.
+
+    RESTART_SETTINGS = ("project.name", "project.root", "registry.url")
+    PROCESS_SETTINGS = ("app", "command", "env", "timeout", "graceful_timeout", "health", "access_log", "advertise")
+
+    def plan_changes(self, new: Config) -> dict[str, list[str]]:
+        """What a reload to `new` changes: services added, removed and changed (their processes' settings).
+        SupervisorError naming the settings that need a restart of `up`, if any."""
+        old = self.config
+        restart = [key for key in self.RESTART_SETTINGS
+                   if getattr(getattr(old, key.split(".")[0]), key.split(".")[1])
+                   != getattr(getattr(new, key.split(".")[0]), key.split(".")[1])]
+        if GATEWAY in self.groups and old.gateway.listen != new.gateway.listen:
+            restart.append("gateway.listen")
+        running = [n for n in self.groups if n != GATEWAY and n not in self.removed]
+        removed = [n for n in running if n not in new.services]
+        added = [n for n in new.services if self.all_services and n not in running
+                 and n not in self.removed and not (self.monolith and new.services[n].app)]
+        changed = []
+        for name in running:
+            if name in removed:
+                continue
+            before, after = old.services[name], new.services[name]
+            if before.listen != after.listen:
+                restart.append(f"services.{name}.listen")
+            elif (before.app is None) != (after.app is None):
+                restart.append(f"services.{name}.app/command")
+            elif any(getattr(before, key) != getattr(after, key) for key in self.PROCESS_SETTINGS):
+                changed.append(name)
+        if restart:
+            raise SupervisorError(f"{cfg.display_path(new.path)}: {', '.join(restart)} changed, which needs a "
+                                  f"restart of `microkit up` (not applied: the running config is kept)")
+        if GATEWAY in self.groups and new != old:
+            changed.append(GATEWAY)  # the gateway reads routes, policies and its settings at boot
+        return {"added": added, "removed": removed, "changed": changed}
+
+    def apply_changes(self, new: Config, plan: dict[str, list[str]]) -> None:
+        """Start added services (binding their sockets first), stop removed ones, give changed ones their new
+        settings; the caller restarts them."""
+        old, self.config = self.config, new
+        try:
+            added = {name: self.make_group(new.services[name]) for name in plan["added"]}
+        except SupervisorError:
+            self.config = old
+            raise
+        for name in plan["removed"]:
+            self.groups[name].stop()
+            self.removed.add(name)
+        for name in plan["changed"]:
+            self.update_group(self.groups[name], new)
+        for name, group in added.items():
+            self.groups[name] = group
+        wanted = {name: (old.services[name].workers, new.services[name].workers) for name in self.groups
+                  if name != GATEWAY and name not in self.removed and name not in added}
+        if GATEWAY in self.groups:
+            wanted[GATEWAY] = (old.gateway.workers, new.gateway.workers)
+        for name, (before, after) in wanted.items():
+            if before != after:  # a count changed in the file; `microkit scale` counts stay otherwise
+                self.groups[name].scale(after)
+        self.names = [n for n in self.groups if n != GATEWAY and n not in self.removed]
+        self.printer.reserve(f"{name}.{group.desired}" for name, group in self.groups.items())
+        if self.reloader:
+            self.reloader.scopes = {name: app_scope(self.root, s.app) if s.app else command_scope(self.root, name)
+                                    for name, s in ((n, new.services[n]) for n in self.names)}
+        summary = [f"{what} {', '.join(plan[what])}" for what in ("added", "removed", "changed") if plan[what]]
+        self.printer.say(f"{cfg.display_path(new.path)} re-read" + (": " + "; ".join(summary) if summary else
+                                                                      ": no change"))
+
+    def update_group(self, group: Group, new: Config) -> None:
+        """Give a running group the settings of `new` (its workers restart with them)."""
+        if group.name == GATEWAY:
+            return  # same file, same environment: its workers read the new file as they boot
+        service = new.services[group.name]
+        env = {"MICROKIT_GATEWAY_URL": self.gateway_url, **service.env}
+        common = dict(env=env, timeout=service.timeout, graceful_timeout=service.graceful_timeout,
+                      health=service.health, registry=self.registry_spec(service))
+        if isinstance(group, AppGroup):
+            access_log = service.access_log if self.access_log is None else self.access_log
+            group.spec = dataclasses.replace(group.spec, app=service.app, access_log=access_log, **common)
+        else:
+            group.spec = dataclasses.replace(group.spec, command=service.command, **common)
+        group.timeout, group.graceful_timeout = service.timeout, service.graceful_timeout
 
     def scale(self, workers: dict[str, int]) -> None:
         for name, count in workers.items():
@@ -349,6 +461,7 @@ class Arbiter:
 
     def status(self) -> dict:
         return {"pid": os.getpid(), "project": self.config.project.name, "root": str(self.root),
+                "monolith": self.monolith, "registry": self.config.registry.url,
                 "uptime": round(time.time() - self.started, 1),
                 "services": [group.status() for group in self.groups.values()]}
 
@@ -360,20 +473,23 @@ class Arbiter:
         if command == "status":
             return {"ok": True, **self.status()}
         if command == "reload":
-            names = message.get("services") or []
-            unknown = [n for n in names if n not in self.groups]
-            if unknown:
-                return {"ok": False, "error": f"no running service named {unknown[0]!r} "
-                                              f"(running: {', '.join(self.groups)})"}
-            return {"ok": True, "services": self.reload(names)}
+            try:
+                names = self.reload(message.get("services") or [])
+            except MicrokitError as exc:
+                return {"ok": False, "usage": exc.exit_code == 2, "error": str(exc)}
+            return {"ok": True, "services": names, "generations": {n: self.groups[n].generation for n in names},
+                    "failures": {n: self.groups[n].failures for n in names}}
         if command == "scale":
             workers = message.get("workers") or {}
             for name, count in workers.items():
                 if name not in self.groups:
-                    return {"ok": False, "error": f"no running service named {name!r} "
-                                                  f"(running: {', '.join(self.groups)})"}
+                    return {"ok": False, "usage": True, "error": f"no running service named {name!r} "
+                                                                 f"(running: {', '.join(self.groups)})"}
                 if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-                    return {"ok": False, "error": f"{name}: expected a number of workers >= 1, got {count!r}"}
+                    return {"ok": False, "usage": True,
+                            "error": f"{name}: expected a number of workers >= 1, got {count!r}"}
             self.scale(workers)
-            return {"ok": True, "workers": {n: g.desired for n, g in self.groups.items()}}
+            return {"ok": True, "workers": {n: g.desired for n, g in self.groups.items()},
+                    "generations": {n: g.generation for n, g in self.groups.items()},
+                    "failures": {n: g.failures for n, g in self.groups.items()}}
         return {"ok": False, "error": f"unknown command {command!r}"}

@@ -73,6 +73,7 @@ class CommandProcess:
         self.error: str | None = None
         self.output_fd = -1
         self.process: subprocess.Popen | None = None
+        self.program: int | None = None
 
     @property
     def name(self) -> str:
@@ -104,6 +105,20 @@ class CommandProcess:
         if check_health(self.spec.host, self.port, self.spec.health):
             self.ready = True
             self.last_beat = now
+
+    @property
+    def program_pid(self) -> int | None:
+        """The program's own pid: the shim's child when it runs under the shim (Linux /proc), else ours."""
+        if self.pid is None or self.spec.registry is None:
+            return self.pid
+        if self.program is None:
+            try:
+                with open(f"/proc/{self.pid}/task/{self.pid}/children") as children:
+                    found = children.read().split()
+            except OSError:
+                found = []
+            self.program = int(found[0]) if found else None
+        return self.program or self.pid
 
     def on_notify(self, line: str) -> None:
         """Commands have no notify pipe."""

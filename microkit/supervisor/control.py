@@ -4,7 +4,8 @@
 temp folder when that one is too long for a socket), and records it with its pid in
 `.microkit/supervisor.json`. A client sends one JSON object on one line, `{"command": "status"}`,
 `{"command": "reload", "services": [...]}` or `{"command": "scale", "workers": {"users": 3}}`, and reads
-one JSON line back: `{"ok": true, ...}` or `{"ok": false, "error": "..."}`.
+one JSON line back: `{"ok": true, ...}` or `{"ok": false, "error": "..."}` (with `"usage": true` when the
+request itself was wrong, such as an unknown service name: the CLI exits 2 for those).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import NotRunningError, SupervisorError
+from ..errors import NotRunningError, SupervisorError, UsageError
 
 STATE_DIR = ".microkit"
 UP = "supervisor"
@@ -39,11 +40,45 @@ def socket_path(root: Path, name: str = UP) -> Path:
     return Path(tempfile.gettempdir()) / f"microkit-{digest}.sock"
 
 
+def running(root: Path, name: str = UP) -> int | None:
+    """The pid of the supervisor `name` of this project when one answers on its socket, else None."""
+    try:
+        return request(root, {"command": "status"}, timeout=1.0, name=name).get("pid")
+    except NotRunningError:
+        return None
+    except SupervisorError:
+        return state_pid(root, name)
+
+
+def state_pid(root: Path, name: str = UP) -> int | None:
+    return (read_state(root, name) or {}).get("pid")
+
+
+def pid_alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie waiting for its parent counts as gone)."""
+    try:
+        with open(f"/proc/{int(pid)}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, ValueError, IndexError):
+        return False
+
+
+def read_state(root: Path, name: str = UP) -> dict | None:
+    """What the supervisor `name` recorded at start (pid, socket, registry URL), if its process still runs."""
+    try:
+        state = json.loads(state_path(root, name).read_text())
+        os.kill(int(state["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return state if isinstance(state, dict) else None
+
+
 class ControlServer:
     """The listening end in `up`. The arbiter polls `sock` and calls `serve_one()` when it is readable."""
 
-    def __init__(self, root: Path, handle: Callable[[dict], dict], name: str = UP):
+    def __init__(self, root: Path, handle: Callable[[dict], dict], name: str = UP, info: dict | None = None):
         self.root = root
+        self.info = dict(info or {})
         self.handle = handle
         self.name = name
         self.path = socket_path(root, name)
@@ -66,7 +101,7 @@ class ControlServer:
         sock.listen(16)
         sock.setblocking(False)
         self.sock = sock
-        state = {"pid": os.getpid(), "socket": str(self.path), "started": time.time()}
+        state = {**self.info, "pid": os.getpid(), "socket": str(self.path), "started": time.time()}
         tmp = state_path(self.root, self.name).with_suffix(".tmp")
         tmp.write_text(json.dumps(state))
         tmp.replace(state_path(self.root, self.name))
@@ -128,5 +163,6 @@ def request(root: Path, message: dict, timeout: float = REQUEST_TIMEOUT, name: s
         except (OSError, ValueError) as exc:
             raise SupervisorError(f"`microkit up` (pid {state.get('pid')}) did not answer: {exc}") from None
     if not reply.get("ok"):
-        raise SupervisorError(reply.get("error", "the supervisor refused the request"))
+        error = UsageError if reply.get("usage") else SupervisorError
+        raise error(reply.get("error", "the supervisor refused the request"))
     return reply

@@ -67,6 +67,9 @@ class Group:
         self.booted: set[int] = set()
         self.last_error: str | None = None
         self.next_spawn_at = 0.0
+        self.failed_boots = 0
+        self.failures = 0  # reloads and scale-ups that failed; `failure` says how the last one did
+        self.failure: dict | None = None
 
     # What subclasses provide.
 
@@ -157,7 +160,7 @@ class Group:
             return
         if self.state == STOPPING or instance.retiring:
             if os.waitstatus_to_exitcode(status) not in (0, -signal.SIGTERM):
-                self.say(f"{instance.name} (pid {instance.pid}) {how} while stopping")
+                self.say(f"{instance.name} (pid {shown_pid(instance)}) {how} while stopping")
             return
         if not instance.ready:
             self.boot_failed(instance, how)
@@ -166,18 +169,22 @@ class Group:
         delay = self.backoff.crashed(now - instance.started_at)
         self.next_spawn_at = now + delay
         why = f"blocked for more than {self.timeout:g}s, so it was {how}" if instance.aborted else how
-        self.say(f"{instance.name} (pid {instance.pid}) {why}; "
-                 + (f"restarting in {delay:g}s" if delay else "restarting"))
+        self.say(f"{instance.name} (pid {shown_pid(instance)}) {why}; "
+                 + (f"restarting in {delay:g}s" if delay else "restarting"), "warning")
 
     def boot_failed(self, instance: Any, how: str) -> None:
         error = instance.error or f"{instance.name} {how} before it was ready"
         if error != self.last_error:
             for line in error.splitlines():
-                self.printer.line(instance.name, line)
+                self.printer.line(instance.name, line, "error")
             self.last_error = error
         self.boot_failures += 1
+        self.failed_boots += 1
         old = [i for i in self.instances if i.generation < self.generation and not i.retiring]
         if old:
+            self.failures += 1
+            self.failure = {"generation": self.generation, "error": error,
+                            "outcome": "the new code does not boot; the old workers keep serving"}
             self.say("reload failed: the new code does not boot; the old workers keep serving")
             for survivor in self.instances:
                 survivor.generation = self.generation
@@ -187,13 +194,16 @@ class Group:
         ready = [i for i in self.instances if i.ready and not i.retiring]
         if self.boot_failures >= BOOT_TRIES:
             if ready:
+                self.failures += 1
+                self.failure = {"generation": self.generation, "error": error,
+                                "outcome": f"new workers do not boot; keeping the {len(ready)} that run"}
                 self.say(f"new workers do not boot; keeping the {len(ready)} that run")
                 self.desired = len(ready)
                 self.boot_failures = 0
                 return
             self.state = FATAL
             self.say(f"FATAL: gave up after {BOOT_TRIES} failed boots (error above); "
-                     f"fix it, then `microkit reload {self.name}`")
+                     f"fix it, then `microkit reload {self.name}`", "error")
             for other in self.instances:
                 other.signal(signal.SIGKILL)
             return
@@ -208,7 +218,8 @@ class Group:
             elif not instance.aborted and now - instance.last_beat > self.timeout:
                 instance.aborted = True
                 what = "did not get ready" if not instance.ready else "is blocked"
-                self.say(f"{instance.name} (pid {instance.pid}) {what} for more than {self.timeout:g}s: killing it")
+                self.say(f"{instance.name} (pid {shown_pid(instance)}) {what} for more than {self.timeout:g}s: "
+                         f"killing it", "warning")
                 instance.signal(signal.SIGABRT)
                 instance.kill_at = now + ABORT_GRACE
 
@@ -260,8 +271,8 @@ class Group:
         instance.signal(signal.SIGTERM)
         instance.kill_at = self.clock() + self.graceful_timeout + KILL_GRACE
 
-    def say(self, text: str) -> None:
-        self.printer.line(self.name, text)
+    def say(self, text: str, level: str = "info") -> None:
+        self.printer.line(self.name, text, level)
 
     def status(self) -> dict:
         now = self.clock()
@@ -271,10 +282,14 @@ class Group:
             "state": self.state,
             "workers": self.desired,
             "urls": self.urls(),
-            "restarts": sum(self.restarts.values()),
+            "restarts": sum(self.restarts.values()) + self.failed_boots,
+            "generation": self.generation,
+            "error": self.last_error,
+            "failures": self.failures,
+            "failure": self.failure,
             "instances": [{
                 "name": i.name,
-                "pid": i.pid,
+                "pid": shown_pid(i),
                 "port": i.port,
                 "state": "stopping" if i.retiring else "ready" if i.ready else "booting",
                 "restarts": self.restarts.get(i.slot, 0),
@@ -282,6 +297,11 @@ class Group:
                 "generation": i.generation,
             } for i in sorted(self.instances, key=lambda i: i.slot)],
         }
+
+
+def shown_pid(instance: Any) -> int | None:
+    """The pid users see: a command's program rather than the shim around it."""
+    return getattr(instance, "program_pid", None) or instance.pid
 
 
 class AppGroup(Group):

@@ -61,6 +61,7 @@ class Shim:
             if self.stopping.is_set() or self.process.poll() is not None:
                 return
             self.instance = registry.Instance(service=spec["service"], host=spec["advertise"], port=spec["port"],
+                                              pid=self.process.pid,
                                               meta={"worker": spec["slot"], "program_pid": self.process.pid})
             try:
                 self.registry.register(self.instance)
@@ -95,7 +96,8 @@ def main(argv: list[str]) -> int:
         return 2
     code = Shim(json.loads(argv[0]), argv[2:]).run()
     if code < 0:  # the program died of a signal: die of the same one, so the arbiter reports it as such
-        signal.signal(-code, signal.SIG_DFL)
+        if -code not in (signal.SIGKILL, signal.SIGSTOP):  # those two cannot be caught, so need no reset
+            signal.signal(-code, signal.SIG_DFL)
         os.kill(os.getpid(), -code)
     return code
 

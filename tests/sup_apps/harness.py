@@ -17,6 +17,7 @@ from pathlib import Path
 
 APPS = Path(__file__).parent
 CLI = [sys.executable, "-m", "microkit.cli"]
+TIMESTAMP = re.compile(r"^\d\d:\d\d:\d\d ")
 
 
 def make_project(root: Path, services: dict[str, dict], apps: dict[str, str]) -> Path:
@@ -45,12 +46,14 @@ def run_cli(root: Path, *args: str, timeout: float = 10) -> subprocess.Completed
 class Up:
     """A running `microkit up` and its output, read by a thread into `lines`."""
 
-    def __init__(self, root: Path, *args: str, gateway: bool = False):
+    def __init__(self, root: Path, *args: str, gateway: bool = False, env: dict | None = None):
         self.root = root
         args = args if gateway else ("--no-gateway", *args)
         self.process = subprocess.Popen([*CLI, "up", *args], cwd=root, stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        self.lines: list[str] = []
+                                        stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                                        env=None if env is None else {**os.environ, **env})
+        self.lines: list[str] = []  # without the leading HH:MM:SS timestamp
+        self.raw_lines: list[str] = []
         self.changed = threading.Condition()
         self.reader = threading.Thread(target=self.read, daemon=True)
         self.reader.start()
@@ -58,7 +61,8 @@ class Up:
     def read(self) -> None:
         for line in self.process.stdout:
             with self.changed:
-                self.lines.append(line.rstrip("\n"))
+                self.raw_lines.append(line.rstrip("\n"))
+                self.lines.append(TIMESTAMP.sub("", line.rstrip("\n")))
                 self.changed.notify_all()
         with self.changed:
             self.changed.notify_all()

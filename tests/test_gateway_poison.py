@@ -31,7 +31,7 @@ def test_crash_and_block_requests_reach_at_most_two_workers(tmp_path, monkeypatc
     log = tmp_path / "poison.log"
     monkeypatch.setenv("POISON_LOG", str(log))
     root = make_project(tmp_path / "proj", {"p": {"app": "services.p.app:app", "route": "/p", "workers": 4,
-                                                  "timeout": 1.5, "route_timeout": 4}},
+                                                  "timeout": 4, "route_timeout": 12}},
                         {"p": "poison_app.py"})
     up = Up(root, gateway=True)
     try:
@@ -42,10 +42,10 @@ def test_crash_and_block_requests_reach_at_most_two_workers(tmp_path, monkeypatc
         assert status == 502
         assert 1 <= len(_reached(log)) <= 2, _reached(log)
 
-        eventually(lambda: len(up.pids("p")) == 4, 15)
+        eventually(lambda: len(up.pids("p")) == 4, 30)
         _warm(gateway, sessions)
         log.unlink()
-        status = requests.get(f"{gateway}/p/block", timeout=20).status_code
+        status = requests.get(f"{gateway}/p/block", timeout=30).status_code
         assert status in (502, 504)
         time.sleep(0.5)
         assert 1 <= len(_reached(log)) <= 2, _reached(log)

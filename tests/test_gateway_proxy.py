@@ -495,3 +495,27 @@ def test_an_upload_the_client_abandons_is_not_left_in_flight(tmp_path):
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.strip().splitlines()[-1]) == [0, 0]
+
+
+def test_resends_stay_within_the_retry_budget(procs):
+    """A backend that drops every pooled connection would have every request sent twice: the budget
+    (about 20% of requests, after a small reserve) lets only some be resent; the rest get 502."""
+    backend = procs.start("stalebackend")[1]
+    gw = procs.gateway([f"users=127.0.0.1:{backend}"])
+    statuses = []
+    with socket.create_connection(("127.0.0.1", gw), timeout=10) as sock:
+        for _ in range(80):
+            sock.sendall(b"GET /users/1 HTTP/1.1\r\nHost: h\r\n\r\n")
+            statuses.append(read_response(sock)[0])
+    assert statuses[:5] == [200] * 5, "the reserve covers a few stale connections"
+    assert statuses.count(502) > 10, statuses
+
+
+def test_the_retry_budget_earns_a_fifth_of_a_resend_per_request():
+    from microkit.gateway.proxy import RetryBudget
+
+    budget = RetryBudget(ratio=0.2, cap=3)
+    assert [budget.spend() for _ in range(4)] == [True, True, True, False]
+    for _ in range(11):
+        budget.earn()
+    assert [budget.spend() for _ in range(3)] == [True, True, False]

@@ -251,3 +251,11 @@ def connect_keystore_like(store):
     if isinstance(store, RedisKeyStore):
         return RedisKeyStore(store.url, store.key.rsplit(":", 1)[0])
     return SqliteKeyStore(store.path, store.namespace)
+
+
+def test_key_ids_never_start_with_a_dash_so_the_cli_can_take_them(monkeypatch):
+    from microkit.gateway.security import apikeys
+    draws = iter(["-" + "a" * 42, "b" * 43])
+    monkeypatch.setattr(apikeys.secrets, "token_urlsafe", lambda n: next(draws))
+    key = apikeys.generate_key()
+    assert apikeys.key_id_of(key) == "b" * apikeys.ID_CHARS and apikeys.well_formed(key)

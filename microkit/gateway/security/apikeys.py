@@ -55,8 +55,11 @@ class KeyRecord:
 
 
 def generate_key() -> str:
-    """A fresh plaintext key."""
-    return PREFIX + secrets.token_urlsafe(32)
+    """A fresh plaintext key whose id never starts with "-" (`microkit keys revoke -x...` would read an option)."""
+    while True:
+        key = PREFIX + secrets.token_urlsafe(32)
+        if key[len(PREFIX)] != "-":
+            return key
 
 
 def well_formed(key: str) -> bool:

@@ -72,7 +72,8 @@ class Monolith:
         self.mounted = [s for s in conf.services.values() if s.app and s.route]
         self.skipped = [s.name for s in conf.services.values() if not (s.app and s.route)]
         self.table: RouteTable[Callable] = RouteTable(
-            (s.route, with_env(dict(s.env), lambda s=s: load_app(s.app))) for s in self.mounted)
+            (s.route, with_env({"MICROKIT_ROUTE": s.route, "MICROKIT_PROJECT_ROOT": root, **s.env},
+                               lambda s=s: load_app(s.app))) for s in self.mounted)
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         for key in [k for k in environ if k.startswith("HTTP_X_AUTH_")]:

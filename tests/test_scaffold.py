@@ -51,7 +51,7 @@ def test_new_service_writes_files_and_keeps_the_toml_comments(project):
     assert {"services/users/app.py", "services/users/models.py", "services/users/tests/test_app.py",
             "services/users/README.md"} <= set(tree(project))
     app = (project / "services/users/app.py").read_text()
-    assert 'ROUTE = "/users"' in app and "{{" not in app
+    assert 'os.environ.get("MICROKIT_ROUTE", "")' in app and "{{" not in app
     assert "class User(Model)" in (project / "services/users/models.py").read_text()
 
 

@@ -143,7 +143,8 @@ def load_template(name: str) -> Template:
     for key in ADDED_KEYS:
         if key in table:
             raise ScaffoldError(f"{label}: service.{key}: set by `microkit new service --{key}`, not here")
-    return Template(path.name, path, description.strip(), MappingProxyType(dict(variables)),
+    return Template(path.name, path, description.strip() or "(no description: its folder has no template.toml)",
+                    MappingProxyType(dict(variables)),
                     MappingProxyType(dict(table)))
 
 

@@ -214,3 +214,43 @@ def test_the_same_project_under_monolith(tmp_path, path_with_this_python):
         assert request("GET", f"{gateway}/notes/")[0] == 404
     finally:
         up.close()
+
+
+SLOW_ROUTE = '''
+
+from sqlalchemy import text as _sql
+
+
+@app.get(os.environ.get("MICROKIT_ROUTE", "") + "/slow")
+def slow():
+    with app.extensions["accounts.engine"].connect() as connection:
+        connection.execute(_sql(os.environ["SLOW_QUERY"]))
+    return "ok"
+'''
+
+
+@pytest.mark.parametrize("database, query", [("postgres_url", "SELECT pg_sleep(0.3)"), ("mysql_url", "SELECT SLEEP(0.3)")])
+def test_flask_queries_under_one_gevent_worker_do_not_block_each_other(tmp_path, request, database, query):
+    """One worker, ten concurrent 0.3 s queries: cooperative drivers overlap them (serialised: 3 s)."""
+    url = request.getfixturevalue(database)
+    root = new_project(tmp_path, {"flask": "accounts"})
+    with (root / "services" / "accounts" / "app.py").open("a") as app_file:
+        app_file.write(SLOW_ROUTE)
+    toml = root / "microkit.toml"
+    toml.write_text(toml.read_text().replace(
+        'route = "/accounts"\nworkers = 1', f'route = "/accounts"\nworkers = 1\n'
+        f'env = {{ DATABASE_URL = "{url}", SLOW_QUERY = "{query}" }}'))
+    up = Up(root, gateway=True)
+    try:
+        gateway = up.ready(60)["gateway"]
+        assert urllib.request.urlopen(f"{gateway}/accounts/slow", timeout=10).status == 200  # pool warm
+        from concurrent.futures import ThreadPoolExecutor
+        started = time.monotonic()
+        with ThreadPoolExecutor(10) as pool:
+            statuses = list(pool.map(lambda _: urllib.request.urlopen(f"{gateway}/accounts/slow", timeout=20).status,
+                                     range(10)))
+        elapsed = time.monotonic() - started
+        assert statuses == [200] * 10
+        assert elapsed < 1.5, f"ten 0.3 s queries took {elapsed:.2f}s on one worker: they ran one at a time"
+    finally:
+        up.close()

@@ -32,8 +32,9 @@ def test_list_prints_every_builtin_template_on_one_line(tmp_path):
 
 
 def test_builtin_templates_describe_themselves_and_are_not_copied(project):
-    for template in scaffold.catalogue():
-        assert template.description, template.name
+    described = {t.name: t.description for t in scaffold.catalogue()}
+    for name in ("rest", "soap", "aiohttp", "flask"):
+        assert described[name] and "no template.toml" not in described[name], name
     assert run_cli("new", "service", "users", cwd=project).returncode == 0
     assert not (project / "services" / "users" / "template.toml").exists()
 
@@ -72,6 +73,15 @@ port_var = "PORT"
 command = "python -m services.{{service}}.server --port ${{port_var}}"
 health = "/ping"
 '''
+
+
+def test_a_template_without_template_toml_adds_an_app_table(project, tmp_path):
+    mine = tmp_path / "bare"
+    mine.mkdir()
+    (mine / "app.py").write_text("app = None\n")
+    assert run_cli("new", "service", "bare", "--template", str(mine), cwd=project).returncode == 0
+    assert config.load(project / "microkit.toml").services["bare"].app == "services.bare.app:app"
+    assert scaffold.load_template(str(mine)).description == "(no description: its folder has no template.toml)"
 
 
 def test_user_template_with_template_toml_adds_a_command_table(project, tmp_path):

@@ -85,3 +85,11 @@ def test_pooled_connections_are_reused_and_checked(app, client):
         client.get(ROUTE)
     assert engine.pool.checkedout() == 0, "every request gave its connection back"
     assert engine.pool.size() >= 1 and engine.pool._pre_ping
+
+
+def test_an_unreachable_database_is_503_json(app, client):
+    from sqlalchemy import create_engine
+
+    app.extensions["{{service}}.engine"] = create_engine("sqlite:////nonexistent-folder/{{service}}.db")
+    response = client.get(ROUTE)
+    assert response.status_code == 503 and response.json == {"error": "database unavailable"}

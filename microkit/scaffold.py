@@ -1,10 +1,11 @@
 """`microkit new`: render templates into files, then write them in a separate, all-or-nothing step.
 
 Rendering never touches the disk it writes to: it returns a `Plan` (new files, plus a replacement
-microkit.toml), which `--dry-run` prints instead of applying. A template folder may carry a
-`template.toml` (its description, extra variables, the microkit.toml table it adds); it is not copied. `apply` checks the plan against the disk, stages every new file in a temporary folder
-beside its destination and moves each new folder into place with one rename, so a refusal or a
-failure leaves the project exactly as it was.
+microkit.toml), which `--dry-run` prints instead of applying. `apply` checks the plan against the
+disk, stages every new file in a temporary folder beside its destination and moves each new folder
+into place with one rename, so a refusal or a failure leaves the project exactly as it was.
+A template folder may carry a `template.toml` (its description, its own variables, the
+microkit.toml table it adds); it is read, never copied.
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ def template_dir(name: str) -> Path:
 
 
 def load_template(name: str) -> Template:
-    """A template and its template.toml; without one: no description, no variables, an `app` table."""
+    """A template and its template.toml; without one: no variables and an `app` table."""
     path = template_dir(name)
     meta_path = path / METADATA
     label = str(meta_path)
@@ -144,8 +145,7 @@ def load_template(name: str) -> Template:
         if key in table:
             raise ScaffoldError(f"{label}: service.{key}: set by `microkit new service --{key}`, not here")
     return Template(path.name, path, description.strip() or "(no description: its folder has no template.toml)",
-                    MappingProxyType(dict(variables)),
-                    MappingProxyType(dict(table)))
+                    MappingProxyType(dict(variables)), MappingProxyType(dict(table)))
 
 
 def catalogue() -> list[Template]:

@@ -149,7 +149,7 @@ def test_an_exception_is_a_server_fault_and_its_traceback_goes_to_the_log():
 def test_soap_12_and_must_understand_headers():
     soap12 = b'<e:Envelope xmlns:e="http://www.w3.org/2003/05/soap-envelope"><e:Body/></e:Envelope>'
     assert fault_of(call("POST", "/people", soap12)[2])[0] == "soap:VersionMismatch"
-    header = f'<s:Header><x:Auth xmlns:x="urn:x" s:mustUnderstand="1"/></s:Header>'
+    header = '<s:Header><x:Auth xmlns:x="urn:x" s:mustUnderstand="1"/></s:Header>'
     assert fault_of(call("POST", "/people", envelope(f'<p:boom xmlns:p="{NS}"/>', header=header))[2])[0] \
         == "soap:MustUnderstand"
 

@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -186,7 +187,8 @@ def test_one_service_of_each_template_under_up_every_one_through_the_gateway(tmp
     root = new_project(tmp_path, users="/people", accounts="/ledger", directory="/soap/directory")
     up = Up(root, gateway=True)
     try:
-        gateway = up.ready(60)["gateway"]
+        urls = up.ready(60)
+        gateway = urls["gateway"]
         check_json_resource(gateway, "/people")
         check_json_resource(gateway, "/ledger")
         # `ready` waits for app services to be routed, not command services (the arbiter's routed check)
@@ -194,8 +196,15 @@ def test_one_service_of_each_template_under_up_every_one_through_the_gateway(tmp
         check_json_resource(gateway, "/notes")
         check_soap_through(gateway, "/soap/directory")
         assert request("GET", f"{gateway}/users/1")[0] == 404, "the old route is gone: it lives in microkit.toml"
+
+        waited = {}
+        in_flight = threading.Thread(target=lambda: waited.update(r=request("GET", f"{gateway}/notes/wait?seconds=1")))
+        in_flight.start()
+        eventually(lambda: request("GET", urls["notes"] + "/healthz")[1]["waiting"] == 1, 10)
         up.signal(signal.SIGTERM)
         assert up.wait(30) == 0
+        in_flight.join(10)
+        assert waited["r"] == (200, {"waited": 1.0}), "the aiohttp service finished its request before stopping"
     finally:
         up.close()
     assert (root / "data" / "users.db").exists() and (root / "data" / "accounts.db").exists(), \

@@ -185,6 +185,17 @@ def _fill(text: str, variables: dict[str, str], template: Path, relative: Path) 
     return PLACEHOLDER.sub(value, text)
 
 
+def _fill_values(value: Any, variables: dict[str, str], template: Path) -> Any:
+    """A template.toml value with the placeholders of its strings filled, inside tables and arrays too."""
+    if isinstance(value, str):
+        return _fill(value, variables, template, Path(METADATA))
+    if isinstance(value, dict):
+        return {key: _fill_values(item, variables, template) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_fill_values(item, variables, template) for item in value]
+    return value
+
+
 def check_name(kind: str, name: str, *, shadow_check: bool) -> None:
     """Refuse names that cannot be Python packages, or that would shadow a module the code imports."""
     if not name.isidentifier() or not name.isascii():
@@ -248,8 +259,7 @@ def plan_service(project: cfg.Config, name: str, template: str = "rest",
         files.append(File(PurePosixPath("services", "__init__.py"), b'"""The project\'s services, one package each."""\n'))
 
     meta = chosen.path / METADATA
-    table = {key: _fill(value, variables, chosen.path, Path(METADATA)) if isinstance(value, str) else value
-             for key, value in chosen.table.items()}
+    table = {key: _fill_values(value, variables, chosen.path) for key, value in chosen.table.items()}
     toml_text = _add_service_table(project.path, name, {**table, "route": route, "workers": workers})
     try:
         cfg.parse(toml_text, project.path)  # the edit must leave a valid config, or nothing is written

@@ -72,6 +72,7 @@ port_var = "PORT"
 [service]
 command = "python -m services.{{service}}.server --port ${{port_var}}"
 health = "/ping"
+env = { GREETING = "{{greeting}}", DATABASE_URL = "sqlite:///data/{{service}}.db" }
 '''
 
 
@@ -95,6 +96,7 @@ def test_user_template_with_template_toml_adds_a_command_table(project, tmp_path
     conf = config.load(project / "microkit.toml").services["hello"]
     assert (conf.app, conf.command, conf.health) == (None, "python -m services.hello.server --port $PORT", "/ping")
     assert (conf.route, conf.workers) == ("/hello", 2)
+    assert dict(conf.env) == {"GREETING": "hi there", "DATABASE_URL": "sqlite:///data/hello.db"}
 
 
 @pytest.mark.parametrize("meta, args, message", [

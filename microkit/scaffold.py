@@ -281,6 +281,10 @@ def _add_service_table(path: Path, name: str, keys: Mapping[str, Any]) -> str:
         raise ScaffoldError(f"{cfg.display_path(path)}: invalid TOML: {exc}") from None
     table = tomlkit.table()
     for key, value in keys.items():
+        if isinstance(value, dict):  # env = { ... } stays on its line, as people write it
+            inline = tomlkit.inline_table()
+            inline.update(value)
+            value = inline
         table.add(key, value)
     if "services" not in doc:
         doc.add("services", tomlkit.table(is_super_table=True))

@@ -283,3 +283,32 @@ def test_flask_queries_under_one_gevent_worker_do_not_block_each_other(tmp_path,
         assert elapsed < 1.5, f"ten 0.3 s queries took {elapsed:.2f}s on one worker: they ran one at a time"
     finally:
         up.close()
+
+
+def test_workers_start_while_the_database_is_missing_and_create_the_tables_once_it_exists(tmp_path, postgres_url):
+    """A worker that cannot reach its database at start still starts; its tables are made on a later request."""
+    import psycopg2
+
+    later = postgres_url.rsplit("/", 1)[1] + "_later"
+    root = new_project(tmp_path, {t: SERVICES[t] for t in DATABASE_TEMPLATES})
+    toml = root / "microkit.toml"
+    text = toml.read_text()
+    for name in ("users", "accounts"):
+        text = text.replace(f'route = "/{name}"\nworkers = 1', f'route = "/{name}"\nworkers = 2\n'
+                            f'env = {{ DATABASE_URL = "{postgres_url}_later" }}')
+    toml.write_text(text)
+    admin = psycopg2.connect(postgres_url)
+    admin.autocommit = True
+    up = Up(root, gateway=True)
+    try:
+        gateway = up.ready(60)["gateway"]
+        assert "cannot reach the database to create tables" in up.output
+        assert request("POST", f"{gateway}/users/", {"name": "ada"})[0] == 500
+        assert request("POST", f"{gateway}/accounts/", {"name": "ada"}) == (503, {"error": "database unavailable"})
+        admin.cursor().execute(f'CREATE DATABASE "{later}"')
+        check_json_resource(gateway, "/users")
+        check_json_resource(gateway, "/accounts")
+    finally:
+        up.close()
+        admin.cursor().execute(f'DROP DATABASE IF EXISTS "{later}" WITH (FORCE)')
+        admin.close()

@@ -98,8 +98,20 @@ def create_app(route: str = "", database_url: str | None = None) -> Flask:
     app = Flask(__name__)
     base = route.rstrip("/")
     engine = make_engine(database_url)
-    create_tables(engine)  # once per worker as it starts, before it serves
     app.extensions["{{service}}.engine"] = engine
+    try:
+        create_tables(engine)  # once per worker as it starts, before it serves
+        tables_pending = False
+    except OperationalError as exc:  # the database is down: start anyway, and create them on a later request
+        app.logger.warning("cannot reach the database to create tables (%s); retrying on requests", exc.orig)
+        tables_pending = True
+
+    @app.before_request
+    def _create_tables_if_pending() -> None:
+        nonlocal tables_pending
+        if tables_pending and request.endpoint != "healthz":
+            create_tables(engine)
+            tables_pending = False
     app.register_blueprint(api, url_prefix=base or "/")
 
     @app.get("/healthz")

@@ -14,10 +14,14 @@ gets 400; errors are JSON: {"error": "..."}.
 
 import json
 import os
+import sys
 
 import bottle
+from peewee import OperationalError
 
 from .models import {{model}}, create_tables, db, init_db
+
+_tables_pending = False  # True while the database could not be reached to create the tables
 
 
 def _error(status: int, message: str) -> str:
@@ -66,6 +70,12 @@ def create_app(route: str = "") -> bottle.Bottle:
 
     @app.hook("before_request")
     def _open_connection() -> None:
+        global _tables_pending
+        if bottle.request.path == "/healthz":
+            return  # health says the worker serves, without the database: a database outage gets JSON errors
+        if _tables_pending:
+            create_tables()
+            _tables_pending = False
         db.connect(reuse_if_open=True)
 
     @app.hook("after_request")
@@ -111,5 +121,10 @@ def create_app(route: str = "") -> bottle.Bottle:
 
 
 init_db()
-create_tables()  # once per worker as it starts, before it serves; a database lock orders simultaneous starts
+try:
+    create_tables()  # once per worker as it starts, before it serves; a database lock orders simultaneous starts
+except OperationalError as exc:  # the database is down: start anyway, and create them on a later request
+    print(f"{{service}}: cannot reach the database to create tables ({exc}); retrying on requests",
+          file=sys.stderr, flush=True)
+    _tables_pending = True
 app = create_app(os.environ.get("MICROKIT_ROUTE", ""))

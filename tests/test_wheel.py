@@ -34,8 +34,8 @@ def installed_wheel(tmp_path_factory) -> Path:
     env_dir = work / "venv"
     venv.create(env_dir, with_pip=True)
     wheel = next(dist.glob("microkit-*.whl"))
-    install = subprocess.run([str(env_dir / "bin" / "python"), "-m", "pip", "install", "-q", f"{wheel}[rest]", "pytest"],
-                             capture_output=True, text=True, timeout=600)
+    install = subprocess.run([str(env_dir / "bin" / "python"), "-m", "pip", "install", "-q", f"{wheel}[rest]",
+                              "pytest"], capture_output=True, text=True, timeout=600)
     assert install.returncode == 0, install.stderr
     return env_dir / "bin"
 

@@ -257,7 +257,8 @@ def slow():
 '''
 
 
-@pytest.mark.parametrize("database, query", [("postgres_url", "SELECT pg_sleep(0.3)"), ("mysql_url", "SELECT SLEEP(0.3)")])
+@pytest.mark.parametrize("database, query", [("postgres_url", "SELECT pg_sleep(0.3)"),
+                                             ("mysql_url", "SELECT SLEEP(0.3)")])
 def test_flask_queries_under_one_gevent_worker_do_not_block_each_other(tmp_path, request, database, query):
     """One worker, ten concurrent 0.3 s queries: cooperative drivers overlap them (serialised: 3 s)."""
     url = request.getfixturevalue(database)

@@ -82,18 +82,40 @@ def new_project(name: str) -> None:
 
 
 @new.command("service")
-@click.argument("name")
+@click.argument("name", required=False)
 @click.option("--template", "-t", default="rest", show_default=True,
-              help="A built-in template name, or the path of your own template folder.")
+              help="A built-in template name (see --list), or the path of your own template folder.")
 @click.option("--route", default=None, help='Path prefix at the gateway.  [default: "/NAME"]')
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Worker processes for the service.")
+              help="Worker processes (or instances, for a command service).")
+@click.option("--var", "values", multiple=True, metavar="NAME=VALUE",
+              help="Set a variable the template's template.toml declares (repeatable).")
+@click.option("--dry-run", is_flag=True, help="Print the files and the microkit.toml change; write nothing.")
+@click.option("--list", "list_", is_flag=True, help="List the built-in templates and exit.")
 @config_option
-def new_service(name: str, template: str, route: str | None, workers: int, config_file: str | None) -> None:
+def new_service(name: str | None, template: str, route: str | None, workers: int, values: tuple[str, ...],
+                dry_run: bool, list_: bool, config_file: str | None) -> None:
     """Add services/NAME and its [services.NAME] table in microkit.toml."""
     from . import scaffold
+    if list_:
+        templates = scaffold.catalogue()
+        width = max(len(t.name) for t in templates)
+        for t in templates:
+            click.echo(f"{t.name:<{width}}  {t.description}")
+        return
+    if name is None:
+        raise UsageError("microkit new service: missing NAME (or --list for the templates)")
+    settings = {}
+    for value in values:
+        var, sep, text = value.partition("=")
+        if not sep or not var:
+            raise UsageError(f"--var {value}: expected NAME=VALUE")
+        settings[var] = text
     project = config.discover(config_file)
-    plan = scaffold.plan_service(project, name, template=template, route=route, workers=workers)
+    plan = scaffold.plan_service(project, name, template=template, route=route, workers=workers, values=settings)
+    if dry_run:
+        click.echo(plan.describe())
+        return
     scaffold.apply(plan, project.root)
     folder = config.display_path(project.root / "services" / name)
     click.echo(f"created {folder}/ and [services.{name}] in {config.display_path(project.path)}")

@@ -499,6 +499,11 @@ class ServiceConfig:
     health: str
     access_log: bool
 
+    @property
+    def app_route(self) -> str:
+        """The route as the app sees it (MICROKIT_ROUTE): "" below a stripped prefix, whose routes are relative."""
+        return "" if self.strip_prefix or not self.route else self.route
+
 
 @dataclass(frozen=True)
 class Config:

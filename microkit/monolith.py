@@ -74,7 +74,8 @@ class Monolith:
         self.mounted = [s for s in conf.services.values() if s.app and s.route]
         self.skipped = [s.name for s in conf.services.values() if not (s.app and s.route)]
         self.table: RouteTable[tuple[Callable, bool]] = RouteTable(
-            (s.route, (with_env(dict(s.env), lambda s=s: load_app(s.app)), s.strip_prefix and s.route != "/"))
+            (s.route, (with_env({"MICROKIT_ROUTE": s.app_route, "MICROKIT_PROJECT_ROOT": root, **s.env},
+                                lambda s=s: load_app(s.app)), s.strip_prefix and s.route != "/"))
             for s in self.mounted)
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:

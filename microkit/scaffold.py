@@ -1,13 +1,16 @@
 """`microkit new`: render templates into files, then write them in a separate, all-or-nothing step.
 
 Rendering never touches the disk it writes to: it returns a `Plan` (new files, plus a replacement
-microkit.toml). `apply` checks the plan against the disk, stages every new file in a temporary folder
-beside its destination and moves each new folder into place with one rename, so a refusal or a
-failure leaves the project exactly as it was.
+microkit.toml), which `--dry-run` prints instead of applying. `apply` checks the plan against the
+disk, stages every new file in a temporary folder beside its destination and moves each new folder
+into place with one rename, so a refusal or a failure leaves the project exactly as it was.
+A template folder may carry a `template.toml` (its description, its own variables, the
+microkit.toml table it adds); it is read, never copied.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import keyword
 import os
@@ -15,20 +18,27 @@ import re
 import shutil
 import sys
 import tempfile
+import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path, PurePosixPath
+from types import MappingProxyType
+from typing import Any
 
 import tomlkit
 import tomlkit.exceptions
 
 from . import config as cfg
-from .errors import ScaffoldError
+from .errors import ConfigError, ScaffoldError
 
 PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 DOT_PREFIX = "dot-"  # templates store ".gitignore" as "dot-gitignore": package data skips dotfiles
 SKIP = {"__pycache__", ".DS_Store"}
 PROJECT_TEMPLATE = "project"
+METADATA = "template.toml"
+BUILTIN_VARIABLES = ("project", "service", "route", "model")
+ADDED_KEYS = ("route", "workers")  # from the command line, after the template's own table
 
 
 @dataclass(frozen=True)
@@ -45,6 +55,31 @@ class Plan:
 
     create: tuple[File, ...]
     replace: tuple[File, ...] = field(default=())
+    before: tuple[File, ...] = field(default=())  # what the replaced files hold now, for --dry-run
+
+    def describe(self) -> str:
+        """What applying the plan would do, as `--dry-run` prints it: the new files, then a diff of each edit."""
+        lines = [f"would create {file.path} ({len(file.content)} bytes)" for file in self.create]
+        old = {file.path: file.content for file in self.before}
+        for file in self.replace:
+            lines.append(f"would change {file.path}:")
+            diff = difflib.unified_diff(old.get(file.path, b"").decode("utf-8").splitlines(),
+                                        file.content.decode("utf-8").splitlines(),
+                                        f"{file.path}", f"{file.path}", lineterm="")
+            lines.extend(diff)
+        lines.append("nothing was written (--dry-run)")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Template:
+    """A service template folder and what its template.toml says about it."""
+
+    name: str
+    path: Path
+    description: str
+    variables: Mapping[str, str]  # its own {{placeholders}}, with their defaults (--var NAME=VALUE)
+    table: Mapping[str, Any]      # the keys of the [services.NAME] table it adds, before route and workers
 
 
 def templates_root() -> Path:
@@ -77,12 +112,55 @@ def template_dir(name: str) -> Path:
     return templates_root() / name
 
 
+def load_template(name: str) -> Template:
+    """A template and its template.toml; without one: no variables and an `app` table."""
+    path = template_dir(name)
+    meta_path = path / METADATA
+    label = str(meta_path)
+    meta: dict[str, Any] = {}
+    if meta_path.is_file():
+        try:
+            meta = tomllib.loads(meta_path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ScaffoldError(f"{label}: invalid TOML: {exc}") from None
+    for key in meta:
+        if key not in ("description", "variables", "service"):
+            raise ScaffoldError(f"{label}: {key}: unknown key (known: description, variables, service)")
+    description = meta.get("description", "")
+    if not isinstance(description, str):
+        raise ScaffoldError(f"{label}: description: expected a string")
+    variables = meta.get("variables", {})
+    if not isinstance(variables, dict):
+        raise ScaffoldError(f'{label}: variables: expected a table of NAME = "default"')
+    for var, default in variables.items():
+        if not var.isidentifier() or var in BUILTIN_VARIABLES:
+            raise ScaffoldError(f"{label}: variables.{var}: expected an identifier other than "
+                                f"{', '.join(BUILTIN_VARIABLES)}")
+        if not isinstance(default, str):
+            raise ScaffoldError(f'{label}: variables.{var}: expected a string default, e.g. {var} = "..."')
+    table = meta.get("service", {"app": "services.{{service}}.app:app"})
+    if not isinstance(table, dict):
+        raise ScaffoldError(f"{label}: service: expected a table (the keys of [services.NAME])")
+    for key in ADDED_KEYS:
+        if key in table:
+            raise ScaffoldError(f"{label}: service.{key}: set by `microkit new service --{key}`, not here")
+    return Template(path.name, path, description.strip() or "(no description: its folder has no template.toml)",
+                    MappingProxyType(dict(variables)), MappingProxyType(dict(table)))
+
+
+def catalogue() -> list[Template]:
+    """The built-in service templates, for `microkit new service --list`."""
+    return [load_template(name) for name in builtin_templates()]
+
+
 def render(template: Path, variables: dict[str, str], dest: PurePosixPath) -> list[File]:
     """Every file of a template folder with its {{placeholders}} filled in, placed under `dest`."""
     files = []
     for source in sorted(template.rglob("*")):
         relative = source.relative_to(template)
         if source.is_dir() or SKIP.intersection(relative.parts) or source.suffix in (".pyc", ".pyo"):
+            continue
+        if relative == Path(METADATA):
             continue
         parts = [_fill(part, variables, template, relative) for part in relative.parts]
         parts = [("." + p[len(DOT_PREFIX):]) if p.startswith(DOT_PREFIX) else p for p in parts]
@@ -105,6 +183,17 @@ def _fill(text: str, variables: dict[str, str], template: Path, relative: Path) 
             raise ScaffoldError(f"{template / relative}: unknown placeholder {{{{{name}}}}} (known: {known})")
         return variables[name]
     return PLACEHOLDER.sub(value, text)
+
+
+def _fill_values(value: Any, variables: dict[str, str], template: Path) -> Any:
+    """A template.toml value with the placeholders of its strings filled, inside tables and arrays too."""
+    if isinstance(value, str):
+        return _fill(value, variables, template, Path(METADATA))
+    if isinstance(value, dict):
+        return {key: _fill_values(item, variables, template) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_fill_values(item, variables, template) for item in value]
+    return value
 
 
 def check_name(kind: str, name: str, *, shadow_check: bool) -> None:
@@ -149,8 +238,9 @@ def plan_project(name: str, parent: Path | None = None) -> Plan:
 
 
 def plan_service(project: cfg.Config, name: str, template: str = "rest",
-                 route: str | None = None, workers: int = 1) -> Plan:
-    """The files of a new service, and microkit.toml with its [services.NAME] table added."""
+                 route: str | None = None, workers: int = 1, values: Mapping[str, str] | None = None) -> Plan:
+    """The files of a new service, and microkit.toml with its [services.NAME] table added.
+    `values` sets the template's own variables (`--var NAME=VALUE`)."""
     check_name("service", name, shadow_check=True)
     route = "/" + name if route is None else route
     try:
@@ -162,18 +252,32 @@ def plan_service(project: cfg.Config, name: str, template: str = "rest",
     if (project.root / "services" / name).exists():
         raise ScaffoldError(f"service {name!r} already exists: services/{name} is there")
 
-    variables = {"project": project.project.name, "service": name, "route": route, "model": model_name(name)}
-    files = render(template_dir(template), variables, PurePosixPath("services", name))
+    chosen = load_template(template)
+    for var in values or {}:
+        if var not in chosen.variables:
+            known = ", ".join(chosen.variables) or "none"
+            raise ScaffoldError(f"--var {var}: template {chosen.name!r} has no such variable (its variables: {known})")
+    variables = {**chosen.variables, **(values or {}),
+                 "project": project.project.name, "service": name, "route": route, "model": model_name(name)}
+    files = render(chosen.path, variables, PurePosixPath("services", name))
     if not (project.root / "services" / "__init__.py").exists():
         files.append(File(PurePosixPath("services", "__init__.py"), b'"""The project\'s services, one package each."""\n'))
 
-    toml_text = _add_service_table(project.path, name, route, workers)
-    cfg.parse(toml_text, project.path)  # the edit must leave a valid config, or nothing is written
+    meta = chosen.path / METADATA
+    table = {key: _fill_values(value, variables, chosen.path) for key, value in chosen.table.items()}
+    toml_text = _add_service_table(project.path, name, {**table, "route": route, "workers": workers})
+    try:
+        cfg.parse(toml_text, project.path)  # the edit must leave a valid config, or nothing is written
+    except ConfigError as exc:
+        if meta.is_file():
+            raise ScaffoldError(f"{exc} (from the [service] table of {meta})") from None
+        raise
     toml_path = PurePosixPath(os.path.relpath(project.path, project.root))
-    return Plan(tuple(files), (File(toml_path, toml_text.encode("utf-8")),))
+    before = File(toml_path, project.path.read_bytes())
+    return Plan(tuple(files), (File(toml_path, toml_text.encode("utf-8")),), (before,))
 
 
-def _add_service_table(path: Path, name: str, route: str, workers: int) -> str:
+def _add_service_table(path: Path, name: str, keys: Mapping[str, Any]) -> str:
     """microkit.toml with [services.NAME] appended, its comments and layout kept as they were."""
     text = path.read_text(encoding="utf-8")
     try:
@@ -181,9 +285,12 @@ def _add_service_table(path: Path, name: str, route: str, workers: int) -> str:
     except tomlkit.exceptions.ParseError as exc:
         raise ScaffoldError(f"{cfg.display_path(path)}: invalid TOML: {exc}") from None
     table = tomlkit.table()
-    table.add("app", f"services.{name}.app:app")
-    table.add("route", route)
-    table.add("workers", workers)
+    for key, value in keys.items():
+        if isinstance(value, dict):  # env = { ... } stays on its line, as people write it
+            inline = tomlkit.inline_table()
+            inline.update(value)
+            value = inline
+        table.add(key, value)
     if "services" not in doc:
         doc.add("services", tomlkit.table(is_super_table=True))
     doc["services"][name] = table

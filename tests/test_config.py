@@ -228,3 +228,10 @@ class TestDiscovery:
         with pytest.raises(ConfigError, match=r"no microkit.toml in .* or any parent folder "
                                               r"\(run `microkit new project NAME`, or pass -c FILE\)"):
             config.find(None, {}, tmp_path)
+
+
+def test_the_route_an_app_sees_is_empty_below_a_stripped_prefix():
+    conf = parse('[project]\nname = "p"\n[services.a]\napp = "m:app"\nroute = "/a"\n'
+                 '[services.b]\napp = "m:app"\nroute = "/b"\nstrip_prefix = true\n'
+                 '[services.c]\ncommand = "prog"\n')
+    assert [conf.services[n].app_route for n in "abc"] == ["/a", "", ""]

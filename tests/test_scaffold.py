@@ -51,7 +51,7 @@ def test_new_service_writes_files_and_keeps_the_toml_comments(project):
     assert {"services/users/app.py", "services/users/models.py", "services/users/tests/test_app.py",
             "services/users/README.md"} <= set(tree(project))
     app = (project / "services/users/app.py").read_text()
-    assert 'ROUTE = "/users"' in app and "{{" not in app
+    assert 'os.environ.get("MICROKIT_ROUTE", "")' in app and "{{" not in app
     assert "class User(Model)" in (project / "services/users/models.py").read_text()
 
 
@@ -92,7 +92,7 @@ def run_generated_tests(project: Path, env: dict) -> None:
      'microkit.toml: services.people.route: "/users" is already the route of services.users'),
     (["new", "service", "people", "--route", "people"], "--route: expected a path prefix like \"/users\""),
     (["new", "service", "people", "--workers", "0"], "Invalid value for '--workers'"),
-    (["new", "service", "people", "--template", "nope"], "--template: unknown template 'nope' (built in: rest"),
+    (["new", "service", "people", "--template", "nope"], "--template: unknown template 'nope' (built in: aiohttp, "),
     (["new", "service", "people", "--template", "./missing"], "--template: ./missing: no such folder"),
     (["new", "project", "shop"], "already exists; nothing was written"),
 ])

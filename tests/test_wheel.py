@@ -34,8 +34,8 @@ def installed_wheel(tmp_path_factory) -> Path:
     env_dir = work / "venv"
     venv.create(env_dir, with_pip=True)
     wheel = next(dist.glob("microkit-*.whl"))
-    install = subprocess.run([str(env_dir / "bin" / "python"), "-m", "pip", "install", "-q", str(wheel), "pytest"],
-                             capture_output=True, text=True, timeout=600)
+    install = subprocess.run([str(env_dir / "bin" / "python"), "-m", "pip", "install", "-q", f"{wheel}[rest]",
+                              "pytest"], capture_output=True, text=True, timeout=600)
     assert install.returncode == 0, install.stderr
     return env_dir / "bin"
 
@@ -47,6 +47,9 @@ def test_wheel_install_scaffolds_a_project_whose_tests_pass(installed_wheel, tmp
     assert created.returncode == 0, created.stderr
     project = tmp_path / "shop"
     assert (project / ".gitignore").is_file()
+    listed = run_cli("new", "service", "--list", cwd=project, executable=microkit)
+    assert {"rest", "soap", "aiohttp", "flask"} <= {line.split()[0] for line in listed.stdout.splitlines()}, listed
+    assert "Bottle and peewee" in listed.stdout, "each template.toml ships in the wheel"
     added = run_cli("new", "service", "users", cwd=project, executable=microkit)
     assert added.returncode == 0, added.stderr
     tests = subprocess.run([str(installed_wheel / "pytest"), "-q", "-p", "no:cacheprovider", "services"],

@@ -118,7 +118,8 @@ class Arbiter:
         if service.command:
             spec = CommandSpec(name=service.name, command=service.command, root=self.root,
                                host=service.listen.host, port=service.listen.port,
-                               env={"MICROKIT_GATEWAY_URL": self.gateway_url, **service.env},
+                               env={"MICROKIT_GATEWAY_URL": self.gateway_url, "MICROKIT_ROUTE": service.app_route,
+                                    "MICROKIT_PROJECT_ROOT": str(self.root), **service.env},
                                timeout=service.timeout, graceful_timeout=service.graceful_timeout,
                                health=service.health, registry=self.registry_spec(service))
             return CommandGroup(spec, service.workers, self.printer, self.watch)
@@ -128,7 +129,8 @@ class Arbiter:
             raise SupervisorError(f"services.{service.name}: cannot listen on {service.listen}: "
                                   f"{exc.strerror or exc}") from None
         spec = AppSpec(name=service.name, app=service.app, root=self.root,
-                       env={"MICROKIT_GATEWAY_URL": self.gateway_url, **service.env},
+                       env={"MICROKIT_GATEWAY_URL": self.gateway_url, "MICROKIT_ROUTE": service.app_route,
+                            "MICROKIT_PROJECT_ROOT": str(self.root), **service.env},
                        timeout=service.timeout, graceful_timeout=service.graceful_timeout,
                        health=service.health,
                        access_log=service.access_log if self.access_log is None else self.access_log,

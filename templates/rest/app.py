@@ -1,41 +1,27 @@
-"""The {{service}} service: a JSON resource at {{route}}, stored through peewee.
+"""The {{service}} service: a JSON resource at its route, stored through peewee.
 
-    POST   {{route}}/        create       201 {"id": ..., "name": ..., "created_at": ...}
-    GET    {{route}}/        list         200 [...]
-    GET    {{route}}/<id>    read         200, or 404
-    PUT    {{route}}/<id>    replace      200, or 404
-    PATCH  {{route}}/<id>    update       200, or 404
-    DELETE {{route}}/<id>    delete       204, or 404
-    GET    /healthz          health       200
-Bad JSON or a missing "name" gets 400; errors are JSON: {"error": "..."}.
+    POST   ROUTE/        create       201 {"id": ..., "name": ..., "created_at": ...}
+    GET    ROUTE/        list         200 [...]
+    GET    ROUTE/<id>    read         200, or 404
+    PUT    ROUTE/<id>    replace      200, or 404
+    PATCH  ROUTE/<id>    update       200, or 404
+    DELETE ROUTE/<id>    delete       204, or 404
+    GET    /healthz      health       200
+ROUTE is the service's route in microkit.toml, which microkit passes in MICROKIT_ROUTE (so it is
+written in one place); without it (run by hand) the resource is at /. Bad JSON or a missing "name"
+gets 400; errors are JSON: {"error": "..."}.
 """
 
 import json
+import os
+import sys
 
 import bottle
+from peewee import OperationalError
 
 from .models import {{model}}, create_tables, db, init_db
 
-ROUTE = "{{route}}"
-
-app = bottle.Bottle()
-init_db()
-_tables_ready = False
-
-
-@app.hook("before_request")
-def _open_connection() -> None:
-    global _tables_ready
-    if not _tables_ready:
-        create_tables()
-        _tables_ready = True
-    db.connect(reuse_if_open=True)
-
-
-@app.hook("after_request")
-def _close_connection() -> None:
-    if not db.is_closed():
-        db.close()
+_tables_pending = False  # True while the database could not be reached to create the tables
 
 
 def _error(status: int, message: str) -> str:
@@ -48,10 +34,6 @@ def _json_error(err: bottle.HTTPError) -> str:
     if err.status_code >= 500 and err.exception is not None:
         return _error(err.status_code, "internal server error")
     return _error(err.status_code, err.body if isinstance(err.body, str) and err.body else err.status_line)
-
-
-for _code in (400, 404, 405, 500):
-    app.error(_code)(_json_error)
 
 
 def _body(partial: bool = False) -> dict:
@@ -78,43 +60,71 @@ def _get(item_id: int) -> {{model}}:
     return item
 
 
-@app.get("/healthz")
-def healthz() -> dict:
-    return {"status": "ok"}
+def create_app(route: str = "") -> bottle.Bottle:
+    """The service with its resource at `route` (a prefix such as "/{{service}}", or "" for /)."""
+    base = route.rstrip("/")
+    collection = [base + "/"] + ([base] if base else [])
+    app = bottle.Bottle()
+    for code in (400, 404, 405, 500):
+        app.error(code)(_json_error)
+
+    @app.hook("before_request")
+    def _open_connection() -> None:
+        global _tables_pending
+        if bottle.request.path == "/healthz":
+            return  # health says the worker serves, without the database: a database outage gets JSON errors
+        if _tables_pending:
+            create_tables()
+            _tables_pending = False
+        db.connect(reuse_if_open=True)
+
+    @app.hook("after_request")
+    def _close_connection() -> None:
+        if not db.is_closed():
+            db.close()
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.post(collection)
+    def create() -> dict:
+        item = {{model}}.create(name=_body()["name"])
+        bottle.response.status = 201
+        bottle.response.set_header("Location", f"{base}/{item.id}")
+        return item.to_dict()
+
+    @app.get(collection)
+    def list_all() -> str:
+        bottle.response.content_type = "application/json"
+        return json.dumps([item.to_dict() for item in {{model}}.select().order_by({{model}}.id)])
+
+    @app.get(base + "/<item_id:int>")
+    def read(item_id: int) -> dict:
+        return _get(item_id).to_dict()
+
+    @app.route(base + "/<item_id:int>", method=["PUT", "PATCH"])
+    def update(item_id: int) -> dict:
+        data = _body(partial=bottle.request.method == "PATCH")
+        item = _get(item_id)
+        if "name" in data:
+            item.name = data["name"]
+            item.save()
+        return item.to_dict()
+
+    @app.delete(base + "/<item_id:int>")
+    def delete(item_id: int) -> None:
+        _get(item_id).delete_instance()
+        bottle.response.status = 204
+
+    return app
 
 
-@app.post(ROUTE)
-@app.post(ROUTE + "/")
-def create() -> dict:
-    item = {{model}}.create(name=_body()["name"])
-    bottle.response.status = 201
-    bottle.response.set_header("Location", f"{ROUTE}/{item.id}")
-    return item.to_dict()
-
-
-@app.get(ROUTE)
-@app.get(ROUTE + "/")
-def list_all() -> str:
-    bottle.response.content_type = "application/json"
-    return json.dumps([item.to_dict() for item in {{model}}.select().order_by({{model}}.id)])
-
-
-@app.get(ROUTE + "/<item_id:int>")
-def read(item_id: int) -> dict:
-    return _get(item_id).to_dict()
-
-
-@app.route(ROUTE + "/<item_id:int>", method=["PUT", "PATCH"])
-def update(item_id: int) -> dict:
-    data = _body(partial=bottle.request.method == "PATCH")
-    item = _get(item_id)
-    if "name" in data:
-        item.name = data["name"]
-        item.save()
-    return item.to_dict()
-
-
-@app.delete(ROUTE + "/<item_id:int>")
-def delete(item_id: int) -> None:
-    _get(item_id).delete_instance()
-    bottle.response.status = 204
+init_db()
+try:
+    create_tables()  # once per worker as it starts, before it serves; a database lock orders simultaneous starts
+except OperationalError as exc:  # the database is down: start anyway, and create them on a later request
+    print(f"{{service}}: cannot reach the database to create tables ({exc}); retrying on requests",
+          file=sys.stderr, flush=True)
+    _tables_pending = True
+app = create_app(os.environ.get("MICROKIT_ROUTE", ""))

@@ -1,17 +1,19 @@
 """The {{service}} service's data: one peewee model, in the service's own database.
 
 DATABASE_URL picks the database (sqlite:///..., postgresql://..., mysql://...); without it the
-service keeps an SQLite file under the project's data/ folder.
+service keeps an SQLite file under the project's data/ folder (MICROKIT_PROJECT_ROOT, which microkit
+sets; else the current folder).
 """
 
 import datetime
 import os
+import zlib
 from pathlib import Path
 
-from peewee import CharField, DatabaseProxy, DateTimeField, Model, SqliteDatabase
+from peewee import CharField, DatabaseProxy, DateTimeField, Model, MySQLDatabase, PostgresqlDatabase, SqliteDatabase
 from playhouse.db_url import connect
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT = Path(os.environ.get("MICROKIT_PROJECT_ROOT") or Path.cwd())
 DEFAULT_DATABASE_URL = f"sqlite:///{PROJECT_ROOT / 'data' / '{{service}}.db'}"
 
 db = DatabaseProxy()
@@ -42,8 +44,22 @@ def init_db(url: str | None = None) -> None:
 
 
 def create_tables() -> None:
-    """Create missing tables (and an SQLite file's folder): run on the first request of a process."""
+    """Create missing tables (and an SQLite file's folder) when a worker starts. Workers that start at
+    once take turns on a database lock: concurrent CREATE TABLE IF NOT EXISTS can fail on PostgreSQL."""
     if isinstance(db.obj, SqliteDatabase) and db.obj.database != ":memory:":
         Path(db.obj.database).parent.mkdir(parents=True, exist_ok=True)
+    lock = zlib.crc32(b"microkit-schema:{{service}}")
     with db.connection_context():
-        db.create_tables(MODELS, safe=True)
+        if isinstance(db.obj, PostgresqlDatabase):
+            with db.atomic():  # PostgreSQL DDL is transactional: the lock is held until it commits
+                db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (lock,))
+                db.create_tables(MODELS, safe=True)
+        elif isinstance(db.obj, MySQLDatabase):
+            db.execute_sql("SELECT GET_LOCK(%s, 60)", (f"microkit-schema:{lock}",))
+            try:
+                db.create_tables(MODELS, safe=True)
+            finally:
+                db.execute_sql("SELECT RELEASE_LOCK(%s)", (f"microkit-schema:{lock}",))
+        else:
+            with db.atomic("IMMEDIATE"):  # SQLite: a write lock on the file from the start
+                db.create_tables(MODELS, safe=True)

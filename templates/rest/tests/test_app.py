@@ -1,92 +1,78 @@
-"""The {{service}} service's endpoints, called in-process through its WSGI app.
+"""The {{service}} service's endpoints, called in-process through its WSGI app with WebTest.
 
-Runs on a throwaway SQLite file, or on the database DATABASE_URL names (its table is dropped after
-each test, so point it at a database meant for tests).
+Runs on a throwaway SQLite file, or on the database DATABASE_URL names (see conftest.py).
 """
 
-import io
-import json
-import os
-from wsgiref.util import setup_testing_defaults
-
 import pytest
+import webtest
 
 from services.{{service}} import models
-from services.{{service}}.app import ROUTE, app
+from services.{{service}}.app import create_app
+
+ROUTE = "/{{service}}"  # any prefix: microkit passes the one in microkit.toml as MICROKIT_ROUTE
 
 
 @pytest.fixture(autouse=True)
-def database(tmp_path):
-    models.init_db(os.environ.get("DATABASE_URL") or f"sqlite:///{tmp_path / 'test.db'}")
+def database():
     with models.db.connection_context():
         models.db.drop_tables(models.MODELS, safe=True)
-        models.db.create_tables(models.MODELS)
+    models.create_tables()
     yield
     with models.db.connection_context():
         models.db.drop_tables(models.MODELS, safe=True)
 
 
-def call(method, path, body=None):
-    """One request through the WSGI app: returns (status code, headers, parsed JSON or None)."""
-    raw = body if isinstance(body, bytes) else json.dumps(body).encode() if body is not None else b""
-    path, _, query = path.partition("?")
-    environ = {"REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": query, "CONTENT_LENGTH": str(len(raw)),
-               "CONTENT_TYPE": "application/json", "wsgi.input": io.BytesIO(raw)}
-    setup_testing_defaults(environ)
-    started = {}
-
-    def start_response(status, headers, exc_info=None):
-        started["status"], started["headers"] = int(status.split()[0]), dict(headers)
-
-    chunks = app(environ, start_response)
-    try:
-        data = b"".join(chunks)
-    finally:
-        getattr(chunks, "close", lambda: None)()
-    return started["status"], started["headers"], json.loads(data) if data else None
+@pytest.fixture
+def client():
+    return webtest.TestApp(create_app(ROUTE))
 
 
-def test_healthz():
-    assert call("GET", "/healthz")[0] == 200
+def test_healthz(client):
+    assert client.get("/healthz").json == {"status": "ok"}
 
 
-def test_create_returns_201_with_id():
-    status, headers, item = call("POST", ROUTE + "/", {"name": "first"})
-    assert status == 201
+def test_create_returns_201_with_id(client):
+    response = client.post_json(ROUTE + "/", {"name": "first"}, status=201)
+    item = response.json
     assert item["name"] == "first" and isinstance(item["id"], int) and item["created_at"]
-    assert headers["Location"] == f"{ROUTE}/{item['id']}"
+    assert response.headers["Location"].endswith(f"{ROUTE}/{item['id']}")
 
 
-def test_list_and_read():
-    ids = [call("POST", ROUTE, {"name": n})[2]["id"] for n in ("a", "b")]
-    status, _, items = call("GET", ROUTE + "/")
-    assert status == 200 and [i["id"] for i in items] == ids
-    status, _, item = call("GET", f"{ROUTE}/{ids[1]}")
-    assert status == 200 and item["name"] == "b"
+def test_list_and_read(client):
+    ids = [client.post_json(ROUTE, {"name": n}, status=201).json["id"] for n in ("a", "b")]
+    assert [i["id"] for i in client.get(ROUTE + "/").json] == ids
+    assert client.get(f"{ROUTE}/{ids[1]}").json["name"] == "b"
 
 
-def test_put_patch_delete():
-    item_id = call("POST", ROUTE, {"name": "old"})[2]["id"]
-    assert call("PUT", f"{ROUTE}/{item_id}", {"name": "new"})[2]["name"] == "new"
-    assert call("PATCH", f"{ROUTE}/{item_id}", {})[2]["name"] == "new"
-    assert call("PATCH", f"{ROUTE}/{item_id}", {"name": "newer"})[2]["name"] == "newer"
-    assert call("DELETE", f"{ROUTE}/{item_id}")[0] == 204
-    assert call("GET", f"{ROUTE}/{item_id}")[0] == 404
+def test_put_patch_delete(client):
+    item_id = client.post_json(ROUTE, {"name": "old"}).json["id"]
+    assert client.put_json(f"{ROUTE}/{item_id}", {"name": "new"}).json["name"] == "new"
+    assert client.patch_json(f"{ROUTE}/{item_id}", {}).json["name"] == "new"
+    assert client.patch_json(f"{ROUTE}/{item_id}", {"name": "newer"}).json["name"] == "newer"
+    client.delete(f"{ROUTE}/{item_id}", status=204)
+    client.get(f"{ROUTE}/{item_id}", status=404)
 
 
-@pytest.mark.parametrize("body", [b"not json", b"[1, 2]", {}, {"name": ""}, {"name": 5}])
-def test_bad_body_is_400_json(body):
-    status, _, error = call("POST", ROUTE, body)
-    assert status == 400 and "error" in error
-    assert call("GET", ROUTE)[2] == []
+@pytest.mark.parametrize("body", [b"not json", b"[1, 2]", b"{}", b'{"name": ""}', b'{"name": 5}'])
+def test_bad_body_is_400_json(client, body):
+    response = client.post(ROUTE, body, content_type="application/json", status=400)
+    assert "error" in response.json
+    assert client.get(ROUTE).json == []
 
 
-@pytest.mark.parametrize("method", ["GET", "PUT", "PATCH", "DELETE"])
-def test_absent_is_404_json(method):
-    status, _, error = call(method, f"{ROUTE}/999999", {"name": "x"})
-    assert status == 404 and "error" in error
+@pytest.mark.parametrize("method", ["get", "put_json", "patch_json", "delete_json"])
+def test_absent_is_404_json(client, method):
+    response = getattr(client, method)(f"{ROUTE}/999999", *([{"name": "x"}] if method != "get" else []), status=404)
+    assert "error" in response.json
 
 
-def test_wrong_method_is_405():
-    status, headers, error = call("DELETE", ROUTE)
-    assert status == 405 and "error" in error and "POST" in headers["Allow"]
+def test_wrong_method_is_405(client):
+    response = client.delete(ROUTE, status=405)
+    assert "error" in response.json and "POST" in response.headers["Allow"]
+
+
+def test_the_resource_follows_the_route_it_is_given():
+    elsewhere = webtest.TestApp(create_app("/renamed"))
+    elsewhere.post_json("/renamed/", {"name": "moved"}, status=201)
+    assert [i["name"] for i in elsewhere.get("/renamed").json] == ["moved"]
+    elsewhere.get(ROUTE + "/", status=404)

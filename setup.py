@@ -42,9 +42,13 @@ setup(
             "psycopg2-binary>=2.9",
             "pymysql>=1.1",
             "build>=1.0",
+            "pytest-xdist>=3.5",
         ],
         "postgres": ["psycopg2-binary>=2.9"],
         "mysql": ["pymysql>=1.1"],
     },
-    entry_points={"console_scripts": ["microkit = microkit.cli:main"]},
+    entry_points={
+        "console_scripts": ["microkit = microkit.cli:main"],
+        "pytest11": ["microkit = microkit.testing.plugin"],
+    },
 )

@@ -105,7 +105,8 @@ def load_app(root: Path, spec: str, env: Mapping[str, str]) -> Callable:
     after), so that what a service reads at import (DATABASE_URL, MICROKIT_GATEWAY_URL) is this test's."""
     module_name, attr = spec.split(":")
     package = module_name.rsplit(".", 1)[0]
-    for name in [n for n in sys.modules if n == package or n.startswith(package + ".") or n == module_name]:
+    for name in [n for n in sys.modules if (n == package or n.startswith(package + ".") or n == module_name)
+                 and not _is_test_module(n)]:
         del sys.modules[name]
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
@@ -125,6 +126,11 @@ def load_app(root: Path, spec: str, env: Mapping[str, str]) -> Callable:
     if not callable(target):
         raise StartError(f"{spec} is a {type(target).__name__}, not a WSGI callable")
     return target
+
+
+def _is_test_module(name: str) -> bool:
+    """The service's own tests (services/users/tests/...) stay imported: pytest is running them."""
+    return any(part in ("tests", "conftest") or part.startswith("test_") for part in name.split("."))
 
 
 class InProcessService(Running):

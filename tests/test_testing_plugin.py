@@ -96,13 +96,13 @@ def test_services_in_process_and_as_workers_with_a_database_each(runner, generat
             assert orders.get("/orders/", expect=200).json() == []
             assert users.get("/users/", expect=200).json()[0]["name"] == "u"
 
-        def test_worker_processes_through_the_cli(service, microkit_project):
+        def test_worker_processes_through_the_cli(service, microkit_test):
             users = service("users", mode="process", workers=2)
             assert len(users.pids) == 2 and os.getpid() not in users.pids
             (OUT / "pids").write_text(json.dumps(users.pids))
             users.post("/users/", json={"name": "ada"}, expect=201)
             assert [u["name"] for u in users.get("/users/", expect=200).json()] == ["ada"]
-            assert {i.port for i in microkit_project.project.registry.instances("users")} == {int(users.url.rsplit(":", 1)[1])}
+            assert {i.port for i in microkit_test.project.registry.instances("users")} == {int(users.url.rsplit(":", 1)[1])}
             assert "serving services.users.app:app" in users.log()
 
         def test_no_gevent_in_the_test_process(service):

@@ -6,7 +6,7 @@
 
 Fixtures: `service` (start a service of the project), `gateway` (the project's gateway in front of them),
 `fake_service` (a WSGI app or a function in a service's place), `database` (a per-test database),
-`jwt_token` and `api_key` (credentials for secured routes), and `microkit_project` (the per-test copy
+`jwt_token` and `api_key` (credentials for secured routes), and `microkit_test` (the per-test copy
 of the project all of them share). Options: --microkit-config, --microkit-registry, --microkit-database,
 --microkit-mode. Only the standard library and pytest are imported until a fixture is used, so the
 plugin costs nothing to tests that do not use it.
@@ -84,7 +84,7 @@ def microkit_database_url(request: pytest.FixtureRequest) -> str | None:
 
 
 @pytest.fixture
-def microkit_project(request: pytest.FixtureRequest, tmp_path: Path, microkit_config: Path,
+def microkit_test(request: pytest.FixtureRequest, tmp_path: Path, microkit_config: Path,
                      microkit_registry_url: str | None, microkit_database_url: str | None):
     """This test's copy of the project (its folder, registry namespace and microkit.toml), and everything
     the other fixtures start in it, stopped and cleaned when the test ends."""
@@ -108,40 +108,40 @@ def microkit_project(request: pytest.FixtureRequest, tmp_path: Path, microkit_co
 
 
 @pytest.fixture
-def service(microkit_project) -> Callable[..., Any]:
+def service(microkit_test) -> Callable[..., Any]:
     """`service(name, mode="inprocess"|"process", workers=1, env={}, database=...)`: start one service of
     the project and get a client pointed at it (`.get`, `.post(..., json=..., expect=201)`, `.url`)."""
-    return _fail_clearly(microkit_project.service)
+    return _fail_clearly(microkit_test.service)
 
 
 @pytest.fixture
-def gateway(microkit_project):
+def gateway(microkit_test):
     """The project's gateway (`microkit gateway`, with every policy of microkit.toml) routing to the
     services and fakes this test starts; a client pointed at it."""
-    return _fail_clearly(microkit_project.start_gateway)()
+    return _fail_clearly(microkit_test.start_gateway)()
 
 
 @pytest.fixture
-def fake_service(microkit_project) -> Callable[..., Any]:
+def fake_service(microkit_test) -> Callable[..., Any]:
     """`fake_service(name, app_or_function)`: whoever calls service `name` through the gateway reaches the
     fake instead. A function gets a request (`.method`, `.path`, `.query`, `.headers`, `.json()`) and
     returns a body (dict/list as JSON), or `(status, body)`, or `(status, body, headers)`."""
-    return _fail_clearly(microkit_project.fake)
+    return _fail_clearly(microkit_test.fake)
 
 
 @pytest.fixture
-def database(microkit_project) -> Callable[..., Any]:
+def database(microkit_test) -> Callable[..., Any]:
     """`database(server_url=...)`: a database for this test (`.url`, `.connect()` for peewee), dropped after it."""
-    return _fail_clearly(microkit_project.database)
+    return _fail_clearly(microkit_test.database)
 
 
 @pytest.fixture
-def jwt_token(microkit_project) -> Callable[..., str]:
+def jwt_token(microkit_test) -> Callable[..., str]:
     """`jwt_token(subject="test", scopes=(), ttl=300, alg=None, **claims)`: a JWT the test's gateway accepts."""
-    return _fail_clearly(microkit_project.jwt_token)
+    return _fail_clearly(microkit_test.jwt_token)
 
 
 @pytest.fixture
-def api_key(microkit_project) -> Callable[..., str]:
+def api_key(microkit_test) -> Callable[..., str]:
     """`api_key(name="test", scopes=())`: a new API key in the test's key store."""
-    return _fail_clearly(microkit_project.api_key)
+    return _fail_clearly(microkit_test.api_key)

@@ -226,3 +226,20 @@ def test_tokens_for_rs256_projects(runner, tmp_path):
         """, "--microkit-config", str(root / "microkit.toml"))
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*microkit.testing: HS256 is not among gateway.auth.jwt.algorithms (RS256)"])
+
+
+def test_command_services_run_as_processes(runner, tmp_path):
+    root = scaffold(tmp_path, "users")
+    (root / "microkit.toml").write_text((root / "microkit.toml").read_text() + textwrap.dedent("""
+        [services.files]
+        command = "python3 -m http.server --bind 127.0.0.1 $PORT"
+        route = "/files"
+        health = "/"
+        """))
+    result = runner("""
+        def test_files(service, gateway):
+            files = service("files")  # a command cannot be imported: it runs as its own process
+            assert files.get("/", expect=200).text.startswith("<!DOCTYPE")
+            assert "SimpleHTTP" in gateway.get("/files/nothing").headers["Server"]
+        """, "--microkit-config", str(root / "microkit.toml"))
+    result.assert_outcomes(passed=1)

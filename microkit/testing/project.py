@@ -51,6 +51,7 @@ class TestProject:
         self._prepare_jwt()
         self.conf = self.write()
         self._registry = None
+        self._heartbeat = None
 
     # The folder and its microkit.toml.
 
@@ -154,13 +155,31 @@ class TestProject:
             self._registry = registry.connect(self.registry_url, project_root=self.root, namespace=self.namespace)
         return self._registry
 
+    def register(self, instances: list) -> None:
+        """Register instances served by this process (in-process services, fakes), kept alive by one
+        heartbeat thread for the whole test."""
+        from microkit import registry
+
+        for instance in instances:
+            self.registry.register(instance)
+        if self._heartbeat is None:
+            self._heartbeat = registry.Heartbeat(self.registry).start()
+
+    def deregister(self, instances: list) -> None:
+        for instance in instances:
+            self.registry.deregister(instance)
+
     def keystore(self):
         from microkit.gateway.security import connect_keystore
 
         return connect_keystore(self.registry_url, project_root=self.root, namespace=self.namespace)
 
     def close(self) -> None:
-        """Close the registry connection and delete this test's keys on Redis (registry, API keys, limits)."""
+        """Stop heartbeats, close the registry connection, and delete this test's keys on Redis (registry,
+        API keys, rate limits)."""
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+            self._heartbeat = None
         if self._registry is not None:
             self._registry.close()
             self._registry = None

@@ -90,16 +90,6 @@ class Running(Client):
         raise NotImplementedError
 
 
-def _registered(project, instance_or_instances) -> None:
-    """Register instances in this process, kept alive by one heartbeat per project."""
-    from microkit import registry
-
-    for instance in instance_or_instances:
-        project.registry.register(instance)
-    if getattr(project, "_heartbeat", None) is None:
-        project._heartbeat = registry.Heartbeat(project.registry).start()
-
-
 def load_app(root: Path, spec: str, env: Mapping[str, str]) -> Callable:
     """Import `module:attr` from `root` afresh, with `env` set in os.environ while it imports (and restored
     after), so that what a service reads at import (DATABASE_URL, MICROKIT_GATEWAY_URL) is this test's."""
@@ -153,7 +143,7 @@ class InProcessService(Running):
             raise
         self.instances = [registry.Instance(service=name, host="127.0.0.1", port=self._server.port,
                                             meta={"testing": "in-process"})]
-        _registered(project, self.instances)
+        project.register(self.instances)
 
     def _healthy(self, path: str) -> bool:
         try:
@@ -162,8 +152,7 @@ class InProcessService(Running):
             return False
 
     def stop(self) -> None:
-        for instance in self.instances:
-            self.project.registry.deregister(instance)
+        self.project.deregister(self.instances)
         self._server.stop()
 
 
@@ -335,11 +324,10 @@ class FakeService(Running):
         self.project = project
         self.instances = [registry.Instance(service=name, host="127.0.0.1", port=self._server.port,
                                             meta={"testing": "fake"})]
-        _registered(project, self.instances)
+        project.register(self.instances)
 
     def stop(self) -> None:
-        for instance in self.instances:
-            self.project.registry.deregister(instance)
+        self.project.deregister(self.instances)
         self._server.stop()
 
 

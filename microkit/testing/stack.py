@@ -112,9 +112,6 @@ class TestStack:
         errors: list[BaseException] = []
         for item in ([self.gateway] if self.gateway else []) + self.running[::-1]:
             _collect(errors, item.stop)
-        heartbeat = getattr(self.project, "_heartbeat", None)
-        if heartbeat is not None:
-            _collect(errors, heartbeat.stop)
         for db in self.databases[::-1]:
             _collect(errors, db.drop)
         _collect(errors, self.project.close)

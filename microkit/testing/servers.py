@@ -86,6 +86,9 @@ class Running(Client):
         self.name = name
         self.url = url
 
+    def terminate(self) -> None:
+        """Begin stopping without waiting (processes stop side by side at the end of a test)."""
+
     def stop(self) -> None:
         raise NotImplementedError
 
@@ -198,10 +201,15 @@ class Process:
             raise StartError(f"`microkit {' '.join(self.proc.args[len(microkit_command()):])}` exited with code "
                              f"{code} before it was ready; its output ({self.log_path}):\n{self.tail()}")
 
-    def stop(self) -> None:
-        """SIGTERM (graceful: in-flight requests finish, instances deregister), then SIGKILL if it hangs."""
+    def terminate(self) -> None:
+        """Ask for a graceful stop (SIGTERM: in-flight requests finish, instances deregister)."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it has not stopped within STOP_TIMEOUT."""
+        if self.proc.poll() is None:
+            self.terminate()
             try:
                 self.proc.wait(STOP_TIMEOUT)
             except subprocess.TimeoutExpired:
@@ -238,6 +246,9 @@ class ProcessService(Running):
     def log(self) -> str:
         """Everything the service's supervisor and workers printed so far."""
         return self.process.log()
+
+    def terminate(self) -> None:
+        self.process.terminate()
 
     def stop(self) -> None:
         self.process.stop()
@@ -369,6 +380,9 @@ class GatewayProcess(Running):
 
     def log(self) -> str:
         return self.process.log()
+
+    def terminate(self) -> None:
+        self.process.terminate()
 
     def stop(self) -> None:
         self.process.stop()

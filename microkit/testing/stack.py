@@ -110,7 +110,10 @@ class TestStack:
 
     def close(self) -> None:
         errors: list[BaseException] = []
-        for item in ([self.gateway] if self.gateway else []) + self.running[::-1]:
+        started = ([self.gateway] if self.gateway else []) + self.running[::-1]
+        for item in started:
+            _collect(errors, item.terminate)
+        for item in started:
             _collect(errors, item.stop)
         for db in self.databases[::-1]:
             _collect(errors, db.drop)

@@ -135,6 +135,8 @@ def test_errors_are_one_clear_line(runner, tmp_path):
     root = scaffold(tmp_path, "users", "broken")
     (root / "services" / "broken" / "app.py").write_text("raise RuntimeError('cannot boot: no settings')\n")
     result = runner("""
+        import pytest
+
         def test_unknown_service(service):
             service("nope")
 
@@ -143,14 +145,33 @@ def test_errors_are_one_clear_line(runner, tmp_path):
 
         def test_bad_mode(service):
             service("users", mode="threads")
+
+        class TestUnreachableRegistry:
+            @pytest.fixture
+            def microkit_registry_url(self):
+                return "redis://127.0.0.1:1/0"
+
+            def test_start(self, service):
+                service("users")
+
+        class TestMissingConfig:
+            @pytest.fixture
+            def microkit_config(self, tmp_path):
+                return tmp_path / "nowhere" / "microkit.toml"
+
+            def test_start(self, service):
+                service("users")
         """, "--microkit-config", str(root / "microkit.toml"))
-    result.assert_outcomes(failed=3)
-    result.stdout.fnmatch_lines([
-        "*microkit.testing: no service named 'nope' in */microkit.toml (known: users, broken)",
-        "*microkit.testing: `microkit run broken -c */microkit.toml` exited with code 1 before it was ready*",
-        "*cannot boot: no settings*",
-        "*microkit.testing: service users: mode expected one of inprocess, process, got 'threads'",
-    ])
+    result.assert_outcomes(failed=4, errors=2)
+    for line in ["*microkit.testing: no service named 'nope' in */microkit.toml (known: users, broken)",
+                 "*microkit.testing: `microkit run broken -c */microkit.toml` exited with code 1 before it was ready*",
+                 "*cannot boot: no settings*",
+                 "*microkit.testing: service users: mode expected one of inprocess, process, got 'threads'",
+                 "*microkit.testing: registry redis://127.0.0.1:1/0 unavailable*",
+                 "*microkit.testing: cannot delete this test's keys (shop_t*:*) on redis://127.0.0.1:1/0*",
+                 "*microkit.testing: */nowhere/microkit.toml: no such file"]:
+        result.stdout.fnmatch_lines([line])
+    assert "During handling" not in result.stdout.str()
     assert "Traceback" not in section(result, "test_unknown_service")
     assert "Traceback" not in section(result, "test_bad_mode")
 

@@ -54,7 +54,8 @@ def _fail_clearly(function: Callable) -> Callable:
         try:
             return function(*args, **kwargs)
         except expected as exc:
-            pytest.fail(f"microkit.testing: {exc}", pytrace=False)
+            message = f"microkit.testing: {exc}"
+        pytest.fail(message, pytrace=False)  # outside the except block: no chained exceptions shown
 
     return wrapper
 
@@ -68,7 +69,8 @@ def microkit_config(request: pytest.FixtureRequest) -> Path:
     try:
         return config.find(explicit, cwd=request.path.parent).resolve()
     except config.ConfigError as exc:
-        pytest.fail(f"microkit.testing: {exc}", pytrace=False)
+        message = f"microkit.testing: {exc}"
+    pytest.fail(message, pytrace=False)
 
 
 @pytest.fixture
@@ -104,7 +106,7 @@ def microkit_test(request: pytest.FixtureRequest, tmp_path: Path, microkit_confi
 
     stack.before_first_start = before_first_start
     yield stack
-    stack.close()
+    _fail_clearly(stack.close)()
 
 
 @pytest.fixture

@@ -186,10 +186,15 @@ class TestProject:
         if self.registry_url is not None:
             import redis
 
+            from microkit.registry import RegistryUnavailable, redacted
+
             client = redis.Redis.from_url(self.registry_url, socket_timeout=5, socket_connect_timeout=5)
             try:
                 keys = list(client.scan_iter(match=f"{self.namespace}:*", count=500))
                 for start in range(0, len(keys), 500):
                     client.delete(*keys[start:start + 500])
+            except redis.RedisError as exc:
+                raise RegistryUnavailable(f"cannot delete this test's keys ({self.namespace}:*) on "
+                                          f"{redacted(self.registry_url)}: {exc}") from None
             finally:
                 client.close()

@@ -178,7 +178,7 @@ def test_errors_are_one_clear_line(runner, tmp_path):
 
 def test_the_gateway_applies_the_projects_policies(runner, generated, tmp_path):
     root = scaffold(tmp_path, "users", "orders")
-    add_settings(root, "users", 'auth = "apikey"\nscopes = ["users"]')
+    add_settings(root, "users", 'auth = "apikey"\nscopes = ["users"]\ncors = { origins = ["https://app.example.com"] }')
     add_settings(root, "orders", 'auth = "jwt"\nscopes = ["orders"]\nrate_limit = "3/min"\nrate_limit_by = "subject"',
                  top='\n[gateway.auth.jwt]\nalgorithms = ["HS256"]\n')
     result = runner("""
@@ -191,6 +191,9 @@ def test_the_gateway_applies_the_projects_policies(runner, generated, tmp_path):
             billing = gateway.with_headers({"X-API-Key": api_key("billing", scopes=["users"])})
             ada = billing.post("/users/", json={"name": "ada"}, expect=201).json()
             assert billing.get(f"/users/{ada['id']}", expect=200).json()["name"] == "ada"
+            preflight = gateway.options("/users/", headers={"Origin": "https://app.example.com",
+                                                          "Access-Control-Request-Method": "POST"}, expect=204)
+            assert preflight.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
 
         def test_jwts(service, gateway, jwt_token):
             service("orders", mode="process")
@@ -220,17 +223,21 @@ def test_the_gateway_applies_the_projects_policies(runner, generated, tmp_path):
     result.assert_outcomes(passed=5)
 
 
-def test_tokens_for_rs256_projects(runner, tmp_path):
+def test_tokens_for_rs256_and_es256_projects(runner, tmp_path):
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     root = scaffold(tmp_path, "orders")
     (root / "keys").mkdir()
-    issuer_key = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
-    (root / "keys" / "issuer.pem").write_bytes(issuer_key.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    add_settings(root, "orders", 'auth = "jwt"', top='\n[gateway.auth.jwt]\nalgorithms = ["RS256"]\n'
-                 'public_keys = { issuer = "keys/issuer.pem" }\nissuer = "https://login.example"\naudience = "shop"\n')
+    for name, key in (("rsa", rsa.generate_private_key(public_exponent=65537, key_size=2048)),
+                      ("ec", ec.generate_private_key(ec.SECP256R1()))):
+        (root / "keys" / f"{name}.pem").write_bytes(key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    add_settings(root, "orders", 'auth = "jwt"', top='\n[gateway.auth.jwt]\nalgorithms = ["RS256", "ES256"]\n'
+                 'public_keys = { rsa = "keys/rsa.pem", ec = "keys/ec.pem" }\nissuer = "https://login.example"\n'
+                 'audience = "shop"\n')
     result = runner("""
         import jwt
 
@@ -241,12 +248,15 @@ def test_tokens_for_rs256_projects(runner, tmp_path):
             assert header["alg"] == "RS256" and claims["iss"] == "https://login.example" and claims["aud"] == "shop"
             gateway.bearer(token).get("/orders/", expect=200)
             gateway.bearer(jwt_token("ada", aud="elsewhere")).get("/orders/", expect=401)
+            es = jwt_token("ada", alg="ES256")
+            assert jwt.get_unverified_header(es)["alg"] == "ES256"
+            gateway.bearer(es).get("/orders/", expect=200)
 
         def test_hs256_is_not_pinned(jwt_token):
             jwt_token("ada", alg="HS256")
         """, "--microkit-config", str(root / "microkit.toml"))
     result.assert_outcomes(passed=1, failed=1)
-    result.stdout.fnmatch_lines(["*microkit.testing: HS256 is not among gateway.auth.jwt.algorithms (RS256)"])
+    result.stdout.fnmatch_lines(["*microkit.testing: HS256 is not among gateway.auth.jwt.algorithms (RS256, ES256)"])
 
 
 def test_command_services_run_as_processes(runner, tmp_path):

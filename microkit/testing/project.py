@@ -23,6 +23,7 @@ from microkit import config
 SKIPPED = {".microkit", "data", config.CONFIG_NAME, "__pycache__", ".pytest_cache"}
 KEY_FILES = ("public_key", "jwks_file")
 TEST_KID = "microkit-testing"
+NOT_INHERITED = ("MICROKIT_CONFIG", "MICROKIT_REGISTRY_URL", "MICROKIT_ADVERTISE_HOST", "MICROKIT_GATEWAY_URL")
 
 
 class TestProject:
@@ -136,7 +137,7 @@ class TestProject:
 
     def environ(self) -> dict[str, str]:
         """The environment for microkit processes of this test: its config and registry, nothing inherited."""
-        env = {k: v for k, v in os.environ.items() if k not in ("MICROKIT_CONFIG", "MICROKIT_REGISTRY_URL")}
+        env = {k: v for k, v in os.environ.items() if k not in NOT_INHERITED}
         env.update({"MICROKIT_CONFIG": str(self.path), "NO_COLOR": "1", "PYTHONUNBUFFERED": "1"})
         if self.registry_url is not None:
             env["MICROKIT_REGISTRY_URL"] = self.registry_url

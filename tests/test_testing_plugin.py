@@ -274,3 +274,33 @@ def test_command_services_run_as_processes(runner, tmp_path):
             assert "SimpleHTTP" in gateway.get("/files/nothing").headers["Server"]
         """, "--microkit-config", str(root / "microkit.toml"))
     result.assert_outcomes(passed=1)
+
+
+def test_calls_made_at_request_time_reach_the_tests_gateway(runner, tmp_path):
+    root = scaffold(tmp_path, "users", "caller")
+    (root / "services" / "caller" / "app.py").write_text(textwrap.dedent("""
+        import bottle
+        from microkit.client import ServiceClient
+
+        app = bottle.Bottle()
+        app.get("/healthz")(lambda: {"status": "ok"})
+
+        @app.get("/caller/users")
+        def users():
+            return {"users": ServiceClient().get("/users/").json()}  # reads MICROKIT_GATEWAY_URL now
+        """))
+    result = runner("""
+        import os
+
+        def test_through_the_gateway(service, gateway):
+            service("users").post("/users/", json={"name": "ada"}, expect=201)
+            caller = service("caller")
+            assert [u["name"] for u in caller.get("/caller/users", expect=200).json()["users"]] == ["ada"]
+            assert os.environ["MICROKIT_GATEWAY_URL"] == gateway.url
+
+        def test_without_a_gateway_nothing_is_reached(service):
+            service("caller").get("/caller/users", expect=500)
+            assert os.environ["MICROKIT_GATEWAY_URL"] == "http://127.0.0.1:0"
+        """, "--microkit-config", str(root / "microkit.toml"))
+    result.assert_outcomes(passed=2)
+    assert "MICROKIT_GATEWAY_URL" not in os.environ

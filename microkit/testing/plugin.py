@@ -86,10 +86,12 @@ def microkit_database_url(request: pytest.FixtureRequest) -> str | None:
 
 
 @pytest.fixture
-def microkit_test(request: pytest.FixtureRequest, tmp_path: Path, microkit_config: Path,
-                     microkit_registry_url: str | None, microkit_database_url: str | None):
+def microkit_test(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                  microkit_config: Path, microkit_registry_url: str | None, microkit_database_url: str | None):
     """This test's copy of the project (its folder, registry namespace and microkit.toml), and everything
-    the other fixtures start in it, stopped and cleaned when the test ends."""
+    the other fixtures start in it, stopped and cleaned when the test ends. While the test runs,
+    MICROKIT_GATEWAY_URL in this process is the test's gateway (or an address that refuses), so that an
+    in-process service that makes a ServiceClient per request calls it too."""
     from microkit.testing.project import TestProject
     from microkit.testing.stack import TestStack
 
@@ -105,6 +107,8 @@ def microkit_test(request: pytest.FixtureRequest, tmp_path: Path, microkit_confi
             request.getfixturevalue("gateway")
 
     stack.before_first_start = before_first_start
+    stack.on_gateway_url = lambda url: monkeypatch.setenv("MICROKIT_GATEWAY_URL", url)
+    monkeypatch.setenv("MICROKIT_GATEWAY_URL", stack.gateway_url)
     yield stack
     _fail_clearly(stack.close)()
 

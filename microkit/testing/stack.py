@@ -31,6 +31,7 @@ class TestStack:
         self.running: list[servers.Running] = []
         self.databases: list[databases.TestDatabase] = []
         self.before_first_start: Callable[[], None] = lambda: None
+        self.on_gateway_url: Callable[[str], None] = lambda url: None
 
     # What the fixtures call.
 
@@ -92,6 +93,7 @@ class TestStack:
         if self.gateway is None:
             self.gateway = servers.GatewayProcess(self.project)
             self.project.set_gateway_address(self.gateway.url.split("://", 1)[1])
+            self.on_gateway_url(self.gateway.url)
             for name in {r.name for r in self.running}:
                 self._wait_routed(name)
         return self.gateway

@@ -304,3 +304,43 @@ def test_calls_made_at_request_time_reach_the_tests_gateway(runner, tmp_path):
         """, "--microkit-config", str(root / "microkit.toml"))
     result.assert_outcomes(passed=2)
     assert "MICROKIT_GATEWAY_URL" not in os.environ
+
+
+def test_a_killed_test_run_leaves_no_process_behind(generated, tmp_path, monkeypatch):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    for name in CLEAN:
+        monkeypatch.delenv(name, raising=False)
+    facts = tmp_path / "pids.json"
+    (tmp_path / "test_killed.py").write_text(textwrap.dedent(f"""
+        import json, time
+
+        def test_hangs(service, gateway):
+            users = service("users", mode="process", workers=2)
+            pids = users.pids + [users.process.proc.pid, gateway.process.proc.pid]
+            open({str(facts)!r}, "w").write(json.dumps(pids))
+            time.sleep(120)
+        """))
+    run = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--microkit-config",
+                            str(generated / "microkit.toml"), "test_killed.py"], cwd=tmp_path,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not facts.exists() or not facts.read_text():
+            assert run.poll() is None and time.monotonic() < deadline, "the inner test did not start its services"
+            time.sleep(0.05)
+        pids = json.loads(facts.read_text())
+        assert len(pids) == 4 and not any(gone(pid) for pid in pids)
+        run.send_signal(signal.SIGKILL)
+        run.wait()
+        deadline = time.monotonic() + 15
+        while not all(gone(pid) for pid in pids):
+            assert time.monotonic() < deadline, f"still running after pytest was killed: {pids}"
+            time.sleep(0.05)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()

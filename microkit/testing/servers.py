@@ -159,10 +159,15 @@ class InProcessService(Running):
         self._server.stop()
 
 
+PR_SET_PDEATHSIG = 1
+# Loaded here, before any fork: a child of a threaded process must not load libraries before exec.
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
 def _die_with_parent() -> None:
     """In the child before exec: SIGTERM when the test process dies, so no `microkit run` outlives pytest."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)
+    if _LIBC is not None:
+        _LIBC.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
 
 
 def microkit_command() -> list[str]:

@@ -9,8 +9,8 @@ from importlib.metadata import entry_points
 import pytest
 
 from helpers import REPO, run_cli
-from microkit.testing import databases, servers
-from microkit.testing.client import Client
+from microkit.testing import databases, fakes, servers
+from microkit.testing.client import Client, Response
 from microkit.testing.project import TestProject
 
 
@@ -33,7 +33,7 @@ def test_the_plugin_imports_no_gevent_and_no_app(tmp_path):
 def echo():
     """A fake served the way the fixtures serve them, answering with what it received."""
     calls: list = []
-    server = servers.ThreadedApp(servers.function_app(
+    server = servers.ThreadedApp(fakes.function_app(
         lambda r: (201, {"method": r.method, "path": r.path, "query": r.query, "json": r.json(),
                          "auth": r.headers.get("Authorization")}, {"X-Seen": "1"}), calls))
     yield Client(f"http://127.0.0.1:{server.port}"), calls
@@ -59,7 +59,7 @@ def test_a_wrong_status_fails_with_the_body_shown(echo):
 
 
 def test_a_body_that_is_not_json_fails_clearly():
-    response = servers.Response("GET", "http://h/x", 200, None, b"<html>")
+    response = Response("GET", "http://h/x", 200, None, b"<html>")
     with pytest.raises(AssertionError, match="not JSON: '<html>'"):
         response.json()
 
@@ -72,7 +72,7 @@ def test_a_body_that_is_not_json_fails_clearly():
 ])
 def test_fake_functions_return_a_body_or_a_status_and_body(result, status, body, content_type):
     started = {}
-    app = servers.function_app(lambda request: result, [])
+    app = fakes.function_app(lambda request: result, [])
     environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "wsgi.input": io.BytesIO()}
     answer = app(environ, lambda s, h: started.update(status=s, headers=dict(h)))
     assert started["status"] == status and b"".join(answer) == body
@@ -80,10 +80,10 @@ def test_fake_functions_return_a_body_or_a_status_and_body(result, status, body,
 
 
 def test_fakes_are_told_apart_by_their_arguments():
-    assert servers.is_wsgi_app(lambda environ, start_response: [])
-    assert not servers.is_wsgi_app(lambda request: {})
+    assert fakes.is_wsgi_app(lambda environ, start_response: [])
+    assert not fakes.is_wsgi_app(lambda request: {})
     with pytest.raises(TypeError, match="taking 3 arguments"):
-        servers.is_wsgi_app(lambda a, b, c: None)
+        fakes.is_wsgi_app(lambda a, b, c: None)
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
-from microkit.testing import databases, servers, tokens
+from microkit.testing import databases, fakes, inprocess, processes, servers, tokens
 from microkit.testing.project import TestProject
 
 MODES = ("inprocess", "process")
@@ -27,7 +27,7 @@ class TestStack:
         self.database_server = database_server
         self.mode = mode
         self.database_env = database_env
-        self.gateway: servers.GatewayProcess | None = None
+        self.gateway: processes.GatewayProcess | None = None
         self.running: list[servers.Running] = []
         self.databases: list[databases.TestDatabase] = []
         self.before_first_start: Callable[[], None] = lambda: None
@@ -58,7 +58,7 @@ class TestStack:
             mode = "process"  # a command service is a program of its own: it cannot be imported
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise UsageError(f"service {name}: workers expected an integer >= 1, got {workers!r}")
-        if any(isinstance(r, servers.FakeService) and r.name == name for r in self.running):
+        if any(isinstance(r, fakes.FakeService) and r.name == name for r in self.running):
             raise UsageError(f"service {name} is already replaced by a fake in this test")
         self.before_first_start()
         extra = dict(env or {})
@@ -66,32 +66,32 @@ class TestStack:
             db = self.database(name=name) if database is DEFAULT else database
             extra[self.database_env] = db.url if isinstance(db, databases.TestDatabase) else str(db)
         if mode == "inprocess":
-            started = servers.InProcessService(self.project, name, {
+            started = inprocess.InProcessService(self.project, name, {
                 **conf.env, "MICROKIT_GATEWAY_URL": self.gateway_url, **extra})
         else:
             self.project.write({name: {"workers": workers, "env": extra}})
-            started = servers.ProcessService(self.project, name, workers, timeout)
+            started = processes.ProcessService(self.project, name, workers, timeout)
         self.running.append(started)
         self._wait_routed(name)
         return started
 
-    def fake(self, name: str, target: Callable) -> servers.FakeService:
+    def fake(self, name: str, target: Callable) -> fakes.FakeService:
         """Put `target` (a WSGI app, or a function of a request) in the registry as service `name`."""
         conf = self._known(name)
-        if any(r.name == name and not isinstance(r, servers.FakeService) for r in self.running):
+        if any(r.name == name and not isinstance(r, fakes.FakeService) for r in self.running):
             raise UsageError(f"service {name} already runs in this test: fake it before starting it, or not at all")
         if conf.route is None:
             raise UsageError(f"service {name} has no route: the gateway sends nothing to it, so a fake would "
                              f"never be called")
         self.before_first_start()
-        started = servers.FakeService(self.project, name, target)
+        started = fakes.FakeService(self.project, name, target)
         self.running.append(started)
         self._wait_routed(name)
         return started
 
-    def start_gateway(self) -> servers.GatewayProcess:
+    def start_gateway(self) -> processes.GatewayProcess:
         if self.gateway is None:
-            self.gateway = servers.GatewayProcess(self.project)
+            self.gateway = processes.GatewayProcess(self.project)
             self.project.set_gateway_address(self.gateway.url.split("://", 1)[1])
             self.on_gateway_url(self.gateway.url)
             for name in {r.name for r in self.running}:

@@ -171,8 +171,12 @@ def test_per_test_databases_on_postgresql_and_mariadb(runner):
     conn.close()
 
 
-def test_parallel_workers_never_share_a_port_a_registry_or_a_database(runner):
+@pytest.mark.parametrize("registry", ["embedded", "redis"])
+def test_parallel_workers_never_share_a_port_a_registry_or_a_database(runner, registry):
     pytest.importorskip("xdist")
+    options = ["--microkit-registry", REDIS] if registry == "redis" else []
+    if options:
+        redis_client()
     result = runner("""
         import json, os
         from pathlib import Path
@@ -187,9 +191,11 @@ def test_parallel_workers_never_share_a_port_a_registry_or_a_database(runner):
             fact = {"worker": os.environ["PYTEST_XDIST_WORKER"], "namespace": microkit_test.project.namespace,
                     "gateway": gateway.url, "users": users.url}
             (Path(os.environ["MKT_OUT"]) / f"{n}.json").write_text(json.dumps(fact))
-        """, "-n", "2")
+        """, "-n", "2", *options)
     result.assert_outcomes(passed=6)
     found = facts(runner.out)
     assert len({f["worker"] for f in found}) == 2
     assert len({f["namespace"] for f in found}) == 6
     assert len({f["gateway"] for f in found} | {f["users"] for f in found}) == 12
+    if options:
+        assert not any(redis_client().keys(f"{f['namespace']}:*") for f in found)

@@ -187,7 +187,8 @@ class TestProject:
         if self.registry_url is not None:
             import redis
 
-            from microkit.registry import RegistryUnavailable, redacted
+            from microkit.registry import RegistryUnavailable
+            from microkit.testing.databases import redacted
 
             client = redis.Redis.from_url(self.registry_url, socket_timeout=5, socket_connect_timeout=5)
             try:

@@ -132,8 +132,10 @@ def test_the_project_is_found_from_the_test_file(runner, tmp_path):
 
 
 def test_errors_are_one_clear_line(runner, tmp_path):
-    root = scaffold(tmp_path, "users", "broken")
+    root = scaffold(tmp_path, "users", "broken", "sick")
     (root / "services" / "broken" / "app.py").write_text("raise RuntimeError('cannot boot: no settings')\n")
+    (root / "services" / "sick" / "app.py").write_text(
+        "import bottle\napp = bottle.Bottle()\napp.get('/healthz')(lambda: bottle.HTTPResponse('ill', 500))\n")
     result = runner("""
         import pytest
 
@@ -142,6 +144,9 @@ def test_errors_are_one_clear_line(runner, tmp_path):
 
         def test_a_service_that_cannot_boot(service):
             service("broken", mode="process")
+
+        def test_a_service_that_never_gets_healthy(service):
+            service("sick", mode="process", timeout=2)
 
         def test_bad_mode(service):
             service("users", mode="threads")
@@ -162,10 +167,12 @@ def test_errors_are_one_clear_line(runner, tmp_path):
             def test_start(self, service):
                 service("users")
         """, "--microkit-config", str(root / "microkit.toml"))
-    result.assert_outcomes(failed=4, errors=2)
-    for line in ["*microkit.testing: no service named 'nope' in */microkit.toml (known: users, broken)",
+    result.assert_outcomes(failed=5, errors=2)
+    for line in ["*microkit.testing: no service named 'nope' in */microkit.toml (known: users, broken, sick)",
                  "*microkit.testing: `microkit run broken -c */microkit.toml` exited with code 1 before it was ready*",
                  "*cannot boot: no settings*",
+                 "*microkit.testing: service sick (`microkit run sick`): not ready within 2s; its output (*sick.log):",
+                 "*| microkit | supervisor pid *",
                  "*microkit.testing: service users: mode expected one of inprocess, process, got 'threads'",
                  "*microkit.testing: registry redis://127.0.0.1:1/0 unavailable*",
                  "*microkit.testing: cannot delete this test's keys (shop_t*:*) on redis://127.0.0.1:1/0*",

@@ -36,8 +36,10 @@ class Process:
     def __init__(self, project, args: list[str], label: str) -> None:
         logs = project.root / "logs"
         logs.mkdir(exist_ok=True)
-        number = len(list(logs.glob(f"{label}*.log")))
-        self.log_path = logs / f"{label}{'-' + str(number) if number else ''}.log"
+        self.log_path, number = logs / f"{label}.log", 1
+        while self.log_path.exists():
+            number += 1
+            self.log_path = logs / f"{label}-{number}.log"
         self.label = label
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(microkit_command() + args, cwd=project.root, env=project.environ(),
@@ -54,11 +56,15 @@ class Process:
         lines = self.log().splitlines()[-LOG_TAIL:]
         return "\n".join(f"  | {line}" for line in lines) or "  | (no output)"
 
+    def output(self) -> str:
+        """What a failure message shows: where the log is, and its last lines."""
+        return f"; its output ({self.log_path}):\n{self.tail()}"
+
     def check_alive(self) -> None:
         code = self.proc.poll()
         if code is not None:
             raise StartError(f"`microkit {' '.join(self.proc.args[len(microkit_command()):])}` exited with code "
-                             f"{code} before it was ready; its output ({self.log_path}):\n{self.tail()}")
+                             f"{code} before it was ready{self.output()}")
 
     def terminate(self) -> None:
         """Ask for a graceful stop (SIGTERM: in-flight requests finish, instances deregister)."""
@@ -92,11 +98,9 @@ class ProcessService(Running):
 
         try:
             self.instances = wait_for(registered, timeout, f"service {name} (`microkit run {name}`)",
-                                      self.process.check_alive)
-        except BaseException as exc:
+                                      self.process.check_alive, self.process.output)
+        except BaseException:
             self.process.stop()
-            if isinstance(exc, StartError) and "not ready" in str(exc):
-                raise StartError(f"{exc}; its output ({self.process.log_path}):\n{self.process.tail()}") from None
             raise
         first = self.instances[0]
         super().__init__(name, f"http://{first.host}:{first.port}")
@@ -113,8 +117,6 @@ class ProcessService(Running):
         self.process.stop()
 
 
-
-
 READY = re.compile(r"ready: gateway (https?://\S+)")
 GATEWAY_HEALTH = "/__microkit/health"
 
@@ -127,11 +129,9 @@ class GatewayProcess(Running):
         self.process = Process(project, ["gateway", "-c", str(project.path)], "gateway")
         try:
             url = wait_for(lambda: READY.search(self.process.log()), timeout, "the gateway (`microkit gateway`)",
-                           self.process.check_alive).group(1)
-        except BaseException as exc:
+                           self.process.check_alive, self.process.output).group(1)
+        except BaseException:
             self.process.stop()
-            if isinstance(exc, StartError) and "not ready" in str(exc):
-                raise StartError(f"{exc}; its output ({self.process.log_path}):\n{self.process.tail()}") from None
             raise
         super().__init__("gateway", url)
         self.project = project
@@ -147,7 +147,8 @@ class GatewayProcess(Running):
     def wait_routed(self, name: str, count: int, timeout: float = START_TIMEOUT) -> None:
         """Wait until the gateway routes to `count` instances of `name` (a service or fake just started)."""
         wait_for(lambda: self.routed().get(name, 0) >= count, timeout,
-                 f"the gateway routing to {count} instance(s) of {name}", self.process.check_alive)
+                 f"the gateway routing to {count} instance(s) of {name}", self.process.check_alive,
+                 self.process.output)
 
     def log(self) -> str:
         return self.process.log()

@@ -23,8 +23,10 @@ class StartError(RuntimeError):
     """A service or the gateway did not come up; the message carries the end of its log."""
 
 
-def wait_for(condition: Callable[[], Any], timeout: float, what: str, check: Callable[[], None] = lambda: None) -> Any:
-    """Poll `condition` until it returns something true; `check` raises early when waiting is pointless."""
+def wait_for(condition: Callable[[], Any], timeout: float, what: str, check: Callable[[], None] = lambda: None,
+             detail: Callable[[], str] = lambda: "") -> Any:
+    """Poll `condition` until it returns something true; `check` raises early when waiting is pointless,
+    and `detail` adds to the message on a timeout (the end of a log, say)."""
     deadline = time.monotonic() + timeout
     while True:
         check()
@@ -32,9 +34,8 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str, check: Cal
         if result:
             return result
         if time.monotonic() > deadline:
-            raise StartError(f"{what}: not ready within {timeout:g}s")
+            raise StartError(f"{what}: not ready within {timeout:g}s{detail()}")
         time.sleep(POLL)
-
 
 
 class _QuietHandler(WSGIRequestHandler):

@@ -151,3 +151,28 @@ def test_sqlite_databases_are_files_in_the_test_folder(tmp_path):
     peewee_db = db.connect()
     peewee_db.execute_sql("CREATE TABLE t (x)")
     assert (tmp_path / "data" / "users.db").is_file()
+
+
+
+def test_two_projects_with_a_services_package_in_one_session(tmp_path):
+    """In-process services of two projects in one pytest process: each imports its own `services`."""
+    import subprocess
+    import sys
+
+    roots = []
+    for project in ("one", "two"):
+        (tmp_path / project).mkdir()
+        assert run_cli("new", "project", "shop", cwd=tmp_path / project).returncode == 0
+        assert run_cli("new", "service", "users", cwd=tmp_path / project / "shop").returncode == 0
+        roots.append(tmp_path / project / "shop")
+    code = f"""
+import sys
+from pathlib import Path
+from microkit.testing.inprocess import load_app
+for root in {[str(r) for r in roots]!r}:
+    app = load_app(Path(root), "services.users.app:app", {{"DATABASE_URL": "sqlite:///:memory:"}})
+    print(sys.modules["services.users.app"].__file__, sys.modules["services"].__file__)
+"""
+    lines = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert all(path.startswith(str(roots[0])) for path in lines[0].split())
+    assert all(path.startswith(str(roots[1])) for path in lines[1].split())

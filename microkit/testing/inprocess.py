@@ -16,11 +16,14 @@ def load_app(root: Path, spec: str, env: Mapping[str, str]) -> Callable:
     after), so that what a service reads at import (DATABASE_URL, MICROKIT_GATEWAY_URL) is this test's."""
     module_name, attr = spec.split(":")
     package = module_name.rsplit(".", 1)[0]
+    top = module_name.split(".")[0]
+    if not _imported_from(sys.modules.get(top), root):
+        package = top  # another project's package of the same name (`services`): import all of it again
     for name in [n for n in sys.modules if (n == package or n.startswith(package + ".") or n == module_name)
                  and not _is_test_module(n)]:
         del sys.modules[name]
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
+    if sys.path[:1] != [str(root)]:
+        sys.path[:] = [str(root)] + [entry for entry in sys.path if entry != str(root)]
     importlib.invalidate_caches()
     saved = {name: os.environ.get(name) for name in env}
     os.environ.update(env)
@@ -37,6 +40,14 @@ def load_app(root: Path, spec: str, env: Mapping[str, str]) -> Callable:
     if not callable(target):
         raise StartError(f"{spec} is a {type(target).__name__}, not a WSGI callable")
     return target
+
+
+def _imported_from(module, root: Path) -> bool:
+    """Whether an imported module (or package) comes from `root`; True when it is not imported yet."""
+    if module is None:
+        return True
+    locations = list(getattr(module, "__path__", [])) or [getattr(module, "__file__", None) or ""]
+    return any(Path(location).resolve().is_relative_to(root.resolve()) for location in locations if location)
 
 
 def _is_test_module(name: str) -> bool:

@@ -176,3 +176,18 @@ for root in {[str(r) for r in roots]!r}:
     lines = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
     assert all(path.startswith(str(roots[0])) for path in lines[0].split())
     assert all(path.startswith(str(roots[1])) for path in lines[1].split())
+
+
+def test_removing_the_copy_leaves_the_project_alone(project_folder, tmp_path):
+    import shutil
+
+    from helpers import snapshot
+
+    (project_folder / "logs").mkdir()
+    (project_folder / "logs" / "app.log").write_text("mine")
+    before = snapshot(project_folder)
+    project = TestProject(project_folder / "microkit.toml", tmp_path / "copy", None)
+    project.write({"users": {"workers": 2}})
+    assert (project.root / "logs").is_symlink() and not (project.own / "microkit.toml.tmp").exists()
+    shutil.rmtree(project.root)
+    assert snapshot(project_folder) == before

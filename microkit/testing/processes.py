@@ -34,7 +34,7 @@ class Process:
     """One `microkit` CLI process of a test, its output in a log file under the test's folder."""
 
     def __init__(self, project, args: list[str], label: str) -> None:
-        logs = project.root / "logs"
+        logs = project.own / "logs"
         logs.mkdir(exist_ok=True)
         self.log_path, number = logs / f"{label}.log", 1
         while self.log_path.exists():

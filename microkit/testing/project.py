@@ -1,7 +1,8 @@
 """A project's copy for one test: its own folder, registry namespace and microkit.toml.
 
 The copy's folder links every entry of the real project root (so `services.users.app:app` imports the
-real code) but has its own `.microkit/` (embedded registry, API keys, control sockets) and `data/`.
+real code) but has its own `.microkit/` (embedded registry, API keys, control sockets), `data/`, and
+`.microkit-testing/` (logs, test keys): nothing a test writes lands in the real project.
 Its microkit.toml is the project's, with a unique `project.name` (the registry namespace, which is also
 the key prefix on Redis), the test's registry URL, and every listen address on port 0, so that tests
 running at the same time (pytest-xdist) never share a port, a key or a file. The gateway's policies
@@ -20,7 +21,8 @@ import tomlkit
 
 from microkit import config
 
-SKIPPED = {".microkit", "data", config.CONFIG_NAME, "__pycache__", ".pytest_cache"}
+OWN = ".microkit-testing"  # the plugin's own files in the copy: logs/, keys/, the config being written
+SKIPPED = {".microkit", "data", OWN, config.CONFIG_NAME, "__pycache__", ".pytest_cache"}
 KEY_FILES = ("public_key", "jwks_file")
 TEST_KID = "microkit-testing"
 NOT_INHERITED = ("MICROKIT_CONFIG", "MICROKIT_REGISTRY_URL", "MICROKIT_ADVERTISE_HOST", "MICROKIT_GATEWAY_URL")
@@ -45,7 +47,9 @@ class TestProject:
         self.root = Path(folder)
         self.root.mkdir(parents=True, exist_ok=True)
         self.path = self.root / config.CONFIG_NAME
+        self.own = self.root / OWN
         self._link_sources()
+        self.own.mkdir()
         self.document = self._document()
         self.jwt_secret: str | None = None
         self.jwt_private_keys: dict[str, Any] = {}
@@ -99,7 +103,7 @@ class TestProject:
         from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-        keys = self.root / ".microkit-testing-keys"
+        keys = self.own / "keys"
         keys.mkdir()
         table = self.document["gateway"]["auth"]["jwt"]
         public_keys = dict(table.get("public_keys", {}))
@@ -124,7 +128,7 @@ class TestProject:
                     table["env"] = {**dict(table.get("env", {})), **value}
                 else:
                     table[key] = value
-        tmp = self.path.with_suffix(".tmp")
+        tmp = self.own / f"{config.CONFIG_NAME}.tmp"
         tmp.write_text(tomlkit.dumps(self.document), encoding="utf-8")
         tmp.replace(self.path)
         self.conf = config.load(self.path, environ={})

@@ -56,8 +56,8 @@ def _is_test_module(name: str) -> bool:
 
 
 class InProcessService(Running):
-    """A service's WSGI app imported into the test process and served from a thread: starts in
-    milliseconds, and a breakpoint or a coverage run sees its code."""
+    """A service's WSGI app imported into the test process and served from a thread: starts in about a
+    tenth of a second, and a breakpoint or a coverage run sees its code."""
 
     def __init__(self, project, name: str, env: Mapping[str, str]) -> None:
         from microkit import registry

@@ -102,7 +102,8 @@ def test_services_in_process_and_as_workers_with_a_database_each(runner, generat
             (OUT / "pids").write_text(json.dumps(users.pids))
             users.post("/users/", json={"name": "ada"}, expect=201)
             assert [u["name"] for u in users.get("/users/", expect=200).json()] == ["ada"]
-            assert {i.port for i in microkit_test.project.registry.instances("users")} == {int(users.url.rsplit(":", 1)[1])}
+            ports = {i.port for i in microkit_test.project.registry.instances("users")}
+            assert ports == {int(users.url.rsplit(":", 1)[1])}
             assert "serving services.users.app:app" in users.log()
 
         def test_no_gevent_in_the_test_process(service):

@@ -5,10 +5,13 @@ from __future__ import annotations
 import inspect
 import json
 from http import HTTPStatus
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import parse_qs
 
 from microkit.testing.servers import Running, ThreadedApp
+
+if TYPE_CHECKING:
+    from microkit.testing.project import TestProject
 
 
 class FakeRequest:
@@ -82,7 +85,7 @@ class FakeService(Running):
     routes that service's route to it, so whatever calls the service reaches the fake instead.
     `calls` lists the requests a function fake received."""
 
-    def __init__(self, project, name: str, target: Callable) -> None:
+    def __init__(self, project: TestProject, name: str, target: Callable) -> None:
         from microkit import registry
 
         self.calls: list[FakeRequest] = []

@@ -6,9 +6,12 @@ import importlib
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from microkit.testing.servers import START_TIMEOUT, Running, StartError, ThreadedApp, wait_for
+
+if TYPE_CHECKING:
+    from microkit.testing.project import TestProject
 
 
 def load_app(root: Path, spec: str, env: Mapping[str, str]) -> Callable:
@@ -59,7 +62,7 @@ class InProcessService(Running):
     """A service's WSGI app imported into the test process and served from a thread: starts in about a
     tenth of a second, and a breakpoint or a coverage run sees its code."""
 
-    def __init__(self, project, name: str, env: Mapping[str, str]) -> None:
+    def __init__(self, project: TestProject, name: str, env: Mapping[str, str]) -> None:
         from microkit import registry
 
         service = project.conf.services[name]

@@ -9,9 +9,13 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from microkit.testing.client import Response
 from microkit.testing.servers import START_TIMEOUT, STOP_TIMEOUT, Running, StartError, wait_for
+
+if TYPE_CHECKING:
+    from microkit.testing.project import TestProject
 
 LOG_TAIL = 40
 PR_SET_PDEATHSIG = 1
@@ -33,7 +37,7 @@ def microkit_command() -> list[str]:
 class Process:
     """One `microkit` CLI process of a test, its output in a log file under the test's folder."""
 
-    def __init__(self, project, args: list[str], label: str) -> None:
+    def __init__(self, project: TestProject, args: list[str], label: str) -> None:
         logs = project.own / "logs"
         logs.mkdir(exist_ok=True)
         self.log_path, number = logs / f"{label}.log", 1
@@ -87,7 +91,7 @@ class ProcessService(Running):
     forks `workers` gevent workers, which register in the test's registry once healthy; the service is
     ready when all of them are listed there."""
 
-    def __init__(self, project, name: str, workers: int, timeout: float = START_TIMEOUT) -> None:
+    def __init__(self, project: TestProject, name: str, workers: int, timeout: float = START_TIMEOUT) -> None:
         before = {i.instance_id for i in project.registry.instances(name)}
         self.process = Process(project, ["run", name, "-c", str(project.path)], name)
         self.project = project
@@ -125,7 +129,7 @@ class GatewayProcess(Running):
     """The project's own gateway, `microkit gateway`, with every policy of its microkit.toml, routing to
     what the test's registry lists."""
 
-    def __init__(self, project, timeout: float = START_TIMEOUT) -> None:
+    def __init__(self, project: TestProject, timeout: float = START_TIMEOUT) -> None:
         self.process = Process(project, ["gateway", "-c", str(project.path)], "gateway")
         try:
             url = wait_for(lambda: READY.search(self.process.log()), timeout, "the gateway (`microkit gateway`)",

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
+
+if TYPE_CHECKING:
+    from microkit.testing.project import TestProject
 
 DEFAULT_TTL = 300
 
@@ -12,7 +15,7 @@ class CredentialError(RuntimeError):
     """The project is not set up for the credential asked for."""
 
 
-def jwt_token(project, subject: str = "test", scopes: Iterable[str] = (), *, ttl: int = DEFAULT_TTL,
+def jwt_token(project: TestProject, subject: str = "test", scopes: Iterable[str] = (), *, ttl: int = DEFAULT_TTL,
               alg: str | None = None, **claims: Any) -> str:
     """A token for `subject` with `scopes`, signed so that the test's gateway accepts it: HS256 with the
     test's secret, RS256/ES256 with the test's own key pair. `iss` and `aud` come from
@@ -39,7 +42,7 @@ def jwt_token(project, subject: str = "test", scopes: Iterable[str] = (), *, ttl
     return jwt.encode(payload, private, algorithm=alg, headers={"kid": kid})
 
 
-def api_key(project, name: str = "test", scopes: Iterable[str] = ()) -> str:
+def api_key(project: TestProject, name: str = "test", scopes: Iterable[str] = ()) -> str:
     """A new API key (the `mk_...` text clients send) in the test's key store, as `microkit keys create`
     makes it."""
     store = project.keystore()

@@ -55,6 +55,7 @@ setup(
             "pytest-aiohttp>=1.0",
             "zeep>=4.2",
             "defusedxml>=0.7",
+            "pytest-xdist>=3.5",
         ],
         "postgres": ["psycopg2-binary>=2.9"],
         "mysql": ["pymysql>=1.1"],
@@ -64,5 +65,8 @@ setup(
         "aiohttp": ["aiohttp>=3.9", "pytest-aiohttp>=1.0"],
         "soap": ["defusedxml>=0.7", "zeep>=4.2", "webtest>=3.0"],
     },
-    entry_points={"console_scripts": ["microkit = microkit.cli:main"]},
+    entry_points={
+        "console_scripts": ["microkit = microkit.cli:main"],
+        "pytest11": ["microkit = microkit.testing.plugin"],
+    },
 )

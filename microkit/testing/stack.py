@@ -1,0 +1,144 @@
+"""Everything one test started, in one place, stopped in reverse order when the test ends: the gateway
+first (it is in front), then services and fakes, then databases are dropped and Redis keys deleted."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+from microkit.testing import databases, fakes, inprocess, processes, servers, tokens
+from microkit.testing.project import TestProject
+
+MODES = ("inprocess", "process")
+DEFAULT = object()
+
+
+class UsageError(ValueError):
+    """A fixture was called with something that cannot work (an unknown service, a wrong mode)."""
+
+
+class TestStack:
+    __test__ = False
+
+    def __init__(self, project: TestProject, database_server: str | None = None, mode: str = "inprocess",
+                 database_env: str = "DATABASE_URL") -> None:
+        if mode not in MODES:
+            raise UsageError(f"microkit test mode: expected one of {', '.join(MODES)}, got {mode!r}")
+        self.project = project
+        self.database_server = database_server
+        self.mode = mode
+        self.database_env = database_env
+        self.gateway: processes.GatewayProcess | None = None
+        self.running: list[servers.Running] = []
+        self.databases: list[databases.TestDatabase] = []
+        self.before_first_start: Callable[[], None] = lambda: None
+        self.on_gateway_url: Callable[[str], None] = lambda url: None
+
+    # What the fixtures call.
+
+    def database(self, server_url: str | None | object = DEFAULT, name: str = "db") -> databases.TestDatabase:
+        """A database for this test: on `server_url` (default: the --microkit-database server), else an
+        SQLite file in the test's folder."""
+        server = self.database_server if server_url is DEFAULT else server_url
+        if server:
+            db = databases.on_server(server)
+        else:
+            db = databases.sqlite(self.project.root / "data" / f"{name}-{len(self.databases) + 1}.db")
+        self.databases.append(db)
+        return db
+
+    def service(self, name: str, *, mode: str | None = None, workers: int = 1, env: Mapping[str, str] | None = None,
+                database: Any = DEFAULT, timeout: float = servers.START_TIMEOUT) -> servers.Running:
+        """Start service `name` of the project with its own database (DATABASE_URL), registered in this
+        test's registry, and return a client pointed at it."""
+        conf = self._known(name)
+        mode = mode or self.mode
+        if mode not in MODES:
+            raise UsageError(f"service {name}: mode expected one of {', '.join(MODES)}, got {mode!r}")
+        if conf.command:
+            mode = "process"  # a command service is a program of its own: it cannot be imported
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise UsageError(f"service {name}: workers expected an integer >= 1, got {workers!r}")
+        if any(isinstance(r, fakes.FakeService) and r.name == name for r in self.running):
+            raise UsageError(f"service {name} is already replaced by a fake in this test")
+        self.before_first_start()
+        extra = dict(env or {})
+        if database is not False:
+            db = self.database(name=name) if database is DEFAULT else database
+            extra[self.database_env] = db.url if isinstance(db, databases.TestDatabase) else str(db)
+        if mode == "inprocess":
+            started = inprocess.InProcessService(self.project, name, {
+                **conf.env, "MICROKIT_GATEWAY_URL": self.gateway_url, **extra})
+        else:
+            self.project.write({name: {"workers": workers, "env": extra}})
+            started = processes.ProcessService(self.project, name, workers, timeout)
+        self.running.append(started)
+        self._wait_routed(name)
+        return started
+
+    def fake(self, name: str, target: Callable) -> fakes.FakeService:
+        """Put `target` (a WSGI app, or a function of a request) in the registry as service `name`."""
+        conf = self._known(name)
+        if any(r.name == name and not isinstance(r, fakes.FakeService) for r in self.running):
+            raise UsageError(f"service {name} already runs in this test: fake it before starting it, or not at all")
+        if conf.route is None:
+            raise UsageError(f"service {name} has no route: the gateway sends nothing to it, so a fake would "
+                             f"never be called")
+        self.before_first_start()
+        started = fakes.FakeService(self.project, name, target)
+        self.running.append(started)
+        self._wait_routed(name)
+        return started
+
+    def start_gateway(self) -> processes.GatewayProcess:
+        if self.gateway is None:
+            self.gateway = processes.GatewayProcess(self.project)
+            self.project.set_gateway_address(self.gateway.url.split("://", 1)[1])
+            self.on_gateway_url(self.gateway.url)
+            for name in {r.name for r in self.running}:
+                self._wait_routed(name)
+        return self.gateway
+
+    def jwt_token(self, subject: str = "test", scopes=(), **options: Any) -> str:
+        return tokens.jwt_token(self.project, subject, scopes, **options)
+
+    def api_key(self, name: str = "test", scopes=()) -> str:
+        return tokens.api_key(self.project, name, scopes)
+
+    @property
+    def gateway_url(self) -> str:
+        """Where services of this test call each other: the test's gateway, else an address that refuses
+        at once (never a `microkit up` that happens to run on this machine)."""
+        return self.gateway.url if self.gateway is not None else "http://127.0.0.1:0"
+
+    def close(self) -> None:
+        errors: list[BaseException] = []
+        started = ([self.gateway] if self.gateway else []) + self.running[::-1]
+        for item in started:
+            _collect(errors, item.terminate)
+        for item in started:
+            _collect(errors, item.stop)
+        for db in self.databases[::-1]:
+            _collect(errors, db.drop)
+        _collect(errors, self.project.close)
+        if errors:
+            raise errors[0]
+
+    # Helpers.
+
+    def _known(self, name: str):
+        services = self.project.conf.services
+        if name not in services:
+            raise UsageError(f"no service named {name!r} in {self.project.source_path} "
+                             f"(known: {', '.join(services) or 'none'})")
+        return services[name]
+
+    def _wait_routed(self, name: str) -> None:
+        if self.gateway is not None and self.project.conf.services[name].route is not None:
+            self.gateway.wait_routed(name, len(self.project.registry.instances(name)))
+
+
+def _collect(errors: list[BaseException], action: Callable[[], None]) -> None:
+    try:
+        action()
+    except Exception as exc:  # every cleanup runs; the first failure is reported after the rest ran
+        errors.append(exc)

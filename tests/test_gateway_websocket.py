@@ -133,7 +133,7 @@ def test_a_tunnel_open_while_the_gateway_reloads_ends_with_1001(gateway):
     try:
         ws.send("before")
         assert ws.recv() == "before"
-        result = run_cli(up.root, "reload", "gateway", timeout=30)
+        result = run_cli(up.root, "reload", "gateway", "--no-wait", timeout=30)
         assert result.returncode == 0, result.stderr
         ws.send("during")
         assert ws.recv() == "during", "the tunnel keeps working through the graceful time"

@@ -67,6 +67,7 @@ class TestStack:
             extra[self.database_env] = db.url if isinstance(db, databases.TestDatabase) else str(db)
         if mode == "inprocess":
             started = inprocess.InProcessService(self.project, name, {
+                "MICROKIT_ROUTE": conf.app_route, "MICROKIT_PROJECT_ROOT": str(self.project.root),
                 **conf.env, "MICROKIT_GATEWAY_URL": self.gateway_url, **extra})
         else:
             self.project.write({name: {"workers": workers, "env": extra}})

@@ -5,8 +5,8 @@ happens in the child, in `init_process()`: it monkey-patches first, and only the
 the app (so a reload loads new code, and the arbiter never holds a hub that a fork would copy).
 
 The child talks to the arbiter on two pipes: its stdout/stderr (lines the arbiter prefixes and prints)
-and a notify pipe of JSON lines: `{"event": "beat"}` from a greenlet every fraction of `timeout` (so a
-long request on a loop that still runs is not "blocked"), `{"event": "ready"}` once it accepts, and
+and a notify pipe of JSON lines: `{"event": "beat", "at": <monotonic time>}` from a greenlet every fraction of
+`timeout` (so a long request on a loop that still runs is not "blocked"), `{"event": "ready"}` once it accepts, and
 `{"event": "boot_error", "error": ...}` before exiting with BOOT_ERROR when the app cannot be loaded.
 
 Graceful stop (SIGTERM): stop accepting, then SETTLE seconds in which every response says
@@ -84,6 +84,10 @@ class Worker:
         self.output_fd = self.notify_fd = -1
 
     @property
+    def beat_interval(self) -> float:
+        return self.spec.beat_interval
+
+    @property
     def name(self) -> str:
         return f"{self.spec.name}.{self.slot}"
 
@@ -127,7 +131,11 @@ class Worker:
             message = json.loads(line)
         except ValueError:
             return
-        self.last_beat = time.monotonic()
+        now = time.monotonic()
+        at = message.get("at")
+        # A beat says when it was sent (the same system-wide monotonic clock), so a busy arbiter that reads it
+        # late does not count the time the line waited in the pipe as time the loop was alive.
+        self.last_beat = min(now, max(self.last_beat, at)) if isinstance(at, float) else now
         if message.get("event") == "ready":
             self.ready = True
         elif message.get("event") == "boot_error":
@@ -220,7 +228,7 @@ class Worker:
         """Beat for the arbiter while the loop runs; leave at once if the arbiter is gone."""
         import gevent
         while True:
-            if os.getppid() != parent or not notify.send(event="beat"):
+            if os.getppid() != parent or not notify.send(event="beat", at=time.monotonic()):
                 os._exit(1)
             gevent.sleep(self.spec.beat_interval)
 

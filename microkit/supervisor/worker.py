@@ -1,8 +1,8 @@
 """A worker: one pre-forked process serving a WSGI app on its group's shared socket, on gevent.
 
 `Worker.__init__` and `spawn()` run in the arbiter and touch nothing process-wide. Everything gevent
-happens in the child, in `init_process()`: it monkey-patches first, and only then imports the engine and
-the app (so a reload loads new code, and the arbiter never holds a hub that a fork would copy).
+happens in the child, in `init_process()`: it monkey-patches first, makes the C database drivers
+cooperative (`drivers`), and only then imports the engine and the app (so a reload loads new code, and the arbiter never holds a hub that a fork would copy).
 
 The child talks to the arbiter on two pipes: its stdout/stderr (lines the arbiter prefixes and prints)
 and a notify pipe of JSON lines: `{"event": "beat", "at": <monotonic time>}` from a greenlet every fraction of
@@ -153,6 +153,8 @@ class Worker:
         """Set up the child and serve until told to stop; returns the exit code."""
         from gevent import monkey
         monkey.patch_all()
+        from . import drivers
+        drivers.install()  # before the app is imported: psycopg2 and psycopg 3 wait on the hub
         import gevent
         import gevent.event
 

@@ -70,16 +70,6 @@ def test_signal_storm_counts_every_ttin_ttou_and_hup(start):
     assert get(urls["plain"] + "/version") == (200, "v1")
 
 
-def test_signals_10ms_apart_are_all_counted(start):
-    up = start({"plain": {"app": "services.plain.app:app"}}, {"plain": "plain_app.py"})
-    up.ready()
-    for signum, count in ((signal.SIGTTIN, 8), (signal.SIGTTOU, 5), (signal.SIGHUP, 2)):
-        for _ in range(count):
-            up.signal(signum)
-            time.sleep(0.01)
-    eventually(lambda: settled(up, "plain", 4, 2), 60, interval=0.3)
-
-
 def test_blocked_loop_is_killed_only_after_timeout_and_within_one_beat_more(start):
     up = start({"plain": {"app": "services.plain.app:app", "timeout": 2}}, {"plain": "plain_app.py"})
     urls = up.ready()

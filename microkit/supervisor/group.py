@@ -298,7 +298,8 @@ class Group:
 
 
 class AppGroup(Group):
-    """A service's (or the gateway's) gevent workers, sharing one socket the arbiter bound."""
+    """A service's (or the gateway's) gevent workers, sharing one socket the arbiter bound; a service's
+    workers also have a port each, which is what they register."""
 
     kind = "app"
 
@@ -310,7 +311,8 @@ class AppGroup(Group):
         self.host, self.port = listener.getsockname()[:2]
 
     def new_instance(self, slot: int) -> Worker:
-        return Worker(self.spec, slot, self.generation, self.listener)
+        # A registered service's workers each get a port of their own, the instance gateways balance over
+        return Worker(self.spec, slot, self.generation, self.listener, own_port=self.spec.registry is not None)
 
     def urls(self) -> list[str]:
         return [url(self.host, self.port)]

@@ -1,4 +1,5 @@
-"""A worker: one pre-forked process serving a WSGI app on its group's shared socket, on gevent.
+"""A worker: one pre-forked process serving a WSGI app on its group's shared socket (and, for a registered
+service, on a socket of its own: see `Worker.spawn`), on gevent.
 
 `Worker.__init__` and `spawn()` run in the arbiter and touch nothing process-wide. Everything gevent
 happens in the child, in `init_process()`: it monkey-patches first, makes the C database drivers
@@ -36,7 +37,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping
 
-from .process import close_fds_except, die_with_parent, reset_signals, send_signal
+from ..config import Address
+from .process import bind, close_fds_except, die_with_parent, reset_signals, send_signal
 from .registration import Registration, RegistrySpec
 
 BOOT_ERROR = 3
@@ -67,11 +69,13 @@ class AppSpec:
 class Worker:
     """One worker process of a group, as the arbiter sees it, and the code the child runs."""
 
-    def __init__(self, spec: AppSpec, slot: int, generation: int, listener: socket.socket):
+    def __init__(self, spec: AppSpec, slot: int, generation: int, listener: socket.socket, own_port: bool = False):
         self.spec = spec
         self.slot = slot
         self.generation = generation
         self.listener = listener
+        self.own_port = own_port
+        self.own: socket.socket | None = None
         self.port: int = listener.getsockname()[1]
         self.pid: int | None = None
         self.started_at = 0.0
@@ -94,7 +98,18 @@ class Worker:
     # Arbiter side.
 
     def spawn(self) -> None:
-        """Fork the child. Returns in the arbiter; the child never returns from here."""
+        """Fork the child. Returns in the arbiter; the child never returns from here.
+
+        With `own_port`, the child also gets a listening socket of its own (a free port on the group's host),
+        bound here so that a failure is the arbiter's to report. It is the address the worker registers: each
+        worker is then a target of its own, which gateways balance across and eject one by one, where workers
+        behind one shared socket look like one host:port and share the load unevenly. The shared socket stays
+        for clients that come straight to the service's `listen` address. The arbiter closes its copy after
+        the fork, so the port closes (and refuses at once) when the worker is gone."""
+        if self.own_port:
+            host = self.listener.getsockname()[0]
+            self.own = bind(Address(host, 0))
+            self.port = self.own.getsockname()[1]
         output_r, output_w = os.pipe()
         notify_r, notify_w = os.pipe()
         parent = os.getpid()
@@ -109,7 +124,7 @@ class Worker:
                 os.dup2(devnull, 0)
                 os.dup2(output_w, 1)
                 os.dup2(output_w, 2)
-                close_fds_except([notify_w, self.listener.fileno()])
+                close_fds_except([notify_w, self.listener.fileno()] + ([self.own.fileno()] if self.own else []))
                 code = self.init_process(parent, notify_w)
             except BaseException:
                 traceback.print_exc()
@@ -121,6 +136,8 @@ class Worker:
                     os._exit(code)
         os.close(output_w)
         os.close(notify_w)
+        if self.own is not None:
+            self.own.close()
         self.pid = pid
         self.output_fd, self.notify_fd = output_r, notify_r
         self.started_at = self.last_beat = time.monotonic()
@@ -173,12 +190,14 @@ class Worker:
             notify.send(event="boot_error", error=boot_error_text(self.spec.app, exc))
             return BOOT_ERROR
 
-        listener = socket.socket(fileno=self.listener.detach())
+        listeners = [socket.socket(fileno=self.listener.detach())]
+        if self.own is not None:
+            listeners.append(socket.socket(fileno=self.own.detach()))
         app = with_health(app, self.spec.health)
         log = AccessLog() if self.spec.access_log else None
         if log is not None:
             log.start()
-        server = serve(listener, app, log)
+        servers = [serve(listener, app, log) for listener in listeners]
         registration = None
         if self.spec.registry is not None:
             registration = Registration(self.spec.registry, self.spec.name, self.port, self.slot)
@@ -192,11 +211,14 @@ class Worker:
             stopping.append(True)
             if registration is not None:
                 registration.stop()
-            server.stop_accepting()
-            server.draining = True
+            for server in servers:
+                server.stop_accepting()
+                server.draining = True
             settle = min(SETTLE, self.spec.graceful_timeout / 2)
             gevent.sleep(settle)
-            killed = server.drain(self.spec.graceful_timeout - settle)
+            drains = [gevent.spawn(server.drain, self.spec.graceful_timeout - settle) for server in servers]
+            gevent.joinall(drains)
+            killed = sum(drain.value or 0 for drain in drains)
             if killed:
                 print(f"graceful timeout ({self.spec.graceful_timeout:g}s): closed {killed} unfinished request(s)")
             stopped.set()

@@ -3,9 +3,12 @@ scaled and reloaded like a service. The real CLI, real workers, real signals."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -109,3 +112,59 @@ def test_ttin_ttou_hup_act_on_the_gateway_and_scale_changes_it_alone(start):
     eventually(lambda: settled(up, "gateway", 3, 1), 20, interval=0.2)
     assert up.service("plain")["workers"] == 1 and len(up.pids("plain")) == 1
     assert all(get(urls["gateway"] + "/__microkit/health")[0] == 200 for _ in range(10))
+
+
+def gateway_instances(gateway: str, service: str) -> int:
+    import urllib.request
+    try:
+        with urllib.request.urlopen(gateway + "/__microkit/health", timeout=2) as reply:
+            return json.load(reply).get("instances", {}).get(service, 0)
+    except OSError:
+        return 0
+
+
+def hammer(gateway: str, path: str, clients: int, requests: int) -> Counter:
+    """`clients` keep-alive clients, each sending `requests` GETs through the gateway: answers by body."""
+    import http.client
+    host, port = gateway.split("//", 1)[1].rsplit(":", 1)
+
+    def client(_: int) -> Counter:
+        seen: Counter = Counter()
+        connection = http.client.HTTPConnection(host, int(port), timeout=10)
+        try:
+            for _ in range(requests):
+                connection.request("GET", path)
+                response = connection.getresponse()
+                body = response.read().decode()
+                seen[body if response.status == 200 else response.status] += 1
+        finally:
+            connection.close()
+        return seen
+
+    with ThreadPoolExecutor(clients) as pool:
+        return sum(pool.map(client, range(clients)), Counter())
+
+
+@pytest.mark.parametrize("balance", ["round_robin", "least_outstanding"])
+def test_each_worker_is_a_balanced_target_and_a_sick_one_is_ejected_alone(start, tmp_path, balance):
+    sick = tmp_path / "sick"
+    up = start({"bal": {"app": "services.bal.app:app", "route": "/bal", "workers": 4, "balance": balance,
+                        "env": {"SICK_FILE": str(sick)}}},
+               {"bal": "balance_app.py"}, gateway=True)
+    gateway = up.ready()["gateway"]
+    eventually(lambda: gateway_instances(gateway, "bal") == 4, 10)
+    pids = {str(pid) for pid in up.pids("bal")}
+
+    # each request waits 20 ms, as on a database: the split reflects the balancing, not which worker got the
+    # CPU on this shared machine (least-outstanding rightly gives a starved worker less)
+    served = hammer(gateway, "/bal/work?20", clients=16, requests=50)
+    total = sum(served.values())
+    assert set(served) == pids and total == 800, served
+    shares = {pid: count / total for pid, count in served.items()}
+    assert all(0.20 <= share <= 0.30 for share in shares.values()), shares
+
+    victim = sorted(pids)[0]
+    sick.write_text(victim)
+    answers = hammer(gateway, "/bal/work", clients=1, requests=40)
+    assert answers[503] <= 3, f"ejected after 3 failures in a row, alone: {answers}"
+    assert set(answers) - {503} == pids - {victim}, f"the other three kept serving: {answers}"

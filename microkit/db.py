@@ -183,7 +183,20 @@ class PostgresqlDatabase(Resilient, PooledPostgresqlDatabase):
 
 
 class MySQLDatabase(Resilient, PooledMySQLDatabase):
-    pass
+    SERVER_STATUS_IN_TRANS = 1
+
+    def _can_reuse(self, conn: Any) -> bool:
+        """peewee's MySQL pool rolls back on every check-in (a round trip); PyMySQL knows from the server's
+        last status flags whether a transaction is open, so roll back only then."""
+        status = getattr(conn, "server_status", None)
+        if broken(conn) or status is None:
+            return super()._can_reuse(conn)
+        if status & self.SERVER_STATUS_IN_TRANS:
+            try:
+                conn.rollback()
+            except Exception:
+                return False
+        return True
 
 
 class SqliteFileDatabase(Resilient, PooledSqliteDatabase):

@@ -123,6 +123,23 @@ def test_pooled_connection_is_reused_across_requests(database_url):
     database.close_all()
 
 
+def test_a_transaction_left_open_is_rolled_back_at_check_in(database_url):
+    database = pooled.connect(database_url)
+    database.connect()
+    conn = database.connection()
+    database.execute_sql("BEGIN")
+    database.execute_sql("SELECT 1")
+    database.close()  # peewee does not know of the raw BEGIN: the pool must roll it back
+    database.connect()
+    assert database.connection() is conn, "reused"
+    if isinstance(database, pooled.PostgresqlDatabase):
+        import psycopg2.extensions
+        assert conn.info.transaction_status == psycopg2.extensions.TRANSACTION_STATUS_IDLE
+    else:
+        assert not conn.server_status & pooled.MySQLDatabase.SERVER_STATUS_IN_TRANS
+    database.close_all()
+
+
 def test_connections_the_server_ended_while_idle_are_replaced_without_an_error(database_url):
     database = pooled.connect(database_url)
     app = app_on(database)

@@ -333,3 +333,37 @@ def test_pooled_service_answers_503_during_a_database_restart_then_recovers(tmp_
     assert status == 200 and after["pid"] == first["pid"], "the same worker serves again, on a new connection"
     assert after["backend"] != first["backend"]
     assert up.service("dbs")["restarts"] == 0
+
+
+def test_rest_template_service_pools_and_answers_503_during_a_database_restart(tmp_path, private_postgres, up_with):
+    """The generated `rest` service, unchanged, through the real CLI: its models.py uses microkit.db."""
+    import urllib.error
+    import urllib.request
+
+    from helpers import run_cli
+    assert run_cli("new", "project", "shop", cwd=tmp_path).returncode == 0
+    root = tmp_path / "shop"
+    assert run_cli("new", "service", "users", cwd=root).returncode == 0
+    config = (root / "microkit.toml").read_text().replace('listen = "127.0.0.1:8000"', 'listen = "127.0.0.1:0"')
+    (root / "microkit.toml").write_text(config + f'env = {{ DATABASE_URL = "{private_postgres.url}" }}\n')
+
+    def call(method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(base + path, data=data, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=20) as reply:
+                return reply.status, json.load(reply)
+        except urllib.error.HTTPError as error:
+            return error.code, json.load(error)
+
+    up = up_with(root)
+    base = up.ready()["users"]
+    assert call("POST", "/users/", {"name": "ada"})[0] == 201
+    private_postgres.stop()
+    assert call("GET", "/users/1") == (503, {"error": "database unavailable"})
+    assert call("POST", "/users/", {"name": "grace"}) == (503, {"error": "database unavailable"})
+    private_postgres.start()
+    status, user = call("GET", "/users/1")
+    assert status == 200 and user["name"] == "ada"
+    assert call("POST", "/users/", {"name": "grace"})[0] == 201
+    assert up.service("users")["restarts"] == 0

@@ -210,7 +210,8 @@ def reload(services: tuple[str, ...], config_file: str | None) -> None:
 @click.argument("counts", nargs=-1, required=True, metavar="SERVICE=N...")
 @config_option
 def scale(counts: tuple[str, ...], config_file: str | None) -> None:
-    """Change how many workers the running services have, e.g. `microkit scale users=3 orders=1`."""
+    """Change how many workers the running services have, e.g. `microkit scale users=3 orders=1`
+    (`gateway=N` for the gateway's workers)."""
     workers = {}
     for item in counts:
         name, _, number = item.partition("=")

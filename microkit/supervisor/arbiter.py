@@ -4,8 +4,9 @@ and reacts to signals.
 
 Signals are counted from the wake-up pipe, where CPython's C-level handler writes one byte per signal
 delivered (the Python-level handlers run once for several signals that arrive together, so they would
-lose some); the loop dispatches each run of equal signals to `handle_<name>(count)`. The loop is a plain `selectors` loop without threads, so forking stays safe, and
-this module imports neither gevent nor any app: the workers do that after the fork.
+lose some); the loop dispatches each run of equal signals to `handle_<name>(count)`. The loop is a plain
+`selectors` loop without threads, so forking stays safe, and this module imports neither gevent nor any
+app: the workers do that after the fork.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ once per service and, later, once for the gateway.
 
 Instances (`worker.Worker`, `command.CommandProcess`) share one small interface: `spawn()`, `signal()`,
 `pid`, `slot`, `generation`, `ready`, `retiring`, `kill_at`, `aborted`, `last_beat`, `beat_interval`,
-`started_at`, `error`, `port`, `output_fd`, `notify_fd` (-1 when there is none), `on_notify(line)`, `reaped(status)`.
+`started_at`, `error`, `port`, `output_fd`, `notify_fd` (-1 when there is none), `on_notify(line)`,
+`reaped(status)`.
 """
 
 from __future__ import annotations

@@ -3,12 +3,14 @@ service, on a socket of its own: see `Worker.spawn`), on gevent.
 
 `Worker.__init__` and `spawn()` run in the arbiter and touch nothing process-wide. Everything gevent
 happens in the child, in `init_process()`: it monkey-patches first, makes the C database drivers
-cooperative (`drivers`), and only then imports the engine and the app (so a reload loads new code, and the arbiter never holds a hub that a fork would copy).
+cooperative (`drivers`), and only then imports the engine and the app (so a reload loads new code, and
+the arbiter never holds a hub that a fork would copy).
 
 The child talks to the arbiter on two pipes: its stdout/stderr (lines the arbiter prefixes and prints)
-and a notify pipe of JSON lines: `{"event": "beat", "at": <monotonic time>}` from a greenlet every fraction of
-`timeout` (so a long request on a loop that still runs is not "blocked"), `{"event": "ready"}` once it accepts, and
-`{"event": "boot_error", "error": ...}` before exiting with BOOT_ERROR when the app cannot be loaded.
+and a notify pipe of JSON lines: `{"event": "beat", "at": <monotonic time>}` from a greenlet every
+fraction of `timeout` (so a long request on a loop that still runs is not "blocked"), `{"event": "ready"}`
+once it accepts, and `{"event": "boot_error", "error": ...}` before exiting with BOOT_ERROR when the app
+cannot be loaded.
 
 Graceful stop (SIGTERM): stop accepting, then SETTLE seconds in which every response says
 `Connection: close` (so keep-alive clients move to the other workers, and connections accepted just
@@ -115,7 +117,14 @@ class Worker:
         parent = os.getpid()
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:
+            for fd in (output_r, output_w, notify_r, notify_w):
+                os.close(fd)
+            if self.own is not None:
+                self.own.close()
+            raise
         if pid == 0:
             code = 1
             try:

@@ -238,6 +238,28 @@ def test_a_forked_child_never_uses_or_ends_its_parents_connection(database_url):
     assert parent["after"] == parent["parent"], "the parent's session outlived the child"
 
 
+DRIVERS_SCRIPT = textwrap.dedent('''
+    import sys
+    from gevent import monkey
+    monkey.patch_all()
+    from microkit.supervisor import drivers
+    drivers.install()
+    assert not {"psycopg2", "psycopg"} & set(sys.modules), "install() imports no driver"
+    import psycopg2.extensions
+    assert psycopg2.extensions.get_wait_callback() is drivers.psycopg2_wait, "patched as it was imported"
+    import psycopg
+    assert drivers.is_cooperative("psycopg") and drivers.is_cooperative("pymysql")
+    drivers.install()
+    assert sum(isinstance(f, drivers.PatchOnImport) for f in sys.meta_path) == 1, "installed once"
+''')
+
+
+def test_drivers_are_patched_when_imported_and_not_loaded_before():
+    result = subprocess.run([sys.executable, "-c", DRIVERS_SCRIPT], capture_output=True, text=True, timeout=60,
+                            cwd=REPO)
+    assert result.returncode == 0, result.stderr
+
+
 # Through a real worker.
 
 def make_db_project(root, env: dict):

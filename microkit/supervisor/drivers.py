@@ -79,7 +79,10 @@ def is_cooperative(name: str) -> bool:
     if name == "psycopg":
         from psycopg import waiting
         return waiting.wait is not getattr(waiting, "wait_c", None)
-    return name in COOPERATIVE
+    if name == "pymysql":
+        from gevent import monkey
+        return monkey.is_module_patched("socket")
+    return False
 
 
 class PatchOnImport(importlib.abc.MetaPathFinder):

@@ -7,6 +7,7 @@ across fork, and back by itself after the database restarts.
 - Pooled (playhouse.pool): a request takes an idle connection instead of connecting (a MariaDB connect
   costs about 25 ms here), at most `max_connections` per process (`?max_connections=N` in the URL; a
   request waits up to `timeout` seconds for one), and connections older than `stale_timeout` are replaced.
+  The connection of a greenlet that ended without giving it back is taken back when the pool is full.
 - Checking a connection out costs one poll() of its socket, not a round trip: an idle connection whose
   socket is readable has been closed by the server (a restart, pg_terminate_backend, KILL) and is
   dropped. peewee's own pools send `SELECT 1` (PostgreSQL) or a ping (MySQL) on every checkout.
@@ -30,6 +31,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import bottle
+import greenlet
 from peewee import Database, InterfaceError, OperationalError, SqliteDatabase
 from playhouse.db_url import parse
 from playhouse.pool import MaxConnectionsExceeded, PooledMySQLDatabase, PooledPostgresqlDatabase, \
@@ -115,6 +117,7 @@ class Resilient:
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.inherited: list[Any] = []
+        self.owners: dict[int, weakref.ref] = {}  # checked-out connection -> the greenlet holding it
         _databases.add(self)
 
     def forget_parents_connections(self) -> None:
@@ -130,11 +133,42 @@ class Resilient:
                 os.dup2(devnull, fd)
                 os.close(devnull)
         self.inherited.extend(inherited)
-        self._connections, self._in_use = [], {}
+        self._connections, self._in_use, self.owners = [], {}, {}
         self._pool_lock = threading.RLock()
         self._pool_available = threading.Condition(self._pool_lock)
         self._lock = threading.RLock() if self.thread_safe else self._lock
         self._state = type(self._state)()
+
+    def _connect(self) -> Any:
+        """Check a connection out for the current greenlet (or thread). When the pool is full, first take
+        back the connections of greenlets that ended without checking theirs in (a killed request): a leak
+        must not leave the pool exhausted for good."""
+        try:
+            conn = super()._connect()
+        except MaxConnectionsExceeded:
+            if not self.reclaim_abandoned():
+                raise
+            conn = super()._connect()
+        self.owners[self.conn_key(conn)] = weakref.ref(greenlet.getcurrent())
+        return conn
+
+    def _close(self, conn: Any, close_conn: bool = False) -> None:
+        self.owners.pop(self.conn_key(conn), None)
+        super()._close(conn, close_conn)
+
+    def reclaim_abandoned(self) -> int:
+        """Close the checked-out connections whose greenlet has ended; returns how many."""
+        reclaimed = 0
+        with self._pool_lock:
+            for key, entry in list(self._in_use.items()):
+                owner = self.owners.get(key)
+                holder = owner() if owner is not None else None
+                if owner is not None and (holder is None or holder.dead):
+                    del self._in_use[key]
+                    self.owners.pop(key, None)
+                    self._close_raw(entry.connection)
+                    reclaimed += 1
+        return reclaimed
 
     def _is_closed(self, conn: Any) -> bool:
         return closed_by_server(conn)

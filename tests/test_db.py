@@ -254,6 +254,30 @@ DRIVERS_SCRIPT = textwrap.dedent('''
 ''')
 
 
+RECLAIM_SCRIPT = textwrap.dedent('''
+    import sys, time
+    from gevent import monkey
+    monkey.patch_all()
+    import gevent
+    from microkit import db
+    database = db.connect(sys.argv[1] + "?max_connections=2&timeout=5")
+    leaks = [gevent.spawn(database.connect) for _ in range(2)]  # each ends holding its connection
+    gevent.joinall(leaks, raise_error=True)
+    started = time.monotonic()
+    database.connect()
+    assert time.monotonic() - started < 1, "a full pool took back what ended greenlets held"
+    assert database.execute_sql("SELECT 1").fetchone() == (1,)
+    database.close()
+    assert len(database._in_use) == 0
+''')
+
+
+def test_connections_of_greenlets_that_ended_without_giving_them_back_are_reclaimed(database_url):
+    result = subprocess.run([sys.executable, "-c", RECLAIM_SCRIPT, database_url], capture_output=True, text=True,
+                            timeout=60, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+
+
 def test_drivers_are_patched_when_imported_and_not_loaded_before():
     result = subprocess.run([sys.executable, "-c", DRIVERS_SCRIPT], capture_output=True, text=True, timeout=60,
                             cwd=REPO)

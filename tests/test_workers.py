@@ -166,5 +166,5 @@ def test_each_worker_is_a_balanced_target_and_a_sick_one_is_ejected_alone(start,
     victim = sorted(pids)[0]
     sick.write_text(victim)
     answers = hammer(gateway, "/bal/work", clients=1, requests=40)
-    assert answers[503] <= 3, f"ejected after 3 failures in a row, alone: {answers}"
+    assert 1 <= answers[503] <= 3, f"ejected after 3 failures in a row, alone: {answers}"
     assert set(answers) - {503} == pids - {victim}, f"the other three kept serving: {answers}"

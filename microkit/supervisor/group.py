@@ -4,9 +4,9 @@ its command processes). The group replaces what dies (with backoff), gives up on
 once per service and, later, once for the gateway.
 
 Instances (`worker.Worker`, `command.CommandProcess`) share one small interface: `spawn()`, `signal()`,
-`pid`, `slot`, `generation`, `ready`, `retiring`, `kill_at`, `aborted`, `last_beat`, `beat_interval`,
-`started_at`, `error`, `port`, `output_fd`, `notify_fd` (-1 when there is none), `on_notify(line)`,
-`reaped(status)`.
+`pid`, `slot`, `generation`, `ready`, `retiring`, `kill_at`, `aborted`, `last_beat`, `beat_interval`
+(seconds between beats; 0 when absent), `started_at`, `error`, `port`, `output_fd`, `notify_fd` (-1 when
+there is none), `on_notify(line)`, `reaped(status)`.
 """
 
 from __future__ import annotations
@@ -205,7 +205,7 @@ class Group:
         beat. Its loop may have blocked right after that beat or just before the next one was due, so this
         kills only a loop blocked for longer than `timeout`, and at the latest `timeout` plus one interval
         after it blocked."""
-        return instance.last_beat + self.timeout + instance.beat_interval
+        return instance.last_beat + self.timeout + getattr(instance, "beat_interval", 0.0)
 
     def next_deadline(self) -> float | None:
         """The earliest moment `tick()` has a kill to enforce, so the arbiter can wake exactly then."""

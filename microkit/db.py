@@ -24,18 +24,23 @@ across fork, and back by itself after the database restarts.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
+import time
 import weakref
 from typing import Any
 from urllib.parse import urlparse
 
 import bottle
 import greenlet
+from gevent.monkey import get_original
 from peewee import Database, InterfaceError, OperationalError, SqliteDatabase
 from playhouse.db_url import parse
 from playhouse.pool import MaxConnectionsExceeded, PooledMySQLDatabase, PooledPostgresqlDatabase, \
     PooledSqliteDatabase
+
+log = logging.getLogger("microkit.db")
 
 MAX_CONNECTIONS = 16
 STALE_TIMEOUT = 300
@@ -57,12 +62,7 @@ class DatabaseUnavailable(OperationalError, bottle.HTTPResponse):
         return str(self.args[0]) if self.args else "database unavailable"
 
 
-def _poll_readable() -> Any:
-    from gevent.monkey import get_original
-    return get_original("select", "poll")
-
-
-_poll = _poll_readable()
+_poll = get_original("select", "poll")  # the real poll(): a check with no timeout needs no hub
 _POLL_MASK = 0x001 | 0x002  # POLLIN | POLLPRI; POLLHUP and POLLERR are always reported
 
 
@@ -118,6 +118,7 @@ class Resilient:
         super().__init__(*args, **kwargs)
         self.inherited: list[Any] = []
         self.owners: dict[int, weakref.ref] = {}  # checked-out connection -> the greenlet holding it
+        self.down_since: float | None = None
         _databases.add(self)
 
     def forget_parents_connections(self) -> None:
@@ -178,11 +179,15 @@ class Resilient:
 
     def connect(self, reuse_if_open: bool = False) -> bool:
         try:
-            return super().connect(reuse_if_open)
+            opened = super().connect(reuse_if_open)
         except DatabaseUnavailable:
             raise
         except (OperationalError, InterfaceError, MaxConnectionsExceeded) as exc:
-            raise DatabaseUnavailable(str(exc).strip() or type(exc).__name__) from exc
+            raise self.unavailable(exc) from exc
+        if self.down_since is not None:
+            log.warning("database %s is reachable again", self.database)
+            self.down_since = None
+        return opened
 
     def execute_sql(self, sql: str, params: Any = None) -> Any:
         try:
@@ -191,7 +196,15 @@ class Resilient:
             raise
         except (OperationalError, InterfaceError) as exc:
             self.drop_if_broken()
-            raise DatabaseUnavailable(str(exc).strip() or type(exc).__name__) from exc
+            raise self.unavailable(exc) from exc
+
+    def unavailable(self, exc: BaseException) -> DatabaseUnavailable:
+        """The error to raise, logged once per outage (each request of an outage would repeat it)."""
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+            log.warning("database %s unavailable (answering 503 until it is back): %s", self.database, reason)
+        return DatabaseUnavailable(reason)
 
     def rollback(self) -> None:
         """A lost connection has nothing to roll back (the server did it): do not replace the real error."""

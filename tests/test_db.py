@@ -379,6 +379,8 @@ def test_pooled_service_answers_503_during_a_database_restart_then_recovers(tmp_
     assert status == 200 and after["pid"] == first["pid"], "the same worker serves again, on a new connection"
     assert after["backend"] != first["backend"]
     assert up.service("dbs")["restarts"] == 0
+    assert up.output.count("unavailable (answering 503 until it is back)") == 1, "logged once per outage"
+    up.wait_for(r"database postgres is reachable again", 5)
 
 
 def test_rest_template_service_pools_and_answers_503_during_a_database_restart(tmp_path, private_postgres, up_with):

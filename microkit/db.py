@@ -262,7 +262,7 @@ def connect(url: str, **options: Any) -> Database:
     """The pooled database a URL names. Pool settings (`max_connections`, `stale_timeout`, `timeout`) and
     driver parameters come from the URL's query string or `options`. An unknown scheme or a URL without a
     database name raises ValueError naming the URL."""
-    scheme = urlparse(url).scheme
+    scheme = urlparse(url).scheme.removesuffix("+pool")  # playhouse's pooled spelling: pooled anyway
     database_class = SCHEMES.get(scheme)
     if database_class is None:
         raise ValueError(f"{url!r}: unknown database scheme {scheme!r} (known: {', '.join(SCHEMES)})")

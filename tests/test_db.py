@@ -107,6 +107,7 @@ def test_connect_picks_a_pooled_database_by_url_and_rejects_bad_urls(tmp_path):
     assert isinstance(database, pooled.SqliteFileDatabase) and database._max_connections == 3
     assert isinstance(pooled.connect("postgresql://u@h/name"), pooled.PostgresqlDatabase)
     assert isinstance(pooled.connect("mysql://u@h/name"), pooled.MySQLDatabase)
+    assert isinstance(pooled.connect("postgresql+pool://u@h/name"), pooled.PostgresqlDatabase)
     memory = pooled.connect("sqlite:///:memory:")
     assert type(memory) is SqliteDatabase, "one in-memory database per connection: never pooled"
     with pytest.raises(ValueError, match=r"'redis://h/0': unknown database scheme 'redis' \(known: postgresql"):

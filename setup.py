@@ -41,6 +41,7 @@ setup(
             "pytest>=8",
             "psycopg2-binary>=2.9",
             "pymysql>=1.1",
+            "psycopg[binary]>=3.1",
             "build>=1.0",
             "pyyaml>=6.0",
             "check-jsonschema>=0.29",

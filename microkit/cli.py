@@ -553,7 +553,8 @@ def reload(services: tuple[str, ...], config_file: str | None, no_wait: bool, ti
 @config_option
 @with_wait_options
 def scale(counts: tuple[str, ...], config_file: str | None, no_wait: bool, timeout: float) -> None:
-    """Change how many workers the running services have, e.g. `microkit scale users=3 orders=1`.
+    """Change how many workers the running services have, e.g. `microkit scale users=3 orders=1`
+    (`gateway=N` for the gateway's workers).
 
     Waits until they run and prints them (`scaled users: 3 workers, pids ...`); exit 1 when new
     workers do not boot.

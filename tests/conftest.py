@@ -7,12 +7,15 @@ is missing, a test that needs it is skipped, except under CI=true, where it fail
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
+from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
 
-from helpers import PrivateRedis, server_missing
+from helpers import PrivatePostgres, PrivateRedis, server_missing
 
 POSTGRES = os.environ.get("MICROKIT_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 MYSQL = os.environ.get("MICROKIT_TEST_MYSQL", "mysql://root@127.0.0.1:3306/test")
@@ -71,3 +74,18 @@ def private_redis():
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def private_postgres():
+    """A PostgreSQL server of this test's own (see helpers.PrivatePostgres), running; stopped and removed
+    afterwards. Its folder is directly under the temp dir: pytest's own are closed to the postgres user."""
+    pytest.importorskip("psycopg2")
+    folder = Path(tempfile.mkdtemp(prefix="microkit-pg-"))
+    try:
+        server = PrivatePostgres(folder)
+        server.start()
+        yield server
+        server.stop()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

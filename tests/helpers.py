@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -92,3 +93,65 @@ class PrivateRedis:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(5)
+
+
+class PrivatePostgres:
+    """A PostgreSQL server of one test's own (initdb in a temp folder, a free port, trust auth, fsync off)
+    that the test can stop and start again, for database restarts; the shared server is never touched.
+    Missing binaries: skipped locally, a failure under CI=true."""
+
+    def __init__(self, folder: Path) -> None:
+        self.bin = self._bindir()
+        self.folder = folder
+        self.data = folder / "data"
+        self.port = free_port()
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        self.process: subprocess.Popen | None = None
+        # PostgreSQL refuses to run as root: as root, run it as the postgres user (exec'd directly, so the
+        # process this object holds is the server itself)
+        self.as_postgres = {"user": "postgres", "group": "postgres", "extra_groups": []} if os.geteuid() == 0 else {}
+        if self.as_postgres:
+            shutil.chown(folder, "postgres")
+        result = subprocess.run([str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres",
+                                 "--no-sync", "-E", "UTF8"], capture_output=True, text=True, **self.as_postgres)
+        if result.returncode != 0:
+            pytest.fail(f"initdb failed: {result.stderr.strip()}")
+
+    @staticmethod
+    def _bindir() -> Path:
+        for folder in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+            if (folder / "initdb").exists():
+                return folder
+        found = shutil.which("initdb")
+        if found is None:
+            server_missing("PostgreSQL binaries (initdb)", FileNotFoundError("initdb is not installed"))
+        return Path(found).parent
+
+    def start(self, timeout: float = 15.0) -> None:
+        self.process = subprocess.Popen(
+            [str(self.bin / "postgres"), "-D", str(self.data), "-p", str(self.port), "-k", str(self.folder),
+             "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **self.as_postgres)
+        deadline = time.monotonic() + timeout
+        while not self.answers():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"private PostgreSQL on port {self.port} did not start within {timeout}s")
+            time.sleep(0.05)
+
+    def answers(self) -> bool:
+        import psycopg2
+        try:
+            psycopg2.connect(self.url, connect_timeout=1).close()
+            return True
+        except psycopg2.OperationalError:
+            return False
+
+    def stop(self) -> None:
+        """Fast shutdown (SIGINT): sessions are ended, as in a real restart."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)

@@ -51,9 +51,13 @@ def test_plain_wsgi_and_bottle_served_with_access_log_and_status(start):
     plain = next(s for s in status["supervisor"]["services"] if s["name"] == "plain")
     assert plain["state"] == "running" and plain["kind"] == "app" and plain["urls"] == [urls["plain"]]
     assert len(plain["instances"]) == 2
+    shared = int(urls["plain"].rsplit(":", 1)[1])
+    registered_ports = {i["pid"]: i["port"] for i in registered["services"]["plain"]}
     for worker in plain["instances"]:
         assert worker["state"] == "ready" and worker["restarts"] == 0 and worker["uptime"] >= 0
-        assert worker["port"] == int(urls["plain"].rsplit(":", 1)[1]) and alive(worker["pid"])
+        assert alive(worker["pid"])
+        assert worker["port"] != shared and worker["port"] == registered_ports[worker["pid"]], "a port of its own"
+        assert get(f"http://127.0.0.1:{worker['port']}/pid") == (200, str(worker["pid"]))
     table = run_cli(up.root, "status")
     assert table.returncode == 0 and "plain.2" in table.stdout and "RESTARTS" in table.stdout
 

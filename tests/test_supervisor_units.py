@@ -41,6 +41,7 @@ class FakeInstance:
         self.kill_at = None
         self.error = None
         self.port = 8000
+        self.beat_interval = 0.5
         self.signals: list[int] = []
         self.name = f"svc.{slot}"
 
@@ -194,12 +195,14 @@ def test_silent_instance_gets_sigabrt_after_timeout_then_sigkill():
     group = FakeGroup(timeout=5.0)
     group.boot()
     (instance,) = group.instances
-    group.clock_.now += 4.9
+    group.clock_.now += 5.4  # the loop may have blocked just before a beat was due: not yet 5 s blocked
     group.tick()
     assert instance.signals == []
+    assert group.next_deadline() == instance.last_beat + 5.5
     group.clock_.now += 0.2
     group.tick()
     assert instance.signals == [signal.SIGABRT]
+    assert group.next_deadline() == instance.kill_at
     group.clock_.now += ABORT_GRACE
     group.tick()
     assert instance.signals == [signal.SIGABRT, signal.SIGKILL]

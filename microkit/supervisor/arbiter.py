@@ -2,9 +2,11 @@
 and then only watches: it reads their output, replaces what dies, answers `microkit status/reload/scale`
 and reacts to signals.
 
-Signal handlers only queue the signal (and wake the loop through the wake-up pipe); the loop dispatches
-to `handle_<name>`. The loop is a plain `selectors` loop without threads, so forking stays safe, and
-this module imports neither gevent nor any app: the workers do that after the fork.
+Signals are counted from the wake-up pipe, where CPython's C-level handler writes one byte per signal
+delivered (the Python-level handlers run once for several signals that arrive together, so they would
+lose some); the loop dispatches each run of equal signals to `handle_<name>(count)`. The loop is a plain
+`selectors` loop without threads, so forking stays safe, and this module imports neither gevent nor any
+app: the workers do that after the fork.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ class Arbiter:
         self.control = control.ControlServer(self.root, self.handle_request, control_name,
                                              info={"registry": config.registry.url})
         self.reloader: Reloader | None = None
-        self.signals: list[int] = []
+        self.signals: list[list[int]] = []  # [signum, count], in arrival order
         self.stopping = False
         self.announced = False
         self.all_failed = False
@@ -203,11 +205,11 @@ class Arbiter:
 
     def loop(self) -> int:
         while True:
-            for key, _ in self.selector.select(TICK):
+            for key, _ in self.selector.select(self.wait_time()):
                 key.data()
             while self.signals:
-                signum = self.signals.pop(0)
-                getattr(self, f"handle_{signal.Signals(signum).name[3:].lower()}")()
+                signum, count = self.signals.pop(0)
+                getattr(self, f"handle_{signal.Signals(signum).name[3:].lower()}")(count)
             for group in self.groups.values():
                 group.tick()
             for name in [n for n in self.removed if self.groups[n].done]:
@@ -231,6 +233,13 @@ class Arbiter:
             self.announce_ready()
             if self.reloader:
                 self.reload_changed()
+
+    def wait_time(self) -> float:
+        """How long the loop may sleep: TICK, or less when a group has a kill due sooner (kills are on time)."""
+        due = [d for d in (g.next_deadline() for g in self.groups.values()) if d is not None]
+        if not due:
+            return TICK
+        return max(0.0, min(TICK, min(due) - time.monotonic() + 0.001))
 
     def watch(self, fd: int, on_line: Callable[[str], None]) -> None:
         """Call `on_line` for each line read from `fd` (a child's pipe), closing it at end of file."""
@@ -258,15 +267,21 @@ class Arbiter:
         self.selector.register(fd, selectors.EVENT_READ, readable)
 
     def drain_wakeups(self) -> None:
+        """Queue every signal byte in the wake-up pipe, equal neighbours as one entry with a count."""
         try:
-            while os.read(self.wake_r, 4096):
-                pass
+            while data := os.read(self.wake_r, 4096):
+                for signum in data:
+                    if signum == signal.SIGCHLD:
+                        continue
+                    if self.signals and self.signals[-1][0] == signum:
+                        self.signals[-1][1] += 1
+                    else:
+                        self.signals.append([signum, 1])
         except BlockingIOError:
             pass
 
     def queue_signal(self, signum: int, frame: object) -> None:
-        if signum != signal.SIGCHLD and len(self.signals) < 16:
-            self.signals.append(signum)
+        """Nothing to do here: installing it makes CPython write the signal to the wake-up pipe."""
 
     def announce_ready(self) -> None:
         """Print `ready: ...` once, when every service that did not fail answers its health path."""
@@ -319,11 +334,11 @@ class Arbiter:
 
     # Signals.
 
-    def handle_int(self) -> None:
-        self.handle_term()
+    def handle_int(self, count: int = 1) -> None:
+        self.handle_term(count)
 
-    def handle_term(self) -> None:
-        if self.stopping:
+    def handle_term(self, count: int = 1) -> None:
+        if self.stopping or count > 1:
             self.printer.say("stopping now")
             self.handle_quit()
             return
@@ -332,22 +347,27 @@ class Arbiter:
         for group in self.groups.values():
             group.stop()
 
-    def handle_quit(self) -> None:
+    def handle_quit(self, count: int = 1) -> None:
         self.stopping = True
         for group in self.groups.values():
             group.kill()
 
-    def handle_hup(self) -> None:
-        try:
-            self.reload([])
-        except MicrokitError as exc:
-            self.printer.say(f"reload refused: {exc}", "error")
+    def handle_hup(self, count: int = 1) -> None:
+        """A rolling restart of every group, the gateway's included; each HUP starts a new generation."""
+        for _ in range(count):
+            try:
+                self.reload([])
+            except MicrokitError as exc:
+                self.printer.say(f"reload refused: {exc}", "error")
 
-    def handle_ttin(self) -> None:
-        self.scale({name: group.desired + 1 for name, group in self.groups.items()})
+    def handle_ttin(self, count: int = 1) -> None:
+        """`count` workers more for every group, the gateway's included."""
+        self.scale({name: group.desired + count for name, group in self.groups.items()})
 
-    def handle_ttou(self) -> None:
-        self.scale({name: group.desired - 1 for name, group in self.groups.items() if group.desired > 1})
+    def handle_ttou(self, count: int = 1) -> None:
+        """`count` workers fewer for every group, the gateway's included, keeping at least one each."""
+        self.scale({name: max(1, group.desired - count) for name, group in self.groups.items()
+                    if group.desired > 1})
 
     # Commands, from signals or from `microkit reload/scale/status`.
 

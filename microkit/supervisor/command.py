@@ -79,6 +79,10 @@ class CommandProcess:
     def name(self) -> str:
         return f"{self.spec.name}.{self.slot}"
 
+    @property
+    def beat_interval(self) -> float:
+        return self.spec.probe_interval
+
     def spawn(self) -> None:
         env = {**os.environ, **self.spec.env, "PORT": str(self.port), "HOST": self.spec.host,
                "PYTHONUNBUFFERED": "1"}

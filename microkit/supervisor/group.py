@@ -4,8 +4,9 @@ its command processes). The group replaces what dies (with backoff), gives up on
 once per service and, later, once for the gateway.
 
 Instances (`worker.Worker`, `command.CommandProcess`) share one small interface: `spawn()`, `signal()`,
-`pid`, `slot`, `generation`, `ready`, `retiring`, `kill_at`, `aborted`, `last_beat`, `started_at`,
-`error`, `port`, `output_fd`, `notify_fd` (-1 when there is none), `on_notify(line)`, `reaped(status)`.
+`pid`, `slot`, `generation`, `ready`, `retiring`, `kill_at`, `aborted`, `last_beat`, `beat_interval`
+(seconds between beats; 0 when absent), `started_at`, `error`, `port`, `output_fd`, `notify_fd` (-1 when
+there is none), `on_notify(line)`, `reaped(status)`.
 """
 
 from __future__ import annotations
@@ -209,13 +210,26 @@ class Group:
             return
         self.next_spawn_at = self.clock() + 0.5 * self.boot_failures
 
+    def blocked_after(self, instance: Any) -> float:
+        """When an instance that stays silent counts as blocked: `timeout` plus one beat interval after its last
+        beat. Its loop may have blocked right after that beat or just before the next one was due, so this
+        kills only a loop blocked for longer than `timeout`, and at the latest `timeout` plus one interval
+        after it blocked."""
+        return instance.last_beat + self.timeout + getattr(instance, "beat_interval", 0.0)
+
+    def next_deadline(self) -> float | None:
+        """The earliest moment `tick()` has a kill to enforce, so the arbiter can wake exactly then."""
+        due = [i.kill_at if i.kill_at is not None else self.blocked_after(i)
+               for i in self.instances if i.kill_at is not None or not i.aborted]
+        return min(due, default=None)
+
     def enforce_deadlines(self, now: float) -> None:
-        """SIGKILL what outlived its grace; SIGABRT what stopped beating for longer than `timeout`."""
+        """SIGKILL what outlived its grace; SIGABRT what has been blocked for longer than `timeout`."""
         for instance in self.instances:
             if instance.kill_at is not None and now >= instance.kill_at:
                 instance.signal(signal.SIGKILL)
                 instance.kill_at = None
-            elif not instance.aborted and now - instance.last_beat > self.timeout:
+            elif not instance.aborted and now > self.blocked_after(instance):
                 instance.aborted = True
                 what = "did not get ready" if not instance.ready else "is blocked"
                 self.say(f"{instance.name} (pid {shown_pid(instance)}) {what} for more than {self.timeout:g}s: "
@@ -305,7 +319,8 @@ def shown_pid(instance: Any) -> int | None:
 
 
 class AppGroup(Group):
-    """A service's (or the gateway's) gevent workers, sharing one socket the arbiter bound."""
+    """A service's (or the gateway's) gevent workers, sharing one socket the arbiter bound; a service's
+    workers also have a port each, which is what they register."""
 
     kind = "app"
 
@@ -317,7 +332,8 @@ class AppGroup(Group):
         self.host, self.port = listener.getsockname()[:2]
 
     def new_instance(self, slot: int) -> Worker:
-        return Worker(self.spec, slot, self.generation, self.listener)
+        # A registered service's workers each get a port of their own, the instance gateways balance over
+        return Worker(self.spec, slot, self.generation, self.listener, own_port=self.spec.registry is not None)
 
     def urls(self) -> list[str]:
         return [url(self.host, self.port)]

@@ -1,13 +1,16 @@
-"""A worker: one pre-forked process serving a WSGI app on its group's shared socket, on gevent.
+"""A worker: one pre-forked process serving a WSGI app on its group's shared socket (and, for a registered
+service, on a socket of its own: see `Worker.spawn`), on gevent.
 
 `Worker.__init__` and `spawn()` run in the arbiter and touch nothing process-wide. Everything gevent
-happens in the child, in `init_process()`: it monkey-patches first, and only then imports the engine and
-the app (so a reload loads new code, and the arbiter never holds a hub that a fork would copy).
+happens in the child, in `init_process()`: it monkey-patches first, makes the C database drivers
+cooperative (`drivers`), and only then imports the engine and the app (so a reload loads new code, and
+the arbiter never holds a hub that a fork would copy).
 
 The child talks to the arbiter on two pipes: its stdout/stderr (lines the arbiter prefixes and prints)
-and a notify pipe of JSON lines: `{"event": "beat"}` from a greenlet every fraction of `timeout` (so a
-long request on a loop that still runs is not "blocked"), `{"event": "ready"}` once it accepts, and
-`{"event": "boot_error", "error": ...}` before exiting with BOOT_ERROR when the app cannot be loaded.
+and a notify pipe of JSON lines: `{"event": "beat", "at": <monotonic time>}` from a greenlet every
+fraction of `timeout` (so a long request on a loop that still runs is not "blocked"), `{"event": "ready"}`
+once it accepts, and `{"event": "boot_error", "error": ...}` before exiting with BOOT_ERROR when the app
+cannot be loaded.
 
 Graceful stop (SIGTERM): stop accepting, then SETTLE seconds in which every response says
 `Connection: close` (so keep-alive clients move to the other workers, and connections accepted just
@@ -36,7 +39,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping
 
-from .process import close_fds_except, die_with_parent, reset_signals, send_signal
+from ..config import Address
+from .process import bind, close_fds_except, die_with_parent, reset_signals, send_signal
 from .registration import Registration, RegistrySpec
 
 BOOT_ERROR = 3
@@ -67,11 +71,13 @@ class AppSpec:
 class Worker:
     """One worker process of a group, as the arbiter sees it, and the code the child runs."""
 
-    def __init__(self, spec: AppSpec, slot: int, generation: int, listener: socket.socket):
+    def __init__(self, spec: AppSpec, slot: int, generation: int, listener: socket.socket, own_port: bool = False):
         self.spec = spec
         self.slot = slot
         self.generation = generation
         self.listener = listener
+        self.own_port = own_port
+        self.own: socket.socket | None = None
         self.port: int = listener.getsockname()[1]
         self.pid: int | None = None
         self.started_at = 0.0
@@ -84,19 +90,41 @@ class Worker:
         self.output_fd = self.notify_fd = -1
 
     @property
+    def beat_interval(self) -> float:
+        return self.spec.beat_interval
+
+    @property
     def name(self) -> str:
         return f"{self.spec.name}.{self.slot}"
 
     # Arbiter side.
 
     def spawn(self) -> None:
-        """Fork the child. Returns in the arbiter; the child never returns from here."""
+        """Fork the child. Returns in the arbiter; the child never returns from here.
+
+        With `own_port`, the child also gets a listening socket of its own (a free port on the group's host),
+        bound here so that a failure is the arbiter's to report. It is the address the worker registers: each
+        worker is then a target of its own, which gateways balance across and eject one by one, where workers
+        behind one shared socket look like one host:port and share the load unevenly. The shared socket stays
+        for clients that come straight to the service's `listen` address. The arbiter closes its copy after
+        the fork, so the port closes (and refuses at once) when the worker is gone."""
+        if self.own_port:
+            host = self.listener.getsockname()[0]
+            self.own = bind(Address(host, 0))
+            self.port = self.own.getsockname()[1]
         output_r, output_w = os.pipe()
         notify_r, notify_w = os.pipe()
         parent = os.getpid()
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:
+            for fd in (output_r, output_w, notify_r, notify_w):
+                os.close(fd)
+            if self.own is not None:
+                self.own.close()
+            raise
         if pid == 0:
             code = 1
             try:
@@ -105,7 +133,7 @@ class Worker:
                 os.dup2(devnull, 0)
                 os.dup2(output_w, 1)
                 os.dup2(output_w, 2)
-                close_fds_except([notify_w, self.listener.fileno()])
+                close_fds_except([notify_w, self.listener.fileno()] + ([self.own.fileno()] if self.own else []))
                 code = self.init_process(parent, notify_w)
             except BaseException:
                 traceback.print_exc()
@@ -117,6 +145,8 @@ class Worker:
                     os._exit(code)
         os.close(output_w)
         os.close(notify_w)
+        if self.own is not None:
+            self.own.close()
         self.pid = pid
         self.output_fd, self.notify_fd = output_r, notify_r
         self.started_at = self.last_beat = time.monotonic()
@@ -127,7 +157,11 @@ class Worker:
             message = json.loads(line)
         except ValueError:
             return
-        self.last_beat = time.monotonic()
+        now = time.monotonic()
+        at = message.get("at")
+        # A beat says when it was sent (the same system-wide monotonic clock), so a busy arbiter that reads it
+        # late does not count the time the line waited in the pipe as time the loop was alive.
+        self.last_beat = min(now, max(self.last_beat, at)) if isinstance(at, float) else now
         if message.get("event") == "ready":
             self.ready = True
         elif message.get("event") == "boot_error":
@@ -145,6 +179,8 @@ class Worker:
         """Set up the child and serve until told to stop; returns the exit code."""
         from gevent import monkey
         monkey.patch_all()
+        from . import drivers
+        drivers.install()  # before the app is imported: psycopg2 and psycopg 3 wait on the hub
         import gevent
         import gevent.event
 
@@ -163,12 +199,14 @@ class Worker:
             notify.send(event="boot_error", error=boot_error_text(self.spec.app, exc))
             return BOOT_ERROR
 
-        listener = socket.socket(fileno=self.listener.detach())
+        listeners = [socket.socket(fileno=self.listener.detach())]
+        if self.own is not None:
+            listeners.append(socket.socket(fileno=self.own.detach()))
         app = with_health(app, self.spec.health)
         log = AccessLog() if self.spec.access_log else None
         if log is not None:
             log.start()
-        server = serve(listener, app, log)
+        servers = [serve(listener, app, log) for listener in listeners]
         registration = None
         if self.spec.registry is not None:
             registration = Registration(self.spec.registry, self.spec.name, self.port, self.slot)
@@ -182,11 +220,14 @@ class Worker:
             stopping.append(True)
             if registration is not None:
                 registration.stop()
-            server.stop_accepting()
-            server.draining = True
+            for server in servers:
+                server.stop_accepting()
+                server.draining = True
             settle = min(SETTLE, self.spec.graceful_timeout / 2)
             gevent.sleep(settle)
-            killed = server.drain(self.spec.graceful_timeout - settle)
+            drains = [gevent.spawn(server.drain, self.spec.graceful_timeout - settle) for server in servers]
+            gevent.joinall(drains)
+            killed = sum(drain.value or 0 for drain in drains)
             if killed:
                 print(f"graceful timeout ({self.spec.graceful_timeout:g}s): closed {killed} unfinished request(s)")
             stopped.set()
@@ -220,7 +261,7 @@ class Worker:
         """Beat for the arbiter while the loop runs; leave at once if the arbiter is gone."""
         import gevent
         while True:
-            if os.getppid() != parent or not notify.send(event="beat"):
+            if os.getppid() != parent or not notify.send(event="beat", at=time.monotonic()):
                 os._exit(1)
             gevent.sleep(self.spec.beat_interval)
 

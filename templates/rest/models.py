@@ -2,7 +2,9 @@
 
 DATABASE_URL picks the database (sqlite:///..., postgresql://..., mysql://...); without it the
 service keeps an SQLite file under the project's data/ folder (MICROKIT_PROJECT_ROOT, which microkit
-sets; else the current folder).
+sets; else the current folder). Connections are pooled per worker process (microkit.db): a request
+takes an idle one instead of connecting, and while the database is down or restarting requests get
+503 JSON, then work again by themselves.
 """
 
 import datetime
@@ -11,7 +13,8 @@ import zlib
 from pathlib import Path
 
 from peewee import CharField, DatabaseProxy, DateTimeField, Model, MySQLDatabase, PostgresqlDatabase, SqliteDatabase
-from playhouse.db_url import connect
+
+from microkit import db as pooled
 
 PROJECT_ROOT = Path(os.environ.get("MICROKIT_PROJECT_ROOT") or Path.cwd())
 DEFAULT_DATABASE_URL = f"sqlite:///{PROJECT_ROOT / 'data' / '{{service}}.db'}"
@@ -39,8 +42,8 @@ MODELS = [{{model}}]
 
 
 def init_db(url: str | None = None) -> None:
-    """Point the models at a database. No connection is opened until a request needs one."""
-    db.initialize(connect(url or os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL))
+    """Point the models at a pooled database. No connection is opened until a request needs one."""
+    db.initialize(pooled.connect(url or os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL))
 
 
 def create_tables() -> None:

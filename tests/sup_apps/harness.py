@@ -33,10 +33,18 @@ def make_project(root: Path, services: dict[str, dict], apps: dict[str, str]) ->
     lines = ['[project]', 'name = "suptest"', '', '[gateway]', 'listen = "127.0.0.1:0"', '']
     for name, settings in services.items():
         lines.append(f"[services.{name}]")
-        lines += [f"{key} = {json.dumps(value)}" for key, value in settings.items()]
+        lines += [f"{key} = {toml_value(value)}" for key, value in settings.items()]
         lines.append("")
     (root / "microkit.toml").write_text("\n".join(lines))
     return root
+
+
+def toml_value(value) -> str:
+    """A setting as TOML: JSON's spelling serves for strings, numbers, booleans and lists; a dict is an
+    inline table."""
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{key} = {toml_value(item)}" for key, item in value.items()) + " }"
+    return json.dumps(value)
 
 
 def run_cli(root: Path, *args: str, timeout: float = 10) -> subprocess.CompletedProcess:

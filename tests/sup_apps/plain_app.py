@@ -2,10 +2,15 @@
 
 /pid      the worker's pid        /sleep?S  sleeps S seconds (gevent, the loop stays responsive)
 /version  VERSION below           /block    a busy loop: blocks the worker's event loop for good
+/hold?S   blocks the event loop S seconds (the unpatched sleep), printing when it started
 """
 
 import os
 import time
+
+from gevent.monkey import get_original
+
+blocking_sleep = get_original("time", "sleep")
 
 VERSION = "v1"
 
@@ -16,6 +21,10 @@ def app(environ, start_response):
     if path == "/sleep":
         time.sleep(float(query or 1))
         body = b"slept"
+    elif path == "/hold":
+        print(f"holding since {time.monotonic():.6f}", flush=True)
+        blocking_sleep(float(query))
+        body = b"held"
     elif path == "/block":
         while True:
             pass

@@ -1,7 +1,9 @@
 """The orders service's data: orders of users, in the service's own database.
 
 DATABASE_URL picks the database (sqlite:///..., postgresql://..., mysql://...); without it the
-service keeps an SQLite file under the project's data/ folder.
+service keeps an SQLite file under the project's data/ folder. Connections are pooled per worker
+process (microkit.db): a request takes an idle one instead of connecting, and while the database is
+down or restarting requests get 503 JSON, then work again by themselves.
 """
 
 import datetime
@@ -9,7 +11,8 @@ import os
 from pathlib import Path
 
 from peewee import CharField, DatabaseProxy, DateTimeField, IntegerField, Model, SqliteDatabase
-from playhouse.db_url import connect
+
+from microkit import db as pooled
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DATABASE_URL = f"sqlite:///{PROJECT_ROOT / 'data' / 'orders.db'}"
@@ -44,8 +47,8 @@ MODELS = [Order]
 
 
 def init_db(url: str | None = None) -> None:
-    """Point the models at a database. No connection is opened until a request needs one."""
-    db.initialize(connect(url or os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL))
+    """Point the models at a pooled database. No connection is opened until a request needs one."""
+    db.initialize(pooled.connect(url or os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL))
 
 
 def create_tables() -> None:

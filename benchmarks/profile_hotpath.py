@@ -44,10 +44,16 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.bench_worker import HOST, free_port, stop, wait_ready  # noqa: E402
 
 SERVER = """
-from gevent import monkey; monkey.patch_all()
 import os, signal, socket, sys
-import gevent, gevent.event
 kind, port = sys.argv[1], int(sys.argv[2])
+if kind.startswith("bjoern"):
+    import bjoern
+    from benchmarks.app import app as bottle_app
+    from benchmarks.backend import app as plain_app
+    bjoern.run(bottle_app if kind == "bjoern" else plain_app, "127.0.0.1", port)
+    sys.exit(0)
+from gevent import monkey; monkey.patch_all()
+import gevent, gevent.event
 listener = socket.socket()
 listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 listener.bind(("127.0.0.1", port))
@@ -216,9 +222,10 @@ def run_pyspy(kind: str, port: int, env: dict, path: str, duration: int, tmp: Pa
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("kind", choices=("worker", "raw", "floor", "gateway"),
+    parser.add_argument("kind", choices=("worker", "raw", "floor", "gateway", "bjoern", "bjoern-raw"),
                         help="worker: the Bottle app; raw: a plain WSGI callable on the same engine; floor: gevent "
-                             "alone (a canned answer per read, no parsing: what any gevent server pays); gateway")
+                             "alone (a canned answer per read, no parsing: what any gevent server pays); gateway; "
+                             "bjoern, bjoern-raw: the Bottle app or the plain callable on bjoern, for reference")
     parser.add_argument("tool", choices=("callgrind", "pyspy"))
     parser.add_argument("--requests", type=int, default=3000, help="requests counted under callgrind")
     parser.add_argument("--duration", type=int, default=5, help="seconds sampled by py-spy")

@@ -43,6 +43,7 @@ setup(
             "pymysql>=1.1",
             "build>=1.0",
         ],
+        "bench": ["gunicorn>=21", "granian>=1.0", "bjoern>=3.2", "py-spy>=0.3", "psycopg2-binary>=2.9"],
         "postgres": ["psycopg2-binary>=2.9"],
         "mysql": ["pymysql>=1.1"],
     },

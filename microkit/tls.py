@@ -80,7 +80,8 @@ class TLSStream:
 
 
 class _Records:
-    """Non-blocking reads and writes of application data: BlockingIOError where OpenSSL wants the socket."""
+    """Application data: reads that never wait (BlockingIOError where OpenSSL wants the socket), and
+    writes that complete."""
 
     def __init__(self, tls) -> None:
         self._tls = tls
@@ -97,13 +98,12 @@ class _Records:
             return b""
 
     def send(self, data: bytes) -> int:
-        tls = self._tls
-        if tls._sslobj is None:
+        """Write all of `data`, waiting cooperatively while the socket is full. Never BlockingIOError: an
+        SSL_write that wants the socket must be retried with the same buffer, and the engine's
+        fallback (`sendall` of the rest, in chunks of its own) would make OpenSSL fail the retry."""
+        if self._tls._sslobj is None:
             raise BrokenPipeError("the TLS connection is shut down")
-        try:
-            return tls._sslobj.write(data)
-        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            raise BlockingIOError() from None
+        return self._tls.send(data)
 
 
 def redirect_to_https(https_port: int) -> Callable:

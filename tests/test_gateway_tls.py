@@ -12,6 +12,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import time
 import warnings
 from pathlib import Path
 
@@ -55,8 +56,14 @@ def client_context(cafile: Path) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(cafile))
 
 
+BIG = bytes(range(256)) * (12 * 4096)  # 12 MB that a slow reader makes the server wait on
+
+
 def echo_app(environ, start_response):
-    """Echoes the scheme the engine saw and the request body's length."""
+    """Echoes the scheme the engine saw and the request body's length; /download sends BIG."""
+    if environ["PATH_INFO"] == "/download":
+        start_response("200 OK", [("Content-Length", str(len(BIG)))])
+        return [BIG]
     body = environ["wsgi.input"].read()
     data = json.dumps({"scheme": environ["wsgi.url_scheme"], "https": environ.get("HTTPS"), "path": environ["PATH_INFO"],
                        "length": len(body)}).encode()
@@ -92,6 +99,18 @@ def test_engine_serves_https_with_keep_alive_pipelining_and_large_bodies(tls_fil
             sock.sendall(b"".join(b"GET /p%d HTTP/1.1\r\nHost: localhost\r\n\r\n" % i for i in range(30)))
             paths = [json.loads(reader.response()[2])["path"] for _ in range(30)]
             assert paths == [f"/p{i}" for i in range(30)]
+
+
+def test_engine_sends_a_large_response_intact_to_a_slow_reader_over_tls(tls_files):
+    cert, _ = tls_files
+    with tls_server(*tls_files) as server:
+        raw = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        with client_context(cert).wrap_socket(raw, server_hostname="localhost") as sock:
+            for _ in range(2):  # twice on one connection: the first answer ended cleanly
+                sock.sendall(b"GET /download HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                time.sleep(0.3)  # the server's writes fill the socket buffers and must wait
+                status, _, body = Reader(sock).response()
+                assert status == 200 and body == BIG
 
 
 def test_engine_refuses_tls_below_1_2_and_plain_http(tls_files):

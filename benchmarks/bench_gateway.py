@@ -33,7 +33,9 @@ from typing import Callable
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_worker import HOST, _ms, _spawn, bench_project, free_port, stop, wait_ready  # noqa: E402
+from benchmarks.bench_worker import (  # noqa: E402
+    HOST, _ms, _spawn, bench_project, cpu_seconds, free_port, process_tree, stop, wait_ready,
+)
 
 NGINX_CONF = """
 worker_processes 1;
@@ -204,30 +206,6 @@ PROXIES: dict[str, tuple[str, Launcher]] = {
     "haproxy": ("haproxy", run_haproxy),
     "caddy": ("caddy", run_caddy),
 }
-
-
-def process_tree(pid: int) -> list[int]:
-    """A process and all its descendants, from /proc."""
-    pids = [pid]
-    for p in pids:
-        for task in Path(f"/proc/{p}/task").glob("*"):
-            try:
-                pids += [int(c) for c in (task / "children").read_text().split()]
-            except OSError:
-                pass
-    return pids
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU time of these processes, from /proc (a process gone since counts 0)."""
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 def wrk(port: int, duration: int, connections: int) -> tuple[float, float, float, int]:

@@ -99,8 +99,7 @@ backend app
     server b1 {host}:{backend} maxconn 64
 """
 
-CADDYFILE = """
-{{
+CADDYFILE = """{{
 	admin off
 	auto_https off
 	log {{
@@ -108,8 +107,7 @@ CADDYFILE = """
 	}}
 }}
 http://{host}:{port} {{
-	{log}
-	reverse_proxy {host}:{backend} {{
+{log}	reverse_proxy {host}:{backend} {{
 		header_up X-Request-ID {{http.request.uuid}}
 		header_down X-Request-ID {{http.request.uuid}}
 	}}
@@ -194,7 +192,7 @@ def run_caddy(tmp: Path, port: int, backend: int, access_log: bool) -> subproces
     """Caddy (GOMAXPROCS=1, no admin endpoint, no automatic HTTPS); it sets X-Forwarded-* itself."""
     conf = tmp / "Caddyfile"
     conf.write_text(CADDYFILE.format(tmp=tmp, host=HOST, port=port, backend=backend,
-                                     log=f"log {{\n\t\toutput file {tmp}/access.log\n\t}}" if access_log else ""))
+                                     log=f"\tlog {{\n\t\toutput file {tmp}/access.log\n\t}}\n" if access_log else ""))
     env = {**os.environ, "GOMAXPROCS": "1", "HOME": str(tmp), "XDG_DATA_HOME": str(tmp / "data"),
            "XDG_CONFIG_HOME": str(tmp / "config")}
     return subprocess.Popen(["caddy", "run", "--adapter", "caddyfile", "--config", str(conf)], cwd=tmp, env=env,

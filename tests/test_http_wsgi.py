@@ -37,3 +37,28 @@ def test_an_invalid_status_is_refused_every_time_and_valid_ones_are_remembered()
             raise AssertionError(f"{status!r} was accepted")
     response.start_response("299 Custom", [])
     assert wsgi._STATUS_CODES["299 Custom"] == 299
+
+
+def head(headers: list, body: bytes = b"x") -> bytes:
+    sent: list[bytes] = []
+    response = wsgi.Response(sent.append, lambda: False, False, False, True)
+    response.start_response("200 OK", headers)
+    response.finish([body])
+    return b"".join(sent)
+
+
+def test_content_length_values_are_checked_every_time_and_header_names_cached_within_bounds():
+    for bad in ("+1", " 1", "1_0", "١", 1):
+        for _ in range(2):
+            try:
+                head([("Content-Length", bad)])
+            except ValueError:
+                continue
+            raise AssertionError(f"Content-Length {bad!r} was accepted")
+    assert head([("Content-Length", "1")]).endswith(b"\r\n\r\nx")
+    assert wsgi._LENGTHS["1"] == 1
+    for i in range(600):
+        head([(f"X-Name-{i}", "v")])
+    assert len(wsgi._LOWER) <= 512
+    assert b"\r\nX-Name-599: v\r\n" in head([("X-Name-599", "v")])
+    assert b"Connection: close" in head([("CONNECTION", "close")])

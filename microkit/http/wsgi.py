@@ -13,6 +13,8 @@ TARGET_CACHE_LENGTH = 256
 _TARGETS: dict[bytes, tuple[str, str, str]] = {}  # request target -> split_target(target), for repeated targets
 _STATUS_CODES: dict[str, int] = {}  # status lines already validated -> their code
 _FRAMING = frozenset(("content-length", "date", "connection", "transfer-encoding"))
+_LOWER: dict[str, str] = {}  # response header name -> lower case (str.lower is a full Unicode mapping)
+_LENGTHS: dict[str, int] = {}  # Content-Length values already validated -> their number
 
 
 def server_environ(host: str, port: int, extra: dict | None) -> dict:
@@ -167,7 +169,11 @@ class Response:
         has_date = False
         lines = 1
         for name, value in self.headers:
-            lower = name.lower()
+            lower = _LOWER.get(name)
+            if lower is None:
+                lower = name.lower()
+                if len(_LOWER) < 512:
+                    _LOWER[name] = lower
             if lower in _FRAMING:
                 if lower == "content-length":
                     length = value
@@ -182,9 +188,15 @@ class Response:
             parts += (name, ": ", value, "\r\n")
             lines += 1
         if length is not None:
-            if not (length.isascii() and length.isdigit()):
-                raise ValueError(f"invalid Content-Length {length!r}")
-            self._length = int(length)
+            number = _LENGTHS.get(length)
+            if number is None:
+                if type(length) is not str or not (length.isascii() and length.isdigit()):
+                    raise ValueError(f"invalid Content-Length {length!r}")
+                number = int(length)
+                if len(_LENGTHS) >= 1024:
+                    _LENGTHS.clear()
+                _LENGTHS[length] = number
+            self._length = number
         elif self._bodyless:
             pass
         elif body_len is not None:

@@ -58,6 +58,7 @@ setup(
             "defusedxml>=0.7",
             "pytest-xdist>=3.5",
         ],
+        "bench": ["gunicorn>=21", "granian>=1.0", "bjoern>=3.2", "py-spy>=0.3", "psycopg2-binary>=2.9"],
         "postgres": ["psycopg2-binary>=2.9"],
         "mysql": ["pymysql>=1.1"],
         # what services made from the built-in templates need at run time (and for their own tests)

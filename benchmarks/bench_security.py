@@ -34,8 +34,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_gateway import cpu_seconds  # noqa: E402
-from benchmarks.bench_worker import APP, HOST, _spawn, free_port, run_worker_process, stop, wait_ready  # noqa: E402
+from benchmarks.bench_worker import (  # noqa: E402
+    APP, HOST, _spawn, cpu_seconds, free_port, process_tree, run_worker_process, stop, wait_ready,
+)
 from benchmarks.bench_gateway import _read_response  # noqa: E402
 
 SECRET_ENV = "MICROKIT_BENCH_JWT_SECRET"
@@ -183,9 +184,10 @@ def main() -> int:
         time.sleep(0.5)
         for round_ in range(args.rounds):
             for name, (proc, port) in procs.items():
-                before = cpu_seconds(proc.pid)
+                pids = process_tree(proc.pid)
+                before = cpu_seconds(pids)
                 rps, p50, requests, bad = wrk(port, args.duration, args.connections, token)
-                cpu_us = (cpu_seconds(proc.pid) - before) / max(requests, 1) * 1e6
+                cpu_us = (cpu_seconds(pids) - before) / max(requests, 1) * 1e6
                 if bad:
                     print(f"  {name}: {bad} non-2xx answers (the benchmark expects none)", file=sys.stderr)
                 runs[name].append((rps, p50, cpu_us))

@@ -405,6 +405,11 @@ GATEWAY = (
     Setting("lingering_timeout", seconds, 5.0, "Longest wait between two reads while lingering."),
     Setting("auth", Table(AUTH, AuthConfig), None, "[gateway.auth]: authentication."),
     Setting("ratelimit", Table(RATELIMIT, RateLimitConfig), None, "[gateway.ratelimit]: shared rate limits."),
+    Setting("tls_cert", text, None, "PEM certificate chain: with tls_key, the gateway serves HTTPS (TLS 1.2+) "
+                                    "at listen. Re-read by `microkit reload gateway`."),
+    Setting("tls_key", text, None, "PEM private key (unencrypted) of tls_cert."),
+    Setting("http_redirect", address, None, 'A plain-HTTP listener that answers every request with 308 to '
+                                            'HTTPS at listen, e.g. "0.0.0.0:80"; needs tls_cert.'),
 )
 SERVICE = (
     Setting("app", app_spec, None, 'The WSGI callable, "module:attr". One of app or command is required.'),
@@ -470,6 +475,9 @@ class GatewayConfig:
     lingering_timeout: float
     auth: AuthConfig
     ratelimit: RateLimitConfig
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    http_redirect: Address | None = None
 
 
 @dataclass(frozen=True)
@@ -623,6 +631,7 @@ def parse(text_: str, path: Path, environ: Mapping[str, str] | None = None) -> C
         services[name] = ServiceConfig(name=name, **values)
 
     _check_security(reader, path.resolve().parent, gateway, services)
+    _check_tls(reader, path.resolve().parent, gateway)
     if project["root"] is not None and not (path.resolve().parent / project["root"]).is_dir():
         raise reader.error("project.root", f"{show(project['root'])} is not a folder next to {reader.label}")
     return Config(
@@ -655,6 +664,26 @@ def _check_security(reader: _Reader, folder: Path, gateway: dict, services: dict
                                                           "nobody has scopes and the route would be open)")
         if service.cors is not None and service.cors.credentials and service.cors.origins == "*":
             raise reader.error(f"services.{name}.cors", 'credentials = true needs a list of origins, not "*"')
+
+
+def _check_tls(reader: _Reader, folder: Path, gateway: dict) -> None:
+    """tls_cert and tls_key go together, load as a certificate and its key, and http_redirect needs them."""
+    cert, key = gateway["tls_cert"], gateway["tls_key"]
+    if (cert is None) != (key is None):
+        given, missing = ("tls_cert", "tls_key") if key is None else ("tls_key", "tls_cert")
+        raise reader.error(f"gateway.{missing}", f"is required with gateway.{given}")
+    if cert is None:
+        if gateway["http_redirect"] is not None:
+            raise reader.error("gateway.http_redirect", "needs gateway.tls_cert and gateway.tls_key "
+                                                        "(it redirects to HTTPS)")
+        return
+    from .tls import TLSFileError, server_context
+    try:
+        server_context(folder / cert, folder / key)
+    except TLSFileError as exc:
+        given = cert if exc.which == "cert" else key
+        where = f" next to {reader.label}" if exc.reason == "no such file" else ""
+        raise reader.error(f"gateway.tls_{exc.which}", f"{show(given)}: {exc.reason}{where}") from None
 
 
 def load(path: Path, environ: Mapping[str, str] | None = None) -> Config:

@@ -1,4 +1,5 @@
-"""HTTPServer: accepts on a shared listening socket and serves a WSGI app, one greenlet per connection."""
+"""HTTPServer: accepts on a shared listening socket and serves a WSGI app, one greenlet per connection,
+over plain TCP or TLS."""
 
 from collections.abc import Callable
 from socket import AF_INET, AF_INET6, IPPROTO_TCP, TCP_NODELAY
@@ -11,6 +12,7 @@ from microkit.http.connection import Connection
 from microkit.http.limits import Limits
 from microkit.http.request import RawHandler
 from microkit.http.wsgi import server_environ
+from microkit.tls import TLSStream
 
 AccessLog = Callable[[str, str, int, float], None]
 
@@ -19,7 +21,10 @@ class HTTPServer:
     """The HTTP/1.1 engine: strict parsing, keep-alive, pipelining, limits and graceful drain.
 
     `raw_handler` (default: the app's `microkit_raw_handler` attribute, if any) sees every request
-    first and may answer it without WSGI; see microkit/http/request.py.
+    first and may answer it without WSGI; see microkit/http/request.py. With `ssl_context` (a
+    gevent.ssl.SSLContext, see microkit.tls.server_context) every connection is TLS: the handshake
+    runs in the connection's greenlet within `limits.header_timeout`, and requests carry
+    `wsgi.url_scheme` "https" (which the gateway forwards as X-Forwarded-Proto).
     """
 
     def __init__(
@@ -30,6 +35,7 @@ class HTTPServer:
         access_log: AccessLog | None = None,
         base_environ: dict | None = None,
         raw_handler: RawHandler | None = None,
+        ssl_context=None,
     ) -> None:
         listener.setblocking(False)
         name = listener.getsockname()
@@ -38,7 +44,10 @@ class HTTPServer:
         self.raw_handler = raw_handler or getattr(app, "microkit_raw_handler", None)
         self.limits = limits or Limits()
         self.access_log = access_log
+        if ssl_context is not None:
+            base_environ = {"wsgi.url_scheme": "https", "HTTPS": "on", **(base_environ or {})}
         self.environ = server_environ(host, port, base_environ)
+        self.ssl_context = ssl_context
         self.active_requests = 0
         self.draining = False
         self._tcp = listener.family in (AF_INET, AF_INET6)
@@ -86,6 +95,10 @@ class HTTPServer:
                 sock.setsockopt(IPPROTO_TCP, TCP_NODELAY, 1)
             except OSError:
                 return
+        if self.ssl_context is not None:
+            sock = self._handshake(sock)
+            if sock is None:
+                return
         conn = Connection(self, sock, address)
         self._connections.add(conn)
         try:
@@ -94,3 +107,20 @@ class HTTPServer:
             self._connections.discard(conn)
             if self._stopping and not self.draining and not self._connections:
                 self._stopped.set()
+            if self.ssl_context is not None:
+                sock.close()
+
+    def _handshake(self, sock) -> TLSStream | None:
+        """The TLS side of an accepted socket once its handshake is done; None (closed) when it fails or
+        takes longer than the header timeout."""
+        sock.settimeout(self.limits.header_timeout)
+        try:
+            tls = self.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        except OSError:
+            return None
+        try:
+            tls.do_handshake()
+        except (OSError, ValueError):
+            tls.close()
+            return None
+        return TLSStream(tls)

@@ -8,6 +8,13 @@ from urllib.parse import unquote_to_bytes
 
 _KEYS: dict[bytes, str] = {}
 _DATE = [0, ""]
+TARGET_CACHE_SIZE = 1024
+TARGET_CACHE_LENGTH = 256
+_TARGETS: dict[bytes, tuple[str, str, str]] = {}  # request target -> split_target(target), for repeated targets
+_STATUS_CODES: dict[str, int] = {}  # status lines already validated -> their code
+_FRAMING = frozenset(("content-length", "date", "connection", "transfer-encoding"))
+_LOWER: dict[str, str] = {}  # response header name -> lower case (str.lower is a full Unicode mapping)
+_LENGTHS: dict[str, int] = {}  # Content-Length values already validated -> their number
 
 
 def server_environ(host: str, port: int, extra: dict | None) -> dict:
@@ -81,8 +88,22 @@ def set_script_name(environ: dict, prefix: str) -> None:
 
 def set_target(environ: dict, target: bytes) -> None:
     """Fill PATH_INFO (percent-decoded, latin-1), QUERY_STRING, RAW_URI and REQUEST_URI from the request target."""
+    parts = _TARGETS.get(target)
+    if parts is None:
+        parts = split_target(target)
+        if len(target) <= TARGET_CACHE_LENGTH:
+            if len(_TARGETS) >= TARGET_CACHE_SIZE:
+                _TARGETS.clear()
+            _TARGETS[target] = parts
+    environ["RAW_URI"] = environ["REQUEST_URI"] = parts[0]
+    environ["PATH_INFO"] = parts[1]
+    environ["QUERY_STRING"] = parts[2]
+
+
+def split_target(target: bytes) -> tuple[str, str, str]:
+    """(raw target, PATH_INFO, QUERY_STRING) of a request target, as latin-1 text; an absolute-form
+    target (http://host/path) gives its path, and a fragment is dropped."""
     raw = target.decode("latin-1")
-    environ["RAW_URI"] = environ["REQUEST_URI"] = raw
     if not target.startswith(b"/"):
         scheme, sep, rest = target.partition(b"://")
         target = b"/" + rest.partition(b"/")[2] if sep and scheme.lower() in (b"http", b"https") else target
@@ -90,8 +111,7 @@ def set_target(environ: dict, target: bytes) -> None:
     if b"#" in query or b"#" in path:
         path = path.partition(b"#")[0]
         query = query.partition(b"#")[0]
-    environ["PATH_INFO"] = (unquote_to_bytes(path) if b"%" in path else path).decode("latin-1")
-    environ["QUERY_STRING"] = query.decode("latin-1")
+    return raw, (unquote_to_bytes(path) if b"%" in path else path).decode("latin-1"), query.decode("latin-1")
 
 
 def _date_line() -> str:
@@ -139,8 +159,11 @@ class Response:
                 exc_info = None
         elif self.status is not None:
             raise AssertionError("start_response called a second time without exc_info")
-        if type(status) is not str or status[3:4] != " " or not status[:3].isdigit() or not status.isascii():
-            raise ValueError(f"invalid WSGI status {status!r}")
+        if type(status) is not str or status not in _STATUS_CODES:
+            if type(status) is not str or status[3:4] != " " or not status[:3].isdigit() or not status.isascii():
+                raise ValueError(f"invalid WSGI status {status!r}")
+            if len(_STATUS_CODES) < 256:
+                _STATUS_CODES[status] = int(status[:3])
         if type(headers) is not list:
             raise TypeError("WSGI response headers must be a list")
         self.status = status
@@ -152,52 +175,67 @@ class Response:
         status = self.status
         if status is None:
             raise AssertionError("the application did not call start_response")
-        code = int(status[:3])
+        code = _STATUS_CODES.get(status) or int(status[:3])
         self._bodyless = self._head_only or code < 200 or code == 204 or code == 304
         parts = ["HTTP/1.1 ", status, "\r\n"]
         length = None
         has_date = False
-        skipped = 0
+        lines = 1
         for name, value in self.headers:
-            lower = name.lower()
-            if lower == "content-length":
-                length = value
-            elif lower == "date":
-                has_date = True
-            elif lower == "connection":
-                if "close" in value.lower():
-                    self.keep_alive = False
-                skipped += 1
-                continue
-            elif lower == "transfer-encoding":
-                raise ValueError("a WSGI application must not set Transfer-Encoding")
+            lower = _LOWER.get(name)
+            if lower is None:
+                lower = name.lower()
+                if len(_LOWER) < 512:
+                    _LOWER[name] = lower
+            if lower in _FRAMING:
+                if lower == "content-length":
+                    length = value
+                elif lower == "date":
+                    has_date = True
+                elif lower == "connection":
+                    if "close" in value.lower():
+                        self.keep_alive = False
+                    continue
+                else:
+                    raise ValueError("a WSGI application must not set Transfer-Encoding")
             parts += (name, ": ", value, "\r\n")
-        extra = []
+            lines += 1
         if length is not None:
-            if not (length.isascii() and length.isdigit()):
-                raise ValueError(f"invalid Content-Length {length!r}")
-            self._length = int(length)
+            number = _LENGTHS.get(length)
+            if number is None:
+                if type(length) is not str or not (length.isascii() and length.isdigit()):
+                    raise ValueError(f"invalid Content-Length {length!r}")
+                number = int(length)
+                if len(_LENGTHS) >= 1024:
+                    _LENGTHS.clear()
+                _LENGTHS[length] = number
+            self._length = number
         elif self._bodyless:
             pass
         elif body_len is not None:
-            extra.append(f"Content-Length: {body_len}\r\n")
+            parts.append(f"Content-Length: {body_len}\r\n")
+            lines += 1
             self._length = body_len
         elif self._http10:
             self.keep_alive = False
         else:
-            extra.append("Transfer-Encoding: chunked\r\n")
+            parts.append("Transfer-Encoding: chunked\r\n")
+            lines += 1
             self._chunked = True
         if not has_date:
-            extra.append(_date_line())
+            parts.append(_date_line())
+            lines += 1
         if self.keep_alive and self._closing():
             self.keep_alive = False
         if not self.keep_alive:
-            extra.append("Connection: close\r\n")
+            parts.append("Connection: close\r\n")
+            lines += 1
         elif self._http10:
-            extra.append("Connection: keep-alive\r\n")
-        extra.append("\r\n")
-        head = "".join(parts) + "".join(extra)
-        lines = len(self.headers) - skipped + len(extra) + 1
+            parts.append("Connection: keep-alive\r\n")
+            lines += 1
+        parts.append("\r\n")
+        lines += 1
+        head = "".join(parts)
         if head.count("\n") != lines or head.count("\r") != lines:
             raise ValueError("CR or LF inside a response status or header")
         data = head.encode("latin-1")

@@ -24,13 +24,13 @@ from .. import config as cfg
 from ..config import Config, ServiceConfig
 from ..errors import ConfigError, MicrokitError, SupervisorError, UsageError
 from . import control
-from .command import CommandGroup, CommandSpec, check_health
+from .command import CommandGroup, CommandSpec, check_health, unverified_context
 from .group import FATAL, AppGroup, Group
 from .printer import Printer
 from .process import SUPERVISOR_SIGNALS, bind, url
 from .registration import RegistrySpec, advertised_host
 from .reloader import Reloader, app_scope, command_scope
-from .worker import AppSpec
+from .worker import AppSpec, TLSSpec
 
 GATEWAY = "gateway"
 GATEWAY_APP = "microkit.gateway.wsgi:application"
@@ -168,17 +168,35 @@ class Arbiter:
             listener = bind(gateway.listen)
         except OSError as exc:
             raise SupervisorError(f"gateway.listen: cannot listen on {gateway.listen}: {exc.strerror or exc}") from None
+        tls = self.gateway_tls(listener)
         access_log = gateway.access_log if self.access_log is None else self.access_log
         env = {"MICROKIT_CONFIG": str(self.config.path), "MICROKIT_ACCESS_LOG": str(int(access_log)),
-               "MICROKIT_GATEWAY_URL": url(gateway.listen.host, listener.getsockname()[1])}
+               "MICROKIT_GATEWAY_URL": url(gateway.listen.host, listener.getsockname()[1],
+                                           "https" if tls is not None else "http")}
         if self.monolith:
             spec = AppSpec(name=GATEWAY, app=MONOLITH_APP, root=self.root, health=GATEWAY_HEALTH, env=env,
-                           access_log=access_log)
+                           access_log=access_log, tls=tls)
         else:
             spec = AppSpec(name=GATEWAY, app=GATEWAY_APP, root=self.root, health=GATEWAY_HEALTH, access_log=False,
-                           env=env)
+                           env=env, tls=tls)
         self.gateway_address = listener.getsockname()[:2]
         return AppGroup(spec, gateway.workers, listener, self.printer, self.watch)
+
+    def gateway_tls(self, listener) -> TLSSpec | None:
+        """HTTPS settings for the gateway's workers, with the http_redirect socket bound here (None: plain HTTP)."""
+        gateway = self.config.gateway
+        if gateway.tls_cert is None:
+            return None
+        folder = self.config.path.parent
+        redirect = None
+        if gateway.http_redirect is not None:
+            try:
+                redirect = bind(gateway.http_redirect)
+            except OSError as exc:
+                listener.close()
+                raise SupervisorError(f"gateway.http_redirect: cannot listen on {gateway.http_redirect}: "
+                                      f"{exc.strerror or exc}") from None
+        return TLSSpec(cert=folder / gateway.tls_cert, key=folder / gateway.tls_key, redirect=redirect)
 
     def teardown(self) -> None:
         for group in self.groups.values():
@@ -293,7 +311,8 @@ class Arbiter:
             return
         self.next_ready_probe = now + READY_PROBE_INTERVAL
         for group in alive:
-            if isinstance(group, AppGroup) and not check_health(group.host, group.port, group.spec.health, 2.0):
+            if isinstance(group, AppGroup) and not check_health(group.host, group.port, group.spec.health, 2.0,
+                                                                tls=group.spec.tls is not None):
                 return
         gateway = self.groups.get(GATEWAY)
         services = [g for g in alive if g.name != GATEWAY]
@@ -317,7 +336,8 @@ class Arbiter:
         if not routed:
             return True
         try:
-            with urllib.request.urlopen(gateway.urls()[0] + GATEWAY_HEALTH, timeout=2.0) as reply:
+            context = unverified_context() if gateway.spec.tls is not None else None
+            with urllib.request.urlopen(gateway.urls()[0] + GATEWAY_HEALTH, timeout=2.0, context=context) as reply:
                 known = json.load(reply).get("instances", {})
         except (OSError, ValueError):
             return False

@@ -135,10 +135,12 @@ class CommandProcess:
         send_signal(self.pid, signum)
 
 
-def health_status(host: str, port: int, path: str, timeout: float = PROBE_TIMEOUT) -> int:
-    """The status of `GET path` on host:port; OSError or HTTPException when there is no answer."""
-    connection = http.client.HTTPConnection("127.0.0.1" if host in ("0.0.0.0", "") else host, port,
-                                            timeout=timeout)
+def health_status(host: str, port: int, path: str, timeout: float = PROBE_TIMEOUT, tls: bool = False) -> int:
+    """The status of `GET path` on host:port (over TLS, whatever its certificate, with `tls`); OSError or
+    HTTPException when there is no answer."""
+    host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    connection = (http.client.HTTPSConnection(host, port, timeout=timeout, context=unverified_context()) if tls
+                  else http.client.HTTPConnection(host, port, timeout=timeout))
     try:
         connection.request("GET", path, headers={"Connection": "close"})
         response = connection.getresponse()
@@ -148,10 +150,19 @@ def health_status(host: str, port: int, path: str, timeout: float = PROBE_TIMEOU
         connection.close()
 
 
-def check_health(host: str, port: int, path: str, timeout: float = PROBE_TIMEOUT) -> bool:
+def unverified_context():
+    """TLS for the supervisor's probes of its own gateway: the certificate is for clients to check."""
+    import ssl
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def check_health(host: str, port: int, path: str, timeout: float = PROBE_TIMEOUT, tls: bool = False) -> bool:
     """True when `GET path` answers 200 within `timeout`."""
     try:
-        return health_status(host, port, path, timeout) == 200
+        return health_status(host, port, path, timeout, tls) == 200
     except (OSError, http.client.HTTPException):
         return False
 

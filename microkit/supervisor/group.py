@@ -336,7 +336,7 @@ class AppGroup(Group):
         return Worker(self.spec, slot, self.generation, self.listener, own_port=self.spec.registry is not None)
 
     def urls(self) -> list[str]:
-        return [url(self.host, self.port)]
+        return [url(self.host, self.port, "https" if self.spec.tls is not None else "http")]
 
     @property
     def health_urls(self) -> list[str]:
@@ -344,3 +344,5 @@ class AppGroup(Group):
 
     def close(self) -> None:
         self.listener.close()
+        if self.spec.tls is not None and self.spec.tls.redirect is not None:
+            self.spec.tls.redirect.close()

@@ -50,6 +50,23 @@ HEALTH_BODY = b'{"status": "ok"}'
 
 
 @dataclass(frozen=True)
+class TLSSpec:
+    """HTTPS for a group (the gateway's): PEM files each worker loads as it starts, so a reload re-reads
+    them, and the socket of an optional plain-HTTP listener that redirects to HTTPS (bound by the arbiter)."""
+
+    cert: Path
+    key: Path
+    redirect: socket.socket | None = None
+
+    def context(self) -> Any:
+        """The gevent SSL context a worker serves with; TLSFileError names a bad file."""
+        import gevent.ssl
+
+        from microkit.tls import server_context
+        return server_context(self.cert, self.key, gevent.ssl.SSLContext)
+
+
+@dataclass(frozen=True)
 class AppSpec:
     """What a group of workers serves and how. Services build one from their config; the gateway will too."""
 
@@ -62,6 +79,7 @@ class AppSpec:
     health: str = "/healthz"
     access_log: bool = True
     registry: RegistrySpec | None = None
+    tls: TLSSpec | None = None
 
     @property
     def beat_interval(self) -> float:
@@ -133,7 +151,9 @@ class Worker:
                 os.dup2(devnull, 0)
                 os.dup2(output_w, 1)
                 os.dup2(output_w, 2)
-                close_fds_except([notify_w, self.listener.fileno()] + ([self.own.fileno()] if self.own else []))
+                redirect = self.spec.tls.redirect if self.spec.tls is not None else None
+                close_fds_except([notify_w, self.listener.fileno()] + ([self.own.fileno()] if self.own else [])
+                                 + ([redirect.fileno()] if redirect else []))
                 code = self.init_process(parent, notify_w)
             except BaseException:
                 traceback.print_exc()
@@ -193,8 +213,17 @@ class Worker:
         sys.stderr.reconfigure(line_buffering=True)
         notify = Notifier(notify_fd)
 
+        from microkit.errors import ConfigError
+        from microkit.tls import TLSFileError
         try:
             app = self.load_app()
+            ssl_context = self.spec.tls.context() if self.spec.tls is not None else None
+        except TLSFileError as exc:
+            notify.send(event="boot_error", error=f"gateway.tls_{exc.which}: {exc}")
+            return BOOT_ERROR
+        except ConfigError as exc:  # the gateway's app reads microkit.toml again: one line, no traceback
+            notify.send(event="boot_error", error=str(exc))
+            return BOOT_ERROR
         except Exception as exc:
             notify.send(event="boot_error", error=boot_error_text(self.spec.app, exc))
             return BOOT_ERROR
@@ -206,7 +235,9 @@ class Worker:
         log = AccessLog() if self.spec.access_log else None
         if log is not None:
             log.start()
-        servers = [serve(listener, app, log) for listener in listeners]
+        servers = [serve(listener, app, log, ssl_context) for listener in listeners]
+        if self.spec.tls is not None and self.spec.tls.redirect is not None:
+            serve_redirect(socket.socket(fileno=self.spec.tls.redirect.detach()), self.port)
         registration = None
         if self.spec.registry is not None:
             registration = Registration(self.spec.registry, self.spec.name, self.port, self.slot)
@@ -365,11 +396,20 @@ def with_health(app: Callable, path: str) -> Callable:
     return application
 
 
-def serve(listener: socket.socket, app: Callable, log: Callable | None) -> Any:
-    """Start microkit's HTTP engine on the inherited socket."""
+def serve(listener: socket.socket, app: Callable, log: Callable | None, ssl_context: Any = None) -> Any:
+    """Start microkit's HTTP engine on the inherited socket (over TLS with an ssl_context)."""
     from microkit.http import HTTPServer, Limits
     limits = getattr(app, "microkit_limits", None) or Limits(chunked_readahead=CHUNKED_READAHEAD)
-    server = HTTPServer(listener, app, limits=limits, access_log=log)
+    server = HTTPServer(listener, app, limits=limits, access_log=log, ssl_context=ssl_context)
+    server.start()
+    return server
+
+
+def serve_redirect(listener: socket.socket, https_port: int) -> Any:
+    """Answer plain HTTP on the inherited redirect socket with 308 to HTTPS; it lives as long as the worker."""
+    from microkit.http import HTTPServer
+    from microkit.tls import redirect_to_https
+    server = HTTPServer(listener, redirect_to_https(https_port))
     server.start()
     return server
 

@@ -108,7 +108,7 @@ def test_ttin_ttou_hup_act_on_the_gateway_and_scale_changes_it_alone(start):
     assert not before & up.pids("gateway"), "the gateway's worker was replaced"
 
     result = run_cli(up.root, "scale", "gateway=3")
-    assert result.returncode == 0 and result.stdout.strip() == "gateway=3", result.stderr
+    assert result.returncode == 0 and result.stdout.startswith("scaled gateway: 3 workers, pids "), result.stderr
     eventually(lambda: settled(up, "gateway", 3, 1), 20, interval=0.2)
     assert up.service("plain")["workers"] == 1 and len(up.pids("plain")) == 1
     assert all(get(urls["gateway"] + "/__microkit/health")[0] == 200 for _ in range(10))

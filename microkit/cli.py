@@ -161,7 +161,7 @@ def status(as_json: bool, config_file: str | None) -> None:
         rows.append((group["name"], f"{group['kind']}, {group['workers']} wanted", "", "",
                      group["state"], group["restarts"], ""))
         for worker in group["instances"]:
-            rows.append(("", worker["name"], worker["pid"], worker["port"], worker["state"],
+            rows.append(("", worker["name"], worker["pid"], worker["port"] or "-", worker["state"],
                          worker["restarts"], duration(worker["uptime"])))
     click.echo(overview.table(rows))
 
@@ -288,6 +288,11 @@ def keys_revoke(key_id: str, config_file: str | None) -> None:
     finally:
         store.close()
     click.echo(f"revoked key {record.key_id} ({record.name})")
+
+
+from .events.commands import events_group  # noqa: E402  (the `microkit events` commands)
+
+cli.add_command(events_group)
 
 
 def main(argv: list[str] | None = None) -> None:

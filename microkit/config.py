@@ -141,6 +141,27 @@ def registry_url(value: Any) -> str:
     return value
 
 
+EVENTS_SCHEMES = ("amqp", "amqps", "redis", "rediss")
+
+
+def events_url(value: Any) -> str:
+    if not isinstance(value, str) or "://" not in value:
+        raise Invalid(f'expected a URL like "amqp://guest:guest@127.0.0.1:5672/" or "redis://127.0.0.1:6379/0", '
+                      f"got {show(value)}")
+    scheme = value.split("://", 1)[0].lower()
+    if scheme not in EVENTS_SCHEMES:
+        known = ", ".join(f"{s}://" for s in EVENTS_SCHEMES)
+        raise Invalid(f"unknown events scheme {show(scheme + '://')} (known: {known}; leave url out for the "
+                      f"registry's Redis or the embedded store)")
+    return value
+
+
+def module_name(value: Any) -> str:
+    if not isinstance(value, str) or not all(p.isidentifier() and not keyword.iskeyword(p) for p in value.split(".")):
+        raise Invalid(f'expected a dotted module name such as "services.orders.handlers", got {show(value)}')
+    return value
+
+
 def size(value: Any) -> int:
     """A byte count: an integer, or a string with a unit ("10MB", "512KB", "1GB")."""
     units = {"": 1, "B": 1, "K": 1024, "KB": 1024, "M": 1024 ** 2, "MB": 1024 ** 2, "G": 1024 ** 3, "GB": 1024 ** 3}
@@ -383,6 +404,14 @@ REGISTRY = (
             "Where instances register: redis:// or rediss://. Absent: the embedded registry "
             "(no server, one host). MICROKIT_REGISTRY_URL overrides it."),
 )
+EVENTS = (
+    Setting("url", events_url, None, "Where events go: amqp:// (RabbitMQ) or redis:// (Redis Streams). Absent: "
+                                     "the registry's Redis when it has one, else the embedded store (SQLite, one host)."),
+    Setting("publish_timeout", seconds, 5.0, "How long publish waits for a store that is down before it raises."),
+    Setting("prefetch", integer(1), 10, "Unacked events a consumer holds at once, per handler."),
+    Setting("claim_after", seconds, 30.0, "Redis and embedded: seconds after which a dead consumer's unacked events "
+                                          "are claimed by another."),
+)
 GATEWAY = (
     Setting("listen", address, Address("127.0.0.1", 8000), "Address the gateway listens on."),
     Setting("workers", integer(1), 1, "Gateway worker processes."),
@@ -395,7 +424,7 @@ GATEWAY = (
     Setting("ratelimit", Table(RATELIMIT, RateLimitConfig), None, "[gateway.ratelimit]: shared rate limits."),
 )
 SERVICE = (
-    Setting("app", app_spec, None, 'The WSGI callable, "module:attr". One of app or command is required.'),
+    Setting("app", app_spec, None, 'The WSGI callable, "module:attr". One of app, command or events is required.'),
     Setting("command", text, None, "Run a program instead (e.g. an asyncio server); it gets PORT in its environment."),
     Setting("route", route, None, 'Path prefix the gateway routes to this service, e.g. "/users".'),
     Setting("route_timeout", seconds, None, "Time this route may take at the gateway; default gateway.timeout."),
@@ -416,8 +445,11 @@ SERVICE = (
     Setting("graceful_timeout", seconds, 10.0, "How long in-flight requests may run on stop or reload."),
     Setting("health", health_path, "/healthz", "Path answered with 200 by a healthy instance."),
     Setting("access_log", boolean, True, "One log line per request."),
+    Setting("events", module_name, None, 'Module whose @events.handler functions run in consumer processes, '
+                                         'e.g. "services.orders.handlers".'),
+    Setting("consumers", integer(1), 1, "Consumer processes running the events handlers."),
 )
-SECTIONS = {"project": PROJECT, "registry": REGISTRY, "gateway": GATEWAY, "services": None}
+SECTIONS = {"project": PROJECT, "registry": REGISTRY, "events": EVENTS, "gateway": GATEWAY, "services": None}
 
 
 # The objects the rest of microkit reads.
@@ -435,6 +467,14 @@ class RegistryConfig:
     @property
     def embedded(self) -> bool:
         return self.url is None
+
+
+@dataclass(frozen=True)
+class EventsConfig:
+    url: str | None = None
+    publish_timeout: float = 5.0
+    prefetch: int = 10
+    claim_after: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -472,6 +512,8 @@ class ServiceConfig:
     graceful_timeout: float
     health: str
     access_log: bool
+    events: str | None = None
+    consumers: int = 1
 
 
 @dataclass(frozen=True)
@@ -481,6 +523,7 @@ class Config:
     registry: RegistryConfig
     gateway: GatewayConfig
     services: Mapping[str, ServiceConfig] = field(default_factory=lambda: MappingProxyType({}))
+    events: EventsConfig = EventsConfig()
 
     @property
     def root(self) -> Path:
@@ -570,6 +613,7 @@ def parse(text_: str, path: Path, environ: Mapping[str, str] | None = None) -> C
         except Invalid as exc:
             raise ConfigError(f"{ENV_REGISTRY_URL}: {exc}") from None
     gateway = reader.settings(reader.table(doc.get("gateway", {}), "gateway"), "gateway", GATEWAY)
+    events = reader.settings(reader.table(doc.get("events", {}), "events"), "events", EVENTS)
 
     services: dict[str, ServiceConfig] = {}
     owners: dict[str, str] = {}
@@ -582,8 +626,10 @@ def parse(text_: str, path: Path, environ: Mapping[str, str] | None = None) -> C
         if name in RESERVED_NAMES:
             raise reader.error(key, f"{show(name)} is reserved for microkit's own process; choose another name")
         values = reader.settings(reader.table(table, key), key, SERVICE)
-        if (values["app"] is None) == (values["command"] is None):
-            raise reader.error(key, 'needs exactly one of app = "module:attr" or command = "..."')
+        if values["app"] is not None and values["command"] is not None:
+            raise reader.error(key, 'needs one of app = "module:attr" or command = "...", not both')
+        if values["app"] is None and values["command"] is None and values["events"] is None:
+            raise reader.error(key, 'needs app = "module:attr", command = "..." or events = "module"')
         prefix = values["route"]
         if prefix is not None:
             if prefix in owners:
@@ -600,6 +646,7 @@ def parse(text_: str, path: Path, environ: Mapping[str, str] | None = None) -> C
         registry=RegistryConfig(**registry),
         gateway=GatewayConfig(**gateway),
         services=MappingProxyType(services),
+        events=EventsConfig(**events),
     )
 
 

@@ -21,6 +21,7 @@ from ..config import Config, ServiceConfig
 from ..errors import SupervisorError, UsageError
 from . import control
 from .command import CommandGroup, CommandSpec, check_health
+from .consumer import ConsumerGroup, ConsumerSpec
 from .group import FATAL, AppGroup, Group
 from .printer import Printer
 from .process import SUPERVISOR_SIGNALS, bind, url
@@ -88,8 +89,10 @@ class Arbiter:
         gateway = self.make_gateway_group() if self.gateway else None
         for name in self.names:
             service = self.config.services[name]
-            if self.monolith and service.app:
-                continue  # mounted in the gateway's place by the monolith
+            if service.events:
+                self.groups[f"{name}.events"] = self.make_consumers(service)
+            if self.monolith and service.app or not (service.app or service.command):
+                continue  # mounted in the gateway's place by the monolith, or consumers only
             self.groups[name] = self.make_group(service)
         if gateway is not None:
             self.groups[GATEWAY] = gateway
@@ -108,11 +111,21 @@ class Arbiter:
         self.printer.say(f"supervisor pid {os.getpid()}, project {self.config.project.name} at {self.root}"
                          + (" (reloading on changes)" if self.watch_files else ""))
 
+    def service_env(self, service: ServiceConfig) -> dict[str, str]:
+        from ..events.settings import environ
+
+        return {"MICROKIT_GATEWAY_URL": self.gateway_url, **environ(self.config, service.name), **service.env}
+
+    def make_consumers(self, service: ServiceConfig) -> Group:
+        spec = ConsumerSpec(name=service.name, module=service.events, root=self.root, env=self.service_env(service),
+                            timeout=service.timeout, graceful_timeout=service.graceful_timeout)
+        return ConsumerGroup(spec, service.consumers, self.printer, self.watch)
+
     def make_group(self, service: ServiceConfig) -> Group:
         if service.command:
             spec = CommandSpec(name=service.name, command=service.command, root=self.root,
                                host=service.listen.host, port=service.listen.port,
-                               env={"MICROKIT_GATEWAY_URL": self.gateway_url, **service.env},
+                               env=self.service_env(service),
                                timeout=service.timeout, graceful_timeout=service.graceful_timeout,
                                health=service.health, registry=self.registry_spec(service))
             return CommandGroup(spec, service.workers, self.printer, self.watch)
@@ -122,7 +135,7 @@ class Arbiter:
             raise SupervisorError(f"services.{service.name}: cannot listen on {service.listen}: "
                                   f"{exc.strerror or exc}") from None
         spec = AppSpec(name=service.name, app=service.app, root=self.root,
-                       env={"MICROKIT_GATEWAY_URL": self.gateway_url, **service.env},
+                       env=self.service_env(service),
                        timeout=service.timeout, graceful_timeout=service.graceful_timeout,
                        health=service.health,
                        access_log=service.access_log if self.access_log is None else self.access_log,
@@ -273,7 +286,7 @@ class Arbiter:
             return
         self.announced = True
         failed = [name for name, g in self.groups.items() if g.state == FATAL]
-        listed = ", ".join(f"{g.name} {' '.join(g.urls())}" for g in services)
+        listed = ", ".join(f"{g.name} {' '.join(g.urls()) or f'({g.desired} consumers)'}" for g in services)
         if gateway is not None and gateway.state != FATAL:
             if listed:
                 self.printer.plain(f"services: {listed}")
@@ -300,8 +313,7 @@ class Arbiter:
             return
         shown = ", ".join(str(p.relative_to(self.root)) for p in files[:3]) + (" ..." if len(files) > 3 else "")
         self.printer.say(f"changed: {shown}; reloading {', '.join(services)}")
-        for name in services:
-            self.groups[name].reload()
+        self.reload(services)
 
     # Signals.
 
@@ -335,7 +347,7 @@ class Arbiter:
     # Commands, from signals or from `microkit reload/scale/status`.
 
     def reload(self, names: Sequence[str]) -> list[str]:
-        names = list(names) or list(self.groups)
+        names = [g for n in names for g in (n, f"{n}.events") if g in self.groups] or list(self.groups)
         for name in names:
             self.groups[name].reload()
         return names
@@ -358,7 +370,7 @@ class Arbiter:
             return {"ok": True, **self.status()}
         if command == "reload":
             names = message.get("services") or []
-            unknown = [n for n in names if n not in self.groups]
+            unknown = [n for n in names if n not in self.groups and f"{n}.events" not in self.groups]
             if unknown:
                 return {"ok": False, "error": f"no running service named {unknown[0]!r} "
                                               f"(running: {', '.join(self.groups)})"}

@@ -185,11 +185,12 @@ class _Publisher:
                     return
                 except (OSError, amqp.exceptions.AMQPError, amqp.exceptions.MessageNacked) as exc:
                     self.close()
-                    if time.monotonic() + delay >= deadline:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
                         raise EventsUnavailable(
                             f"cannot publish {event.type}: events broker {redacted(backend.url)} unavailable for "
                             f"{backend.publish_timeout:g}s: {exc or type(exc).__name__}") from None
-                    time.sleep(delay)
+                    time.sleep(min(delay, left))
                     delay = min(delay * 2, 0.5)
 
     def close(self) -> None:

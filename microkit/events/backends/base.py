@@ -49,6 +49,11 @@ class Subscription:
         return self.service
 
     @property
+    def member(self) -> str:
+        """This consumer's name within its group (and as a singleton lease holder): unique per process slot."""
+        return f"{self.service}.{self.consumer}"
+
+    @property
     def max_deliveries(self) -> int:
         """Deliveries after which an event that was never acked goes to the dead letters unrun (its handler
         crashed the process that often); at least 2, so one crash is always followed by a redelivery."""

@@ -112,10 +112,11 @@ class LogBackend(Backend):
                 self.store().add(type_stream(event.type), body)
                 return
             except StoreUnavailable as exc:
-                if time.monotonic() + delay > deadline:
+                left = deadline - time.monotonic()
+                if left <= 0:
                     raise EventsUnavailable(f"cannot publish {event.type}: events store {redacted(self.url)} "
                                             f"unavailable for {self.publish_timeout:g}s: {_cause(exc)}") from None
-                time.sleep(delay)
+                time.sleep(min(delay, left))
                 delay = min(delay * 2, 0.5)
 
     def run(self, subscriptions: list[Subscription], deliver: Callable[[Subscription, Delivery], None]) -> Runner:
@@ -169,8 +170,12 @@ class _LogRunner(Runner):
         self.greenlets: list = []
 
     def start(self) -> None:
+        """Create every group before reading (so what is published once the consumer is ready reaches it)."""
         import gevent
 
+        store = self.backend.store()
+        for sub in self.subscriptions:
+            store.ensure_group(sub.group_name, _SubState.streams_of(sub))
         for sub in self.subscriptions:
             state = _SubState(sub)
             self.greenlets.append(gevent.spawn(self._read_loop, state))
@@ -196,7 +201,7 @@ class _LogRunner(Runner):
                 store = backend.store()
                 if not ready:
                     store.ensure_group(sub.group_name, state.streams)
-                    self._dispatch_all(state, store.read(sub.group_name, sub.consumer, state.streams, 10_000, 0,
+                    self._dispatch_all(state, store.read(sub.group_name, sub.member, state.streams, 10_000, 0,
                                                          own=True))
                     ready = True
                     if state.failing:
@@ -210,7 +215,7 @@ class _LogRunner(Runner):
                     state.room.clear()
                     state.room.wait(READ_BLOCK)
                     continue
-                self._dispatch_all(state, store.read(sub.group_name, sub.consumer, state.streams, free, READ_BLOCK))
+                self._dispatch_all(state, store.read(sub.group_name, sub.member, state.streams, free, READ_BLOCK))
                 delay = RETRY_MIN
             except StoreUnavailable as exc:
                 if not state.failing:
@@ -223,7 +228,7 @@ class _LogRunner(Runner):
     def _hold_lease(self, state: _SubState, store: LogStore) -> bool:
         now = time.monotonic()
         if now >= state.lease_check:
-            state.leader = store.lease(f"{state.sub.group_name}:{state.sub.type}", state.sub.consumer, LEASE_TTL)
+            state.leader = store.lease(f"{state.sub.group_name}:{state.sub.type}", state.sub.member, LEASE_TTL)
             state.lease_check = now + LEASE_TTL / 3
         return state.leader
 
@@ -237,12 +242,12 @@ class _LogRunner(Runner):
             try:
                 store = backend.store()
                 if state.inflight:
-                    store.touch(sub.group_name, sub.consumer, list(state.inflight.values()))
+                    store.touch(sub.group_name, sub.member, list(state.inflight.values()))
                 if sub.mode == "singleton" and not state.leader:
                     continue
                 free = backend.prefetch - len(state.inflight)
                 if free > 0:
-                    self._dispatch_all(state, store.claim(sub.group_name, sub.consumer, state.streams,
+                    self._dispatch_all(state, store.claim(sub.group_name, sub.member, state.streams,
                                                           backend.claim_after, free))
             except StoreUnavailable:
                 continue
@@ -286,9 +291,13 @@ class _SubState:
         from gevent.event import Event as Flag
 
         self.sub = sub
-        self.streams = [type_stream(sub.type), replay_stream(sub.group_name)]
+        self.streams = self.streams_of(sub)
         self.inflight: dict[tuple[str, str], Entry] = {}
         self.room = Flag()
         self.failing = False
         self.leader = False
         self.lease_check = 0.0
+
+    @staticmethod
+    def streams_of(sub: Subscription) -> list[str]:
+        return [type_stream(sub.type), replay_stream(sub.group_name)]

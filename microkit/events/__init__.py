@@ -144,8 +144,8 @@ def current() -> Event | None:
 
 
 def once(event: Event, ttl: float = ONCE_TTL) -> bool:
-    """True the first time an event id is handled (by this service), False for a redelivery of one handled
-    already. Inside a handler the id is recorded when the handler returns, so an attempt that fails or dies
+    """True the first time an event id is handled in this subscription group (the service, for pool mode;
+    this consumer, for broadcast), False for a redelivery of one handled already. Inside a handler the id is recorded when the handler returns, so an attempt that fails or dies
     does not count; outside one it is recorded now. Remembered for `ttl` seconds, in Redis or SQLite."""
     handling = _current.get()
     service = handling[2] if handling else settings().source

@@ -90,7 +90,7 @@ class Consumer:
             error = ""
             for attempt in range(sub.retries + 1):
                 marks: list[str] = []
-                token = events._current.set((event, marks, self.service))
+                token = events._current.set((event, marks, sub.group_name))
                 try:
                     handler.function(event)
                 except Exception as exc:

@@ -47,6 +47,9 @@ class Plan:
     replace: tuple[File, ...] = field(default=())
 
 
+SERVICE_TABLE = "service.toml"  # a template's own [services.NAME] table, rendered; not written as a file
+
+
 def templates_root() -> Path:
     """The built-in templates: package data when installed, the top-level templates/ in a checkout."""
     try:
@@ -157,28 +160,40 @@ def plan_service(project: cfg.Config, name: str, template: str = "rest",
     if (project.root / "services" / name).exists():
         raise ScaffoldError(f"service {name!r} already exists: services/{name} is there")
 
-    variables = {"project": project.project.name, "service": name, "route": route, "model": model_name(name)}
+    variables = {"project": project.project.name, "service": name, "route": route, "model": model_name(name),
+                 "workers": str(workers)}
     files = render(template_dir(template), variables, PurePosixPath("services", name))
+    own_table = next((f for f in files if f.path == PurePosixPath("services", name, SERVICE_TABLE)), None)
+    files = [f for f in files if f is not own_table]
     if not (project.root / "services" / "__init__.py").exists():
         files.append(File(PurePosixPath("services", "__init__.py"), b'"""The project\'s services, one package each."""\n'))
 
-    toml_text = _add_service_table(project.path, name, route, workers)
+    toml_text = _add_service_table(project.path, name, route, workers,
+                                   own_table.content.decode("utf-8") if own_table else None)
     cfg.parse(toml_text, project.path)  # the edit must leave a valid config, or nothing is written
     toml_path = PurePosixPath(os.path.relpath(project.path, project.root))
     return Plan(tuple(files), (File(toml_path, toml_text.encode("utf-8")),))
 
 
-def _add_service_table(path: Path, name: str, route: str, workers: int) -> str:
-    """microkit.toml with [services.NAME] appended, its comments and layout kept as they were."""
+def _add_service_table(path: Path, name: str, route: str, workers: int, own: str | None = None) -> str:
+    """microkit.toml with [services.NAME] appended, its comments and layout kept as they were. A template's
+    own `service.toml` (the events template's, say) gives the table instead of app, route and workers."""
     text = path.read_text(encoding="utf-8")
     try:
         doc = tomlkit.parse(text)
     except tomlkit.exceptions.ParseError as exc:
         raise ScaffoldError(f"{cfg.display_path(path)}: invalid TOML: {exc}") from None
     table = tomlkit.table()
-    table.add("app", f"services.{name}.app:app")
-    table.add("route", route)
-    table.add("workers", workers)
+    if own is not None:
+        try:
+            for key, value in tomlkit.parse(own).items():
+                table.add(key, value)
+        except tomlkit.exceptions.ParseError as exc:
+            raise ScaffoldError(f"--template: {SERVICE_TABLE}: invalid TOML: {exc}") from None
+    else:
+        table.add("app", f"services.{name}.app:app")
+        table.add("route", route)
+        table.add("workers", workers)
     if "services" not in doc:
         doc.add("services", tomlkit.table(is_super_table=True))
     doc["services"][name] = table

@@ -285,3 +285,37 @@ def test_handlers_module_that_fails_to_import_makes_the_consumers_fatal(make):
     up.wait_for(r"FATAL: gave up after 3 failed boots", 20)
     assert "ImportError: no such thing" in up.output
     assert up.wait(10) == 1
+
+
+def test_events_template_scaffolds_a_consumer_service_that_runs(tmp_path):
+    import subprocess
+    import sys
+
+    from sup_apps.harness import Up
+
+    assert run_cli("new", "project", "demo", cwd=tmp_path).returncode == 0
+    root = tmp_path / "demo"
+    made = run_cli("new", "service", "mailer", "--template", "events", "--workers", "2", cwd=root)
+    assert made.returncode == 0, made.stderr
+    toml = (root / "microkit.toml").read_text()
+    assert '[services.mailer]\nevents = "services.mailer.handlers"\nconsumers = 2\n' in toml
+    assert not (root / "services" / "mailer" / "service.toml").exists()
+    tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "services"], cwd=root,
+                           capture_output=True, text=True, timeout=120)
+    assert tests.returncode == 0, tests.stdout + tests.stderr
+    up = Up(root)
+    try:
+        up.wait_for(r"^ready: mailer\.events \(2 consumers\)", 30)
+        tail = subprocess.Popen([sys.executable, "-m", "microkit.cli", "events", "tail", "mailer.done", "-n", "1",
+                                 "--timeout", "20"], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            tail.stderr.readline()
+            assert run_cli("events", "publish", "mailer.requested", '{"name": "ada"}', cwd=root).returncode == 0
+            out, _ = tail.communicate(timeout=20)
+            assert json.loads(out.splitlines()[0])["payload"]["name"] == "ada"
+        finally:
+            tail.kill()
+            tail.wait()
+        up.wait_for(r"^mailer\.events\.\d \| ada requested by cli", 10)
+    finally:
+        up.close()

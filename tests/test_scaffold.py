@@ -92,7 +92,7 @@ def run_generated_tests(project: Path, env: dict) -> None:
      'microkit.toml: services.people.route: "/users" is already the route of services.users'),
     (["new", "service", "people", "--route", "people"], "--route: expected a path prefix like \"/users\""),
     (["new", "service", "people", "--workers", "0"], "Invalid value for '--workers'"),
-    (["new", "service", "people", "--template", "nope"], "--template: unknown template 'nope' (built in: rest"),
+    (["new", "service", "people", "--template", "nope"], "--template: unknown template 'nope' (built in: events, rest"),
     (["new", "service", "people", "--template", "./missing"], "--template: ./missing: no such folder"),
     (["new", "project", "shop"], "already exists; nothing was written"),
 ])
@@ -168,7 +168,7 @@ def test_user_template_with_unknown_placeholder_writes_nothing(project, tmp_path
     (mine / "b.py").write_text("{{ nope }}\n")
     before = snapshot(project)
     refused(run_cli("new", "service", "payments", "--template", str(mine), cwd=project),
-            "b.py: unknown placeholder {{nope}} (known: {{model}}, {{project}}, {{route}}, {{service}})")
+            "b.py: unknown placeholder {{nope}} (known: {{model}}, {{project}}, {{route}}, {{service}}, {{workers}})")
     assert snapshot(project) == before
 
 

@@ -7,7 +7,7 @@ import json
 import re
 import time
 import uuid
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from microkit.errors import UsageError
@@ -30,9 +30,14 @@ class Event:
     delivery: int = 1
 
     def to_json(self) -> bytes:
-        data = asdict(self)
-        del data["delivery"]
-        return json.dumps(data, separators=(",", ":")).encode()
+        """The envelope as JSON bytes, made once per event (publish checks it, the backend sends it)."""
+        body = self.__dict__.get("_body")
+        if body is None:
+            body = json.dumps({"type": self.type, "payload": self.payload, "source": self.source, "id": self.id,
+                               "time": self.time, "request_id": self.request_id, "traceparent": self.traceparent},
+                              separators=(",", ":")).encode()
+            object.__setattr__(self, "_body", body)
+        return body
 
     @classmethod
     def from_json(cls, data: bytes | str, delivery: int = 1) -> Event:
@@ -40,8 +45,6 @@ class Event:
         return cls(**{k: fields.get(k) for k in ("type", "payload", "source", "id", "time", "request_id",
                                                  "traceparent")}, delivery=delivery)
 
-    def delivered(self, count: int) -> Event:
-        return replace(self, delivery=count)
 
 
 def check_type(event_type: Any) -> str:
@@ -56,8 +59,9 @@ def make(event_type: str, payload: Any, *, source: str, request_id: str | None =
          traceparent: str | None = None) -> Event:
     """A new event, with its payload checked to be JSON now rather than at a consumer."""
     check_type(event_type)
+    event = Event(type=event_type, payload=payload, source=source, request_id=request_id, traceparent=traceparent)
     try:
-        json.dumps(payload)
+        event.to_json()
     except (TypeError, ValueError) as exc:
         raise UsageError(f"event {event_type}: the payload is not JSON-serializable: {exc}") from None
-    return Event(type=event_type, payload=payload, source=source, request_id=request_id, traceparent=traceparent)
+    return event

@@ -211,7 +211,7 @@ class _LogRunner(Runner):
                     gevent.sleep(LEASE_TTL / 5)
                     continue
                 free = backend.prefetch - len(state.inflight)
-                if free <= 0:
+                if free < max(1, backend.prefetch // 2):  # read in batches: half the window free, at least one
                     state.room.clear()
                     state.room.wait(READ_BLOCK)
                     continue
@@ -272,7 +272,8 @@ class _LogRunner(Runner):
             self.deliver(state.sub, delivery)
         finally:
             state.inflight.pop((delivery.raw.stream, delivery.raw.entry_id), None)
-            state.room.set()
+            if len(state.inflight) <= self.backend.prefetch - max(1, self.backend.prefetch // 2):
+                state.room.set()
 
     def _ack(self, state: _SubState, entry: Entry) -> None:
         """Ack, retrying through a short outage; an ack that never lands means a redelivery (at least once)."""

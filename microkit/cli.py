@@ -145,7 +145,9 @@ def status(as_json: bool, config_file: str | None) -> None:
         return
     click.echo(f"registry: {project.registry.url or 'embedded (' + str(project.root / '.microkit') + ')'}")
     rows = [("SERVICE", "HOST", "PORT", "PID", "HEALTH", "AGE")]
-    for service in project.services:
+    for service, settings in project.services.items():
+        if not (settings.app or settings.command):
+            continue  # consumers only: nothing registers; they are listed under `microkit up` below
         found = live.get(service, [])
         if not found:
             rows.append((service, "-", "-", "-", "no instance", "-"))

@@ -319,3 +319,40 @@ def test_events_template_scaffolds_a_consumer_service_that_runs(tmp_path):
         up.wait_for(r"^mailer\.events\.\d \| ada requested by cli", 10)
     finally:
         up.close()
+
+
+def test_consumers_are_supervised_like_workers_status_reload_scale_and_graceful_stop(make):
+    project = make("embedded", {"orders": {"consumers": 2, "graceful_timeout": 5}}, {"orders": [pool()]})
+    up = project.up()
+    assert up.wait_for(r"^ready: orders\.events \(2 consumers\)$").string
+
+    def group() -> dict:
+        return next(s for s in up.status()["supervisor"]["services"] if s["name"] == "orders.events")
+    first = group()
+    assert first["kind"] == "consumers" and [i["state"] for i in first["instances"]] == ["ready", "ready"]
+    before = {i["pid"] for i in first["instances"]}
+    reloaded = run_cli("reload", "orders", cwd=project.root)
+    assert reloaded.returncode == 0 and "orders.events" in reloaded.stdout
+    eventually(lambda: {i["pid"] for i in group()["instances"]}.isdisjoint(before)
+               and [i["state"] for i in group()["instances"]] == ["ready", "ready"], 20)
+    assert run_cli("scale", "orders.events=3", cwd=project.root).returncode == 0
+    eventually(lambda: [i["state"] for i in group()["instances"]] == ["ready"] * 3, 20)
+    event = project.events().publish("t.pool", {"sleep": 1.5})
+    eventually(lambda: project.read("start", id=event.id), 10)
+    up.signal(signal.SIGTERM)  # the running handler finishes before its consumer exits
+    assert up.wait(20) == 0
+    assert len(project.read("done", id=event.id)) == 1 and len(project.read("start", id=event.id)) == 1
+
+
+def test_a_consumer_started_while_redis_is_down_subscribes_once_it_is_back(make, tmp_path):
+    server = PersistentRedis(tmp_path)
+    try:
+        project = make("redis", {"orders": {}}, {"orders": [pool()]}, url=server.url)
+        up = project.up()
+        up.wait_for(r"events store unavailable", 10)
+        server.start()
+        up.wait_for(r"events store .* is back", 15)
+        event = project.events().publish("t.pool", {})
+        eventually(lambda: project.read("done", id=event.id), 15)
+    finally:
+        server.stop()

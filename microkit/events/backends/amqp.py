@@ -223,7 +223,11 @@ class _AmqpRunner(Runner):
     def start(self) -> None:
         import gevent
 
-        self._connect()  # the first connection is made before `ready`, so a broker that is down fails the boot
+        try:
+            self._connect()  # subscribed before `ready`, so what is published from then on reaches the queues
+        except (OSError, amqp.exceptions.AMQPError) as exc:
+            log.warning("events broker %s unavailable (%s); subscribing once it is back",
+                        redacted(self.backend.url), exc)
         self.greenlet = gevent.spawn(self._main)
 
     def stop_reading(self) -> None:

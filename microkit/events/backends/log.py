@@ -170,12 +170,16 @@ class _LogRunner(Runner):
         self.greenlets: list = []
 
     def start(self) -> None:
-        """Create every group before reading (so what is published once the consumer is ready reaches it)."""
+        """Create every group before reading, so what is published once the consumer is ready reaches it (a
+        store that is down now does not fail the boot: the read loops keep trying)."""
         import gevent
 
-        store = self.backend.store()
-        for sub in self.subscriptions:
-            store.ensure_group(sub.group_name, _SubState.streams_of(sub))
+        try:
+            store = self.backend.store()
+            for sub in self.subscriptions:
+                store.ensure_group(sub.group_name, _SubState.streams_of(sub))
+        except StoreUnavailable as exc:  # the read loops create the groups once the store is back
+            log.warning("events store unavailable (%s); subscribing once it is back", _cause(exc))
         for sub in self.subscriptions:
             state = _SubState(sub)
             self.greenlets.append(gevent.spawn(self._read_loop, state))

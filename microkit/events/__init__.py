@@ -162,4 +162,9 @@ def once(event: Event, ttl: float = ONCE_TTL) -> bool:
 
 def _once_store() -> Any:
     found = backend()
-    return found if hasattr(found, "once_seen") else _once_backend.get()
+    if hasattr(found, "once_seen"):
+        return found
+    if not settings().once_url.startswith(("redis", "sqlite")):
+        raise UsageError("events.once needs a Redis or SQLite store for handled ids: set Settings.once_url "
+                         "(microkit up sets it from the registry, else the embedded store)")
+    return _once_backend.get()

@@ -5,7 +5,8 @@ Run from the repository root: `python benchmarks/bench_events.py [--events 2000]
 - a consumer process (gevent, prefetch 10, ack after the handler) is started and says when it is subscribed;
 - this process publishes `--events` 1 KB events back to back, each confirmed (AMQP publisher confirms; XADD
   returning on Redis): throughput = events / (last handled - first published);
-- then `--paced` events one every 2 ms: end-to-end latency (published -> handler called) p50 and p99.
+- then `--paced` events one every 2 ms: end-to-end latency (published -> handler called) p50 and p99;
+- CPU per event of the publisher (this process) and of the consumer (from its first event on).
 Raw AMQP is py-amqp (a confirm_publish connection; basic_consume with basic_qos and basic_ack in the
 callback); raw Redis is redis-py XADD and XREADGROUP COUNT 10 BLOCK + XACK. AMQP runs in a vhost made for
 the run (rabbitmqctl), Redis under a key prefix of its own; both are removed at the end.
@@ -40,7 +41,11 @@ def consume(side: str, url: str, namespace: str, count: int) -> None:
     received: list[tuple[float, float, str]] = []
     done = gevent.event.Event()
 
+    first_cpu: list[float] = []
+
     def record(sent: float, phase: str) -> None:
+        if not received:
+            first_cpu.append(time.process_time())
         received.append((time.time(), sent, phase))
         if len(received) >= count:
             done.set()
@@ -98,7 +103,7 @@ def consume(side: str, url: str, namespace: str, count: int) -> None:
                     payload = json.loads(fields[b"e"])["payload"]
                     record(payload["t"], payload["phase"])
                     client.xack(stream, "g", entry_id)
-    print(json.dumps(received), flush=True)
+    print(json.dumps({"received": received, "cpu": time.process_time() - first_cpu[0]}), flush=True)
 
 
 # The publishing side, in this process.
@@ -158,6 +163,7 @@ def run_side(side: str, url: str, namespace: str, events: int, paced: int) -> di
     try:
         assert consumer.stdout.readline().strip() == "ready"
         publisher = (MicrokitPublisher if side == "microkit" else RawPublisher)(url, namespace)
+        cpu_before = time.process_time()
         start = time.time()
         for _ in range(events):
             publisher.publish({"t": time.time(), "phase": "burst", "pad": PAD})
@@ -167,15 +173,18 @@ def run_side(side: str, url: str, namespace: str, events: int, paced: int) -> di
             publisher.publish({"t": time.time(), "phase": "paced", "pad": PAD})
             time.sleep(0.002)
         publisher.close()
+        publish_cpu = time.process_time() - cpu_before
         out, _ = consumer.communicate(timeout=120)
     finally:
         consumer.kill()
         consumer.wait()
-    received = json.loads(out.strip().splitlines()[-1])
+    report = json.loads(out.strip().splitlines()[-1])
+    received = report["received"]
     burst_end = max(r for r, _, phase in received if phase == "burst")
     latencies = sorted((r - s) * 1000 for r, s, phase in received if phase == "paced")
     return {"throughput": events / (burst_end - start), "publish_rate": events / (published - start),
-            "p50": statistics.median(latencies), "p99": latencies[int(len(latencies) * 0.99) - 1]}
+            "p50": statistics.median(latencies), "p99": latencies[int(len(latencies) * 0.99) - 1],
+            "publish_us": publish_cpu / (events + paced) * 1e6, "consume_us": report["cpu"] / (events + paced - 1) * 1e6}
 
 
 def rabbitmqctl(*args: str) -> None:
@@ -205,14 +214,16 @@ def main() -> None:
                     results[side].append(result)
                     print(f"{broker} round {round_ + 1} {side:8}: {result['throughput']:8.0f} events/s "
                           f"(publishing {result['publish_rate']:.0f}/s), p50 {result['p50']:.2f} ms, "
-                          f"p99 {result['p99']:.2f} ms", file=sys.stderr)
-            raw, mk = ({k: statistics.median(r[k] for r in results[s]) for k in ("throughput", "p50", "p99")}
-                       for s in ("raw", "microkit"))
+                          f"p99 {result['p99']:.2f} ms; CPU per event: publisher {result['publish_us']:.0f} us, "
+                          f"consumer {result['consume_us']:.0f} us", file=sys.stderr)
+            raw, mk = ({k: statistics.median(r[k] for r in results[s])
+                        for k in ("throughput", "p50", "p99", "publish_us", "consume_us")} for s in ("raw", "microkit"))
             ratios = [m["throughput"] / r["throughput"] for r, m in zip(results["raw"], results["microkit"])]
             print(f"{broker}: raw {raw['throughput']:.0f} events/s p50 {raw['p50']:.2f} ms p99 {raw['p99']:.2f} ms | "
                   f"microkit {mk['throughput']:.0f} events/s p50 {mk['p50']:.2f} ms p99 {mk['p99']:.2f} ms | "
                   f"throughput {statistics.median(ratios):.2f}x (rounds {', '.join(f'{r:.2f}' for r in ratios)}), "
-                  f"p50 added {mk['p50'] - raw['p50']:+.2f} ms")
+                  f"p50 added {mk['p50'] - raw['p50']:+.2f} ms; CPU per event publish {raw['publish_us']:.0f} vs "
+                  f"{mk['publish_us']:.0f} us, consume {raw['consume_us']:.0f} vs {mk['consume_us']:.0f} us")
         finally:
             if broker == "amqp":
                 rabbitmqctl("delete_vhost", namespace)

@@ -120,29 +120,34 @@ def unavailable(what: str) -> Iterator[None]:
         raise StoreUnavailable(f"{what} unavailable: {exc}") from exc
 
 
+_forks = [0]
+os.register_at_fork(after_in_child=lambda: _forks.__setitem__(0, _forks[0] + 1))
+
+
 class PerProcess(Generic[T]):
-    """One connection per process, made by `connect` on first use and again after a fork."""
+    """One connection per process, made by `connect` on first use and again after a fork (a fork counter
+    bumped in every child: cheaper than a getpid() system call on each use)."""
 
     def __init__(self, connect: Callable[[], T]) -> None:
         self._connect = connect
-        self._pid = -1
+        self._made_in = -1
         self._conn: Any = None
         self._lock = threading.Lock()
 
     def get(self) -> T:
         """This process's connection."""
-        if self._pid != os.getpid():
+        if self._made_in != _forks[0]:
             with self._lock:
-                if self._pid != os.getpid():
-                    self._conn, self._pid = self._connect(), os.getpid()
+                if self._made_in != _forks[0]:
+                    self._conn, self._made_in = self._connect(), _forks[0]
         return self._conn
 
     def peek(self) -> T | None:
         """This process's connection if one was made, without making one."""
-        return self._conn if self._pid == os.getpid() else None
+        return self._conn if self._made_in == _forks[0] else None
 
     def drop(self) -> T | None:
         """Forget the connection; returns it when this process made it (the caller closes it)."""
-        conn, mine = self._conn, self._pid == os.getpid()
-        self._conn, self._pid = None, -1
+        conn, mine = self._conn, self._made_in == _forks[0]
+        self._conn, self._made_in = None, -1
         return conn if mine else None

@@ -351,7 +351,7 @@ def test_a_consumer_started_while_redis_is_down_subscribes_once_it_is_back(make,
         up = project.up()
         up.wait_for(r"events store unavailable", 10)
         server.start()
-        up.wait_for(r"events store .* is back", 15)
+        up.wait_for(r"events store redis://\S+ is back$", 15)
         event = project.events().publish("t.pool", {})
         eventually(lambda: project.read("done", id=event.id), 15)
     finally:

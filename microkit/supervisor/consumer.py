@@ -150,8 +150,12 @@ class ConsumerProcess:
             return BOOT_ERROR
 
         stopped = gevent.event.Event()
+        stopping: list[bool] = []
 
         def graceful_stop() -> None:
+            if stopping:
+                return
+            stopping.append(True)
             cut = consumer.stop(self.spec.graceful_timeout)
             if cut:
                 print(f"graceful timeout ({self.spec.graceful_timeout:g}s): {cut} handler(s) cut off; "

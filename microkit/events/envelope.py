@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 import time
-import uuid
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +23,7 @@ class Event:
     type: str
     payload: Any
     source: str = ""
-    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    id: str = field(default_factory=lambda: os.urandom(16).hex())
     time: float = field(default_factory=time.time)
     request_id: str | None = None
     traceparent: str | None = None

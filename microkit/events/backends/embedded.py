@@ -170,10 +170,10 @@ class SqliteLogStore(LogStore):
             db.executemany("UPDATE pending SET delivered_at = ?, consumer = ? WHERE namespace = ? AND grp = ? "
                            "AND seq = ?", [(now, consumer, self.ns, group, int(e.entry_id)) for e in entries])
 
-    def ack(self, group: str, entry: Entry) -> None:
+    def ack(self, group: str, entries: list[Entry]) -> None:
         with self._tx() as db:
-            db.execute("DELETE FROM pending WHERE namespace = ? AND grp = ? AND seq = ?",
-                       (self.ns, group, int(entry.entry_id)))
+            db.executemany("DELETE FROM pending WHERE namespace = ? AND grp = ? AND seq = ?",
+                           [(self.ns, group, int(entry.entry_id)) for entry in entries])
 
     def add_dead(self, letter: DeadLetter, stream: str) -> None:
         with self._tx() as db:

@@ -70,7 +70,8 @@ class LogStore(ABC):
         """Reset the idle time of entries this consumer still works on."""
 
     @abstractmethod
-    def ack(self, group: str, entry: Entry) -> None: ...
+    def ack(self, group: str, entries: list[Entry]) -> None:
+        """Ack entries (of any of the group's streams) in one round trip."""
 
     @abstractmethod
     def add_dead(self, letter: DeadLetter, stream: str) -> None: ...
@@ -280,15 +281,29 @@ class _LogRunner(Runner):
                 state.room.set()
 
     def _ack(self, state: _SubState, entry: Entry) -> None:
-        """Ack, retrying through a short outage; an ack that never lands means a redelivery (at least once)."""
+        """Queue the ack; the acks of every handler that finished in this turn of the loop go in one round trip."""
         import gevent
 
-        for attempt in range(20):
-            try:
-                self.backend.store().ack(state.sub.group_name, entry)
-                return
-            except StoreUnavailable:
-                gevent.sleep(min(0.1 * 2 ** attempt, 2.0))
+        state.acks.append(entry)
+        if not state.acking:
+            state.acking = True
+            gevent.spawn(self._flush_acks, state)
+
+    def _flush_acks(self, state: _SubState) -> None:
+        """Send queued acks, retrying through a short outage; an ack that never lands means a redelivery."""
+        import gevent
+
+        try:
+            while state.acks:
+                batch, state.acks = state.acks, []
+                for attempt in range(20):
+                    try:
+                        self.backend.store().ack(state.sub.group_name, batch)
+                        break
+                    except StoreUnavailable:
+                        gevent.sleep(min(0.1 * 2 ** attempt, 2.0))
+        finally:
+            state.acking = False
 
 
 class _SubState:
@@ -298,6 +313,8 @@ class _SubState:
         self.sub = sub
         self.streams = self.streams_of(sub)
         self.inflight: dict[tuple[str, str], Entry] = {}
+        self.acks: list[Entry] = []
+        self.acking = False
         self.room = Flag()
         self.failing = False
         self.leader = False

@@ -102,9 +102,19 @@ class RedisLogStore(LogStore):
                 pipe.xclaim(self.key(entry.stream), group, consumer, 0, [entry.entry_id], justid=True)
             pipe.execute()
 
-    def ack(self, group: str, entry: Entry) -> None:
+    def ack(self, group: str, entries: list[Entry]) -> None:
+        by_stream: dict[str, list[str]] = {}
+        for entry in entries:
+            by_stream.setdefault(entry.stream, []).append(entry.entry_id)
         with unavailable(self.what):
-            self.writer.xack(self.key(entry.stream), group, entry.entry_id)
+            if len(by_stream) == 1:
+                [(stream, ids)] = by_stream.items()
+                self.writer.xack(self.key(stream), group, *ids)
+                return
+            pipe = self.writer.pipeline(transaction=False)
+            for stream, ids in by_stream.items():
+                pipe.xack(self.key(stream), group, *ids)
+            pipe.execute()
 
     def add_dead(self, letter: DeadLetter, stream: str) -> None:
         with unavailable(self.what):

@@ -52,7 +52,7 @@ _handlers: list[Handler] = []
 _settings: Settings | None = None
 _backend: PerProcess[Backend] = PerProcess(lambda: _connect(settings()))
 _once_backend: PerProcess[Backend] = PerProcess(lambda: _connect(settings(), settings().once_url))
-_current: contextvars.ContextVar[tuple[Event, list[str], str] | None] = contextvars.ContextVar(
+_current: contextvars.ContextVar[tuple[Event, list[tuple[str, float]], str] | None] = contextvars.ContextVar(
     "microkit_event", default=None)
 
 
@@ -154,7 +154,7 @@ def once(event: Event, ttl: float = ONCE_TTL) -> bool:
     if store.once_seen(key):
         return False
     if handling is not None and handling[0].id == event.id:
-        handling[1].append(key)
+        handling[1].append((key, ttl))
     else:
         store.once_mark(key, ttl)
     return True

@@ -89,7 +89,7 @@ class Consumer:
             handler = self.subs[sub]
             error = ""
             for attempt in range(sub.retries + 1):
-                marks: list[str] = []
+                marks: list[tuple[str, float]] = []
                 token = events._current.set((event, marks, sub.group_name))
                 try:
                     handler.function(event)
@@ -100,8 +100,8 @@ class Consumer:
                                 error, attempt + 1, sub.retries + 1, " -> dead letters" if last else "")
                 else:
                     store = events._once_store() if marks else None
-                    for key in marks:
-                        store.once_mark(key, events.ONCE_TTL)
+                    for key, ttl in marks:
+                        store.once_mark(key, ttl)
                     delivery.ack()
                     return
                 finally:

@@ -179,10 +179,13 @@ class _LogRunner(Runner):
             store = self.backend.store()
             for sub in self.subscriptions:
                 store.ensure_group(sub.group_name, _SubState.streams_of(sub))
+            down = False
         except StoreUnavailable as exc:  # the read loops create the groups once the store is back
             log.warning("events store unavailable (%s); subscribing once it is back", _cause(exc))
+            down = True
         for sub in self.subscriptions:
             state = _SubState(sub)
+            state.failing = down
             self.greenlets.append(gevent.spawn(self._read_loop, state))
             self.greenlets.append(gevent.spawn(self._claim_loop, state))
 

@@ -218,6 +218,8 @@ class _AmqpRunner(Runner):
         self.generation = 0
         self.conn: amqp.Connection | None = None
         self.channels: list = []
+        self.acks: list[_Acks] = []
+        self.flushing = False
         self.greenlet = None
 
     def start(self) -> None:
@@ -250,7 +252,7 @@ class _AmqpRunner(Runner):
     def _connect(self) -> None:
         backend = self.backend
         conn = backend.connect(heartbeat=backend.options["heartbeat"])
-        channels = []
+        channels, all_acks = [], []
         try:
             setup = conn.channel()
             setup.exchange_declare(backend.exchange, "topic", durable=True, auto_delete=False)
@@ -262,14 +264,14 @@ class _AmqpRunner(Runner):
                 channel.queue_declare(queue, durable=True, auto_delete=False, arguments=arguments)
                 channel.queue_bind(queue, backend.exchange, sub.type)
                 channel.basic_qos(0, backend.prefetch, False)
-                generation = self.generation + 1
-                tag = channel.basic_consume(queue, callback=lambda m, s=sub, c=channel, g=generation:
-                                            self._on_message(s, c, g, m))
+                acks = _Acks(channel, self.generation + 1)
+                tag = channel.basic_consume(queue, callback=lambda m, s=sub, a=acks: self._on_message(s, a, m))
                 channels.append((channel, tag))
+                all_acks.append(acks)
         except BaseException:
             conn.collect()
             raise
-        self.conn, self.channels = conn, channels
+        self.conn, self.channels, self.acks = conn, channels, all_acks
         self.generation += 1
 
     def _drop(self) -> None:
@@ -323,7 +325,7 @@ class _AmqpRunner(Runner):
                 with self.lock:
                     self._drop()
 
-    def _on_message(self, sub: Subscription, channel, generation: int, message: amqp.Message) -> None:
+    def _on_message(self, sub: Subscription, acks: _Acks, message: amqp.Message) -> None:
         import gevent
 
         headers = message.properties.get("application_headers") or {}
@@ -334,15 +336,50 @@ class _AmqpRunner(Runner):
             event = Event.from_json(message.body, count)
         except (ValueError, TypeError) as exc:
             log.warning("dropping a message that is not an event on %s: %s", self.backend.queue(sub), exc)
-            channel.basic_ack(tag)
+            acks.channel.basic_ack(tag)
             return
+        acks.delivered.append(tag)
 
         def ack() -> None:
-            with self.lock:
-                if generation == self.generation and self.conn is not None:
-                    try:
-                        channel.basic_ack(tag)
-                    except Exception:
-                        pass
+            acks.done.add(tag)
+            if not self.flushing:
+                self.flushing = True
+                gevent.spawn(self._flush_acks)
 
         gevent.spawn(self.deliver, sub, Delivery(event, ack=ack, raw=message))
+
+    def _flush_acks(self) -> None:
+        """Send the acks of every handler that finished in this turn of the loop: one `multiple` ack for the
+        oldest deliveries done in a row, single acks for the others. Acks of an old connection are dropped."""
+        with self.lock:
+            self.flushing = False
+            for acks in self.acks:
+                if acks.done and acks.generation == self.generation and self.conn is not None:
+                    try:
+                        acks.flush()
+                    except Exception:
+                        pass  # the connection is gone: those events come again
+
+
+class _Acks:
+    """Deliveries of one channel (of one connection) in order, and those whose handler finished."""
+
+    def __init__(self, channel, generation: int) -> None:
+        from collections import deque
+
+        self.channel = channel
+        self.generation = generation
+        self.delivered: deque[int] = deque()
+        self.done: set[int] = set()
+
+    def flush(self) -> None:
+        last = None
+        while self.delivered and self.delivered[0] in self.done:
+            last = self.delivered.popleft()
+            self.done.discard(last)
+        if last is not None:
+            self.channel.basic_ack(last, multiple=True)
+        for tag in sorted(self.done):
+            self.channel.basic_ack(tag)
+            self.delivered.remove(tag)
+        self.done.clear()

@@ -249,8 +249,9 @@ def test_heartbeats_are_served_while_a_handler_is_slow(make):
         vhost.delete()
 
 
-def test_cli_publish_and_tail(make):
-    project = make("embedded", {"orders": {}}, {"orders": [pool()]})
+@pytest.mark.parametrize("kind", KINDS)
+def test_cli_publish_and_tail(make, kind):
+    project = make(kind, {"orders": {}}, {"orders": [pool()]})
     import subprocess
     import sys
 

@@ -353,3 +353,28 @@ def test_a_consumer_started_while_redis_is_down_subscribes_once_it_is_back(make,
         eventually(lambda: project.read("done", id=event.id), 15)
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("kind", ["amqp-quorum", "redis", "embedded"])
+def test_an_event_that_keeps_killing_its_consumer_goes_to_the_dead_letters(make, kind):
+    """Delivered more than max(retries + 1, 2) times without an ack: dead-lettered without running again. On
+    RabbitMQ this needs quorum queues (`?queue_type=quorum`), which count deliveries."""
+    url = None
+    if kind == "amqp-quorum":
+        vhost = Vhost()
+        url = vhost.url + "?queue_type=quorum"
+    project = make("amqp" if url else kind, {"orders": {}}, {"orders": [pool(retries=1)]}, url=url)
+    try:
+        project.up()
+        event = project.events().publish("t.pool", {"sleep": 30})
+        for attempt in range(2):
+            row = eventually(lambda: [r for r in project.read("start", id=event.id)][attempt:], 20)[0]
+            os.kill(row["pid"], signal.SIGKILL)
+        eventually(lambda: event.id in run_cli("events", "dead", cwd=project.root).stdout, 30)
+        assert len(project.read("start", id=event.id)) == 2
+        letter = json.loads(run_cli("events", "dead", "--json", cwd=project.root).stdout)[0]
+        assert letter["error"].startswith("delivered 3 times without an ack")
+    finally:
+        if url:
+            project.close()
+            vhost.delete()

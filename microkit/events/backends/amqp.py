@@ -2,7 +2,8 @@
 
 Topology, for namespace `ns`: one durable topic exchange `ns.events`, routing key = the event type; a
 durable queue per subscription group and type, `ns.{group}.{type}` (singleton queues with
-`x-single-active-consumer`); one durable queue `ns.dead` for dead letters (headers say service, group,
+`x-single-active-consumer`; with `?queue_type=quorum` in the URL, quorum queues, whose `x-delivery-count`
+lets an event that keeps killing its consumer go to the dead letters); one durable queue `ns.dead` for dead letters (headers say service, group,
 queue and error). Messages are persistent; `publish` waits for the publisher confirm.
 
 Under gevent, a connection is never used by two greenlets at once:
@@ -31,6 +32,7 @@ import amqp
 from microkit.events.backends.base import (
     Backend, DeadLetter, Delivery, EventsUnavailable, Runner, Subscription,
 )
+from microkit.errors import ConfigError
 from microkit.events.envelope import Event
 from microkit.storage import PerProcess, redacted
 
@@ -57,6 +59,10 @@ class AmqpBackend(Backend):
     def __init__(self, url: str, namespace: str, **options) -> None:
         super().__init__(url, namespace, **options)
         self.options = connection_options(url)
+        self.queue_type = parse_qs(urlsplit(url).query).get("queue_type", ["classic"])[0]
+        if self.queue_type not in ("classic", "quorum"):
+            raise ConfigError(f"events URL {redacted(url)}: queue_type must be classic or quorum, "
+                              f"got {self.queue_type!r}")
         self.exchange = f"{namespace}.events"
         self.dead_queue = f"{namespace}.dead"
         self._publisher = PerProcess(lambda: _Publisher(self))
@@ -259,9 +265,11 @@ class _AmqpRunner(Runner):
             setup.queue_declare(backend.dead_queue, durable=True, auto_delete=False)
             for sub in self.subscriptions:
                 channel = conn.channel()
-                arguments = {"x-single-active-consumer": True} if sub.mode == "singleton" else None
+                arguments = {"x-single-active-consumer": True} if sub.mode == "singleton" else {}
+                if backend.queue_type == "quorum":
+                    arguments["x-queue-type"] = "quorum"
                 queue = backend.queue(sub)
-                channel.queue_declare(queue, durable=True, auto_delete=False, arguments=arguments)
+                channel.queue_declare(queue, durable=True, auto_delete=False, arguments=arguments or None)
                 channel.queue_bind(queue, backend.exchange, sub.type)
                 channel.basic_qos(0, backend.prefetch, False)
                 acks = _Acks(channel, self.generation + 1)

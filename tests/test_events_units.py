@@ -80,3 +80,9 @@ def test_amqp_urls_and_unknown_schemes():
     assert connection_options("amqp://rabbit/")["virtual_host"] == "/"
     with pytest.raises(ConfigError, match="unknown events URL 'kafka://h': known schemes are amqp://"):
         connect("kafka://h", "ns")
+
+
+def test_a_bad_amqp_queue_type_is_a_config_error():
+    with pytest.raises(ConfigError, match="queue_type must be classic or quorum, got 'stream'"):
+        connect("amqp://guest:secret@h/?queue_type=stream", "ns")
+    assert connect("amqp://h/?queue_type=quorum", "ns").queue_type == "quorum"

@@ -35,6 +35,7 @@ setup(
         "tomlkit>=0.12",
         "httptools>=0.6",
         "PyJWT[crypto]>=2.8",
+        "amqp>=5.2",
     ],
     extras_require={
         "test": [

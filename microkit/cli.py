@@ -439,6 +439,8 @@ def status(as_json: bool, config_file: str | None) -> None:
     rows = [("SERVICE", "HOST", "PORT", "PID", "HEALTH", "AGE")]
     gateway = next((g for g in (local or {}).get("services", []) if g["name"] == "gateway"), None)
     for name, service in project.services.items():
+        if not (service.app or service.command):
+            continue  # consumers only: nothing registers; they are listed under `microkit up` below
         found = (live or {}).get(name, [])
         if monolith and service.app and gateway is not None:
             for worker in gateway["instances"]:
@@ -462,7 +464,7 @@ def status(as_json: bool, config_file: str | None) -> None:
             if group["state"] == "FATAL" and group.get("error"):
                 rows.append(("", f"error: {last_line(group['error'])}", "", "", "", "", ""))
             for worker in group["instances"]:
-                rows.append(("", worker["name"], worker["pid"], worker["port"], worker["state"],
+                rows.append(("", worker["name"], worker["pid"], worker["port"] or "-", worker["state"],
                              worker["restarts"], duration(worker["uptime"])))
         click.echo(overview.table(rows))
     if registry_error:
@@ -728,6 +730,11 @@ def export_(target: str, output: str | None, check: bool, config_file: str | Non
     written, removed = export.write(files, folder, target)
     click.echo(f"{shown}: {len(written)} written, {len(files) - len(written)} unchanged"
                + (f", {len(removed)} removed ({', '.join(removed)})" if removed else ""))
+
+
+from .events.commands import events_group  # noqa: E402  (the `microkit events` commands)
+
+cli.add_command(events_group)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -139,11 +139,32 @@ def registry_url(value: Any) -> str:
         raise Invalid(f"unknown registry scheme {show(scheme + '://')} (known: {known}; "
                       f"leave url out for the embedded registry), got {show(value)}")
     if scheme == "redis+sentinel":
-        from .redis_url import parse_sentinel
+        from .storage.redis_urls import parse_sentinel
         try:
             parse_sentinel(value)
         except ValueError as exc:
             raise Invalid(f'{exc} (e.g. "redis+sentinel://h1:26379,h2:26379/mymaster/0")') from None
+    return value
+
+
+EVENTS_SCHEMES = ("amqp", "amqps", "redis", "rediss", "redis+sentinel")
+
+
+def events_url(value: Any) -> str:
+    if not isinstance(value, str) or "://" not in value:
+        raise Invalid(f'expected a URL like "amqp://guest:guest@127.0.0.1:5672/" or "redis://127.0.0.1:6379/0", '
+                      f"got {show(value)}")
+    scheme = value.split("://", 1)[0].lower()
+    if scheme not in EVENTS_SCHEMES:
+        known = ", ".join(f"{s}://" for s in EVENTS_SCHEMES)
+        raise Invalid(f"unknown events scheme {show(scheme + '://')} (known: {known}; leave url out for the "
+                      f"registry's Redis or the embedded store)")
+    return value
+
+
+def module_name(value: Any) -> str:
+    if not isinstance(value, str) or not all(p.isidentifier() and not keyword.iskeyword(p) for p in value.split(".")):
+        raise Invalid(f'expected a dotted module name such as "services.orders.handlers", got {show(value)}')
     return value
 
 
@@ -391,6 +412,14 @@ REGISTRY = (
     Setting("connect_timeout", seconds, 10.0,
             "Seconds up, run and gateway wait at start for the registry to answer before they exit 1."),
 )
+EVENTS = (
+    Setting("url", events_url, None, "Where events go: amqp:// (RabbitMQ) or redis:// (Redis Streams). Absent: "
+                                     "the registry's Redis when it has one, else the embedded store (SQLite, one host)."),
+    Setting("publish_timeout", seconds, 5.0, "How long publish waits for a store that is down before it raises."),
+    Setting("prefetch", integer(1), 10, "Unacked events a consumer holds at once, per handler."),
+    Setting("claim_after", seconds, 30.0, "Redis and embedded: seconds after which a dead consumer's unacked events "
+                                          "are claimed by another."),
+)
 GATEWAY = (
     Setting("listen", address, Address("127.0.0.1", 8000), "Address the gateway listens on."),
     Setting("workers", integer(1), 1, "Gateway worker processes."),
@@ -412,7 +441,7 @@ GATEWAY = (
                                             'HTTPS at listen, e.g. "0.0.0.0:80"; needs tls_cert.'),
 )
 SERVICE = (
-    Setting("app", app_spec, None, 'The WSGI callable, "module:attr". One of app or command is required.'),
+    Setting("app", app_spec, None, 'The WSGI callable, "module:attr". One of app, command or events is required.'),
     Setting("command", text, None, "Run a program instead (e.g. an asyncio server); it gets PORT in its environment."),
     Setting("route", route, None, 'Path prefix the gateway routes to this service, e.g. "/users".'),
     Setting("route_timeout", seconds, None, "Time this route may take at the gateway; default gateway.timeout."),
@@ -439,8 +468,11 @@ SERVICE = (
     Setting("graceful_timeout", seconds, 10.0, "How long in-flight requests may run on stop or reload."),
     Setting("health", health_path, "/healthz", "Path answered with 200 by a healthy instance."),
     Setting("access_log", boolean, True, "One log line per request."),
+    Setting("events", module_name, None, 'Module whose @events.handler functions run in consumer processes, '
+                                         'e.g. "services.orders.handlers".'),
+    Setting("consumers", integer(1), 1, "Consumer processes running the events handlers."),
 )
-SECTIONS = {"project": PROJECT, "registry": REGISTRY, "gateway": GATEWAY, "services": None}
+SECTIONS = {"project": PROJECT, "registry": REGISTRY, "events": EVENTS, "gateway": GATEWAY, "services": None}
 
 
 # The objects the rest of microkit reads.
@@ -459,6 +491,14 @@ class RegistryConfig:
     @property
     def embedded(self) -> bool:
         return self.url is None
+
+
+@dataclass(frozen=True)
+class EventsConfig:
+    url: str | None = None
+    publish_timeout: float = 5.0
+    prefetch: int = 10
+    claim_after: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -506,6 +546,8 @@ class ServiceConfig:
     graceful_timeout: float
     health: str
     access_log: bool
+    events: str | None = None
+    consumers: int = 1
 
     @property
     def app_route(self) -> str:
@@ -520,6 +562,7 @@ class Config:
     registry: RegistryConfig
     gateway: GatewayConfig
     services: Mapping[str, ServiceConfig] = field(default_factory=lambda: MappingProxyType({}))
+    events: EventsConfig = EventsConfig()
 
     @property
     def root(self) -> Path:
@@ -609,6 +652,7 @@ def parse(text_: str, path: Path, environ: Mapping[str, str] | None = None) -> C
         except Invalid as exc:
             raise ConfigError(f"{ENV_REGISTRY_URL}: {exc}") from None
     gateway = reader.settings(reader.table(doc.get("gateway", {}), "gateway"), "gateway", GATEWAY)
+    events = reader.settings(reader.table(doc.get("events", {}), "events"), "events", EVENTS)
 
     services: dict[str, ServiceConfig] = {}
     owners: dict[str, str] = {}
@@ -621,8 +665,10 @@ def parse(text_: str, path: Path, environ: Mapping[str, str] | None = None) -> C
         if name in RESERVED_NAMES:
             raise reader.error(key, f"{show(name)} is reserved for microkit's own process; choose another name")
         values = reader.settings(reader.table(table, key), key, SERVICE)
-        if (values["app"] is None) == (values["command"] is None):
-            raise reader.error(key, 'needs exactly one of app = "module:attr" or command = "..."')
+        if values["app"] is not None and values["command"] is not None:
+            raise reader.error(key, 'needs one of app = "module:attr" or command = "...", not both')
+        if values["app"] is None and values["command"] is None and values["events"] is None:
+            raise reader.error(key, 'needs app = "module:attr", command = "..." or events = "module"')
         prefix = values["route"]
         if prefix is not None:
             if prefix in owners:
@@ -640,6 +686,7 @@ def parse(text_: str, path: Path, environ: Mapping[str, str] | None = None) -> C
         registry=RegistryConfig(**registry),
         gateway=GatewayConfig(**gateway),
         services=MappingProxyType(services),
+        events=EventsConfig(**events),
     )
 
 

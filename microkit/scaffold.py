@@ -82,6 +82,7 @@ class Template:
     table: Mapping[str, Any]      # the keys of the [services.NAME] table it adds, before route and workers
 
 
+
 def templates_root() -> Path:
     """The built-in templates: package data when installed, the top-level templates/ in a checkout."""
     try:
@@ -265,7 +266,11 @@ def plan_service(project: cfg.Config, name: str, template: str = "rest",
 
     meta = chosen.path / METADATA
     table = {key: _fill_values(value, variables, chosen.path) for key, value in chosen.table.items()}
-    toml_text = _add_service_table(project.path, name, {**table, "route": route, "workers": workers})
+    if table and not {"app", "command"} & set(table):  # consumers only (the events template): no route
+        added = {**table, "consumers": workers}
+    else:
+        added = {**table, "route": route, "workers": workers}
+    toml_text = _add_service_table(project.path, name, added)
     try:
         cfg.parse(toml_text, project.path)  # the edit must leave a valid config, or nothing is written
     except ConfigError as exc:

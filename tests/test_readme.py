@@ -23,7 +23,7 @@ def keys(prefix, settings):
 
 def test_config_reference_lists_every_setting():
     readme = (REPO / "README.md").read_text()
-    sections = {"project": config.PROJECT, "registry": config.REGISTRY, "gateway": config.GATEWAY,
+    sections = {"project": config.PROJECT, "registry": config.REGISTRY, "events": config.EVENTS, "gateway": config.GATEWAY,
                 "services.NAME": config.SERVICE}
     missing = [key for section, settings in sections.items() for key in keys(section, settings)
                if f"| `{key}` |" not in readme]

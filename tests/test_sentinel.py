@@ -18,7 +18,7 @@ import redis
 from helpers import free_port, run_cli, server_missing
 from microkit import config, registry
 from microkit.errors import ConfigError
-from microkit.redis_url import SentinelURL, client_from_url, parse_sentinel
+from microkit.storage.redis_urls import SentinelURL, client_from_url, parse_sentinel
 from sup_apps.harness import Up, make_project
 
 SERVICE = "mymaster"

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from ..config import Config
 from ..errors import UsageError
-from ..redis_url import SENTINEL_SCHEME, parse_sentinel
+from ..storage.redis_urls import SENTINEL_SCHEME, parse_sentinel
 
 CONTAINER_PORT = 8000          # a service's port in its own container, unless its listen names one
 GATEWAY_HEALTH = "/__microkit/health"

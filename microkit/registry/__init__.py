@@ -7,10 +7,10 @@ the multi-host RedisRegistry, no URL gives the EmbeddedRegistry in `<project_roo
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
 from pathlib import Path
+from typing import TypeVar
 
-from microkit.errors import ConfigError
+from microkit import storage
 from microkit.registry.base import (
     DEFAULT_TTL, HEARTBEAT_INTERVAL, POLL_INTERVAL, Instance, Registry, RegistryUnavailable, Snapshot, redacted,
 )
@@ -55,12 +55,7 @@ def embedded_path(project_root: Path) -> Path:
 
 def backend_for(url: str, table: dict[str, T]) -> T:
     """The entry of a `schemes` table for the URL's scheme; a ConfigError listing the known ones otherwise."""
-    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-    if scheme not in table:
-        known = ", ".join(f"{name}://" for name in table)
-        raise ConfigError(f"unknown registry URL {redacted(url)!r}: known schemes are {known} "
-                          f"(or no URL for the embedded registry)")
-    return table[scheme]
+    return storage.backend_for(url, table)
 
 
 def connect(url: str | None, *, project_root: Path, namespace: str) -> Registry:

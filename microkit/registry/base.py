@@ -12,9 +12,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
-from microkit.errors import MicrokitError
+from microkit.storage import StoreUnavailable, redacted  # noqa: F401  (redacted is part of this module's API)
 
 if TYPE_CHECKING:
     from microkit.registry.watcher import Watcher
@@ -26,8 +25,8 @@ POLL_INTERVAL = 1.0
 Snapshot = dict[str, list["Instance"]]
 
 
-class RegistryUnavailable(MicrokitError):
-    """The registry's store cannot be reached; callers keep their last known state and try again."""
+RegistryUnavailable = StoreUnavailable
+"""The registry's store cannot be reached: the one storage error, under the name registry callers know."""
 
 
 @dataclass(frozen=True)
@@ -56,15 +55,6 @@ class Instance:
     def from_json(cls, text: str | bytes) -> Instance:
         """Parse what `to_json` wrote."""
         return cls(**json.loads(text))
-
-
-def redacted(url: str) -> str:
-    """The URL without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def ordered(instances: list[Instance]) -> list[Instance]:

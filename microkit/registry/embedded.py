@@ -18,9 +18,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from microkit import storage
 from microkit.registry.base import ChangeFeed, Instance, Registry, RegistryUnavailable, Snapshot, ordered
 
-BUSY_TIMEOUT = 2.0
 VERSION_POLL = 0.1
 
 
@@ -31,15 +31,6 @@ CREATE TABLE IF NOT EXISTS instances (
 CREATE INDEX IF NOT EXISTS instances_expires_at ON instances (expires_at);
 CREATE TABLE IF NOT EXISTS versions (namespace TEXT PRIMARY KEY, version INTEGER NOT NULL);
 """
-
-
-def _open(path: Path) -> sqlite3.Connection:
-    """This process's connection: WAL, a busy timeout, and transactions opened explicitly."""
-    db = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
-    db.execute("PRAGMA journal_mode=wal")
-    db.execute("PRAGMA synchronous=normal")
-    db.executescript(SCHEMA)
-    return db
 
 
 class EmbeddedRegistry(Registry):
@@ -78,11 +69,8 @@ class EmbeddedRegistry(Registry):
 
     def _connect(self) -> sqlite3.Connection:
         """Open (and if needed create) the database file for this process."""
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            return _open(self.path)
-        except (OSError, sqlite3.Error) as exc:
-            raise RegistryUnavailable(f"registry {self.path} unavailable: {exc}") from exc
+        with storage.unavailable(f"registry {self.path}"):
+            return storage.sqlite(self.path, SCHEMA)
 
     def _disconnect(self, conn: sqlite3.Connection) -> None:
         conn.close()

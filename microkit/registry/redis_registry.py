@@ -19,12 +19,10 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
-from microkit.redis_url import client_from_url
+from microkit import storage
 from microkit.registry.base import (  # noqa: F401  (redacted is part of this module's API)
-    ChangeFeed, Instance, Registry, RegistryUnavailable, Snapshot, ordered, redacted,
+    ChangeFeed, Instance, Registry, Snapshot, ordered, redacted,
 )
 
 INDEX_TTL_MS = 3_600_000
@@ -89,10 +87,7 @@ class RedisRegistry(Registry):
 
     def _connect(self) -> redis.Redis:
         """A client for this process; one quick retry covers a pooled connection that a restart broke."""
-        return client_from_url(
-            self.url, decode_responses=True, socket_timeout=SOCKET_TIMEOUT,
-            socket_connect_timeout=SOCKET_TIMEOUT, retry=Retry(NoBackoff(), 1),
-        )
+        return storage.redis_client(self.url, decode_responses=True, socket_timeout=SOCKET_TIMEOUT, retries=1)
 
     def _disconnect(self, conn: redis.Redis) -> None:
         conn.close()
@@ -137,10 +132,8 @@ class RedisRegistry(Registry):
     def _available(self) -> Iterator[None]:
         """Turn "Redis cannot serve us now" into RegistryUnavailable: unreachable, and also reachable but
         refusing (MISCONF, OOM, READONLY after a failover, NOREPLICAS), which heals the same way."""
-        try:
+        with storage.unavailable(f"registry {redacted(self.url)}"):
             yield
-        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
-            raise RegistryUnavailable(f"registry {redacted(self.url)} unavailable: {exc}") from exc
 
 
 class _RedisFeed(ChangeFeed):

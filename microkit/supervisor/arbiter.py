@@ -25,6 +25,7 @@ from ..config import Config, ServiceConfig
 from ..errors import ConfigError, MicrokitError, SupervisorError, UsageError
 from . import control
 from .command import CommandGroup, CommandSpec, check_health, unverified_context
+from .consumer import ConsumerGroup, ConsumerSpec
 from .group import FATAL, AppGroup, Group
 from .printer import Printer
 from .process import SUPERVISOR_SIGNALS, bind, url
@@ -95,8 +96,10 @@ class Arbiter:
         gateway = self.make_gateway_group() if self.gateway else None
         for name in self.names:
             service = self.config.services[name]
-            if self.monolith and service.app:
-                continue  # mounted in the gateway's place by the monolith
+            if service.events:
+                self.groups[f"{name}.events"] = self.make_consumers(service)
+            if self.monolith and service.app or not (service.app or service.command):
+                continue  # mounted in the gateway's place by the monolith, or consumers only
             self.groups[name] = self.make_group(service)
         if gateway is not None:
             self.groups[GATEWAY] = gateway
@@ -116,12 +119,22 @@ class Arbiter:
         self.printer.say(f"supervisor pid {os.getpid()}, project {self.config.project.name} at {self.root}"
                          + (" (reloading on changes)" if self.watch_files else ""))
 
+    def service_env(self, service: ServiceConfig) -> dict[str, str]:
+        from ..events.settings import environ
+
+        return {"MICROKIT_GATEWAY_URL": self.gateway_url, "MICROKIT_ROUTE": service.app_route,
+                "MICROKIT_PROJECT_ROOT": str(self.root), **environ(self.config, service.name), **service.env}
+
+    def make_consumers(self, service: ServiceConfig) -> Group:
+        spec = ConsumerSpec(name=service.name, module=service.events, root=self.root, env=self.service_env(service),
+                            timeout=service.timeout, graceful_timeout=service.graceful_timeout)
+        return ConsumerGroup(spec, service.consumers, self.printer, self.watch)
+
     def make_group(self, service: ServiceConfig) -> Group:
         if service.command:
             spec = CommandSpec(name=service.name, command=service.command, root=self.root,
                                host=service.listen.host, port=service.listen.port,
-                               env={"MICROKIT_GATEWAY_URL": self.gateway_url, "MICROKIT_ROUTE": service.app_route,
-                                    "MICROKIT_PROJECT_ROOT": str(self.root), **service.env},
+                               env=self.service_env(service),
                                timeout=service.timeout, graceful_timeout=service.graceful_timeout,
                                health=service.health, registry=self.registry_spec(service))
             return CommandGroup(spec, service.workers, self.printer, self.watch)
@@ -131,8 +144,7 @@ class Arbiter:
             raise SupervisorError(f"services.{service.name}: cannot listen on {service.listen}: "
                                   f"{exc.strerror or exc}") from None
         spec = AppSpec(name=service.name, app=service.app, root=self.root,
-                       env={"MICROKIT_GATEWAY_URL": self.gateway_url, "MICROKIT_ROUTE": service.app_route,
-                            "MICROKIT_PROJECT_ROOT": str(self.root), **service.env},
+                       env=self.service_env(service),
                        timeout=service.timeout, graceful_timeout=service.graceful_timeout,
                        health=service.health,
                        access_log=service.access_log if self.access_log is None else self.access_log,
@@ -321,7 +333,7 @@ class Arbiter:
             return
         self.announced = True
         failed = [name for name, g in self.groups.items() if g.state == FATAL]
-        listed = ", ".join(f"{g.name} {' '.join(g.urls())}" for g in services)
+        listed = ", ".join(f"{g.name} {' '.join(g.urls()) or f'({g.desired} consumers)'}" for g in services)
         if gateway is not None and gateway.state != FATAL:
             if listed:
                 self.printer.plain(f"services: {listed}")
@@ -349,7 +361,7 @@ class Arbiter:
             return
         shown = ", ".join(str(p.relative_to(self.root)) for p in files[:3]) + (" ..." if len(files) > 3 else "")
         self.printer.say(f"changed: {shown}; reloading {', '.join(services)}")
-        for name in services:
+        for name in self.groups_of(services):
             self.groups[name].reload()
 
     # Signals.
@@ -391,10 +403,19 @@ class Arbiter:
 
     # Commands, from signals or from `microkit reload/scale/status`.
 
+    def groups_of(self, names: Sequence[str]) -> list[str]:
+        """The groups of services `names`: a service's workers (or command) and its consumers (`NAME.events`)."""
+        return [g for n in names for g in (n, f"{n}.events") if g in self.groups]
+
+    def running_services(self) -> list[str]:
+        """Services with a group that is not being removed (the gateway is a group, not a service)."""
+        return list(dict.fromkeys(n.removesuffix(".events") for n in self.groups
+                                  if n != GATEWAY and n not in self.removed))
+
     def reload(self, names: Sequence[str]) -> list[str]:
-        """Re-read microkit.toml and apply it, then restart the groups named (all when none) and those whose
-        settings changed. Raises, changing nothing, when the file is invalid or needs a restart.
-        Returns every group to wait for."""
+        """Re-read microkit.toml and apply it, then restart the groups of the services named (all when none)
+        and those whose settings changed. Raises, changing nothing, when the file is invalid or needs a
+        restart. Returns every group to wait for."""
         try:
             new = cfg.load(self.config.path)
             if self.monolith:
@@ -403,35 +424,38 @@ class Arbiter:
         except ConfigError as exc:
             raise ConfigError(f"{exc} (not applied: the running config is kept)") from None
         plan = self.plan_changes(new)
-        running = [n for n in self.groups if n not in self.removed and n not in plan["removed"]]
-        unknown = [n for n in names if n not in running and n not in plan["added"]]
+        running = [n for n in self.running_services() if n not in plan["removed"]]
+        unknown = [n for n in names if n not in running and n not in plan["added"]
+                   and not (n == GATEWAY and GATEWAY in self.groups)]
         if unknown:
             raise UsageError(f"no running service named {unknown[0]!r} (running: {', '.join(running)})")
-        self.apply_changes(new, plan)
-        restart = list(dict.fromkeys([*(names or running), *plan["changed"]]))
+        added = self.apply_changes(new, plan)
+        wanted = [*names] if names else [*running, *([GATEWAY] if GATEWAY in self.groups else [])]
+        restart = [g for g in dict.fromkeys([*self.groups_of(wanted), *plan["changed"]]) if g not in added]
         for name in restart:
-            if name not in plan["added"]:
-                self.groups[name].reload()
-        return list(dict.fromkeys([*restart, *plan["added"]]))
+            self.groups[name].reload()
+        return list(dict.fromkeys([*restart, *added]))
 
     # Re-reading microkit.toml.
 
     RESTART_SETTINGS = ("project.name", "project.root", "registry.url")
-    PROCESS_SETTINGS = ("app", "command", "env", "timeout", "graceful_timeout", "health", "access_log", "advertise")
+    PROCESS_SETTINGS = ("app", "command", "env", "timeout", "graceful_timeout", "health", "access_log", "advertise",
+                        "events")
 
     def plan_changes(self, new: Config) -> dict[str, list[str]]:
-        """What a reload to `new` changes: services added, removed and changed (their processes' settings).
-        SupervisorError naming the settings that need a restart of `up`, if any."""
+        """What a reload to `new` changes: services added and removed, and the groups whose processes'
+        settings changed. SupervisorError naming the settings that need a restart of `up`, if any."""
         old = self.config
         restart = [key for key in self.RESTART_SETTINGS
                    if getattr(getattr(old, key.split(".")[0]), key.split(".")[1])
                    != getattr(getattr(new, key.split(".")[0]), key.split(".")[1])]
         if GATEWAY in self.groups and old.gateway.listen != new.gateway.listen:
             restart.append("gateway.listen")
-        running = [n for n in self.groups if n != GATEWAY and n not in self.removed]
+        running = self.running_services()
         removed = [n for n in running if n not in new.services]
         added = [n for n in new.services if self.all_services and n not in running
-                 and n not in self.removed and not (self.monolith and new.services[n].app)]
+                 and not any(g in self.removed for g in (n, f"{n}.events"))
+                 and (new.services[n].events or not (self.monolith and new.services[n].app))]
         changed = []
         for name in running:
             if name in removed:
@@ -439,10 +463,12 @@ class Arbiter:
             before, after = old.services[name], new.services[name]
             if before.listen != after.listen:
                 restart.append(f"services.{name}.listen")
-            elif (before.app is None) != (after.app is None):
+            elif (before.app is None) != (after.app is None) or (before.command is None) != (after.command is None):
                 restart.append(f"services.{name}.app/command")
+            elif bool(before.events) != bool(after.events):
+                restart.append(f"services.{name}.events")
             elif any(getattr(before, key) != getattr(after, key) for key in self.PROCESS_SETTINGS):
-                changed.append(name)
+                changed.extend(self.groups_of([name]))
         if restart:
             raise SupervisorError(f"{cfg.display_path(new.path)}: {', '.join(restart)} changed, which needs a "
                                   f"restart of `microkit up` (not applied: the running config is kept)")
@@ -450,30 +476,40 @@ class Arbiter:
             changed.append(GATEWAY)  # the gateway reads routes, policies and its settings at boot
         return {"added": added, "removed": removed, "changed": changed}
 
-    def apply_changes(self, new: Config, plan: dict[str, list[str]]) -> None:
-        """Start added services (binding their sockets first), stop removed ones, give changed ones their new
-        settings; the caller restarts them."""
+    def apply_changes(self, new: Config, plan: dict[str, list[str]]) -> list[str]:
+        """Start added services (binding their sockets first), stop removed ones, give changed groups their new
+        settings; the caller restarts them. Returns the groups added."""
         old, self.config = self.config, new
+        added: dict[str, Group] = {}
         try:
-            added = {name: self.make_group(new.services[name]) for name in plan["added"]}
+            for name in plan["added"]:
+                service = new.services[name]
+                if service.events:
+                    added[f"{name}.events"] = self.make_consumers(service)
+                if (service.app or service.command) and not (self.monolith and service.app):
+                    added[name] = self.make_group(service)
         except SupervisorError:
             self.config = old
             raise
-        for name in plan["removed"]:
+        for name in self.groups_of(plan["removed"]):
             self.groups[name].stop()
             self.removed.add(name)
         for name in plan["changed"]:
             self.update_group(self.groups[name], new)
-        for name, group in added.items():
-            self.groups[name] = group
-        wanted = {name: (old.services[name].workers, new.services[name].workers) for name in self.groups
-                  if name != GATEWAY and name not in self.removed and name not in added}
-        if GATEWAY in self.groups:
-            wanted[GATEWAY] = (old.gateway.workers, new.gateway.workers)
-        for name, (before, after) in wanted.items():
+        self.groups.update(added)
+        for name, group in self.groups.items():
+            if name in self.removed or name in added:
+                continue
+            if name == GATEWAY:
+                before, after = old.gateway.workers, new.gateway.workers
+            elif name.endswith(".events"):
+                service = name.removesuffix(".events")
+                before, after = old.services[service].consumers, new.services[service].consumers
+            else:
+                before, after = old.services[name].workers, new.services[name].workers
             if before != after:  # a count changed in the file; `microkit scale` counts stay otherwise
-                self.groups[name].scale(after)
-        self.names = [n for n in self.groups if n != GATEWAY and n not in self.removed]
+                group.scale(after)
+        self.names = self.running_services()
         self.printer.reserve(f"{name}.{group.desired}" for name, group in self.groups.items())
         if self.reloader:
             self.reloader.scopes = {name: app_scope(self.root, s.app) if s.app else command_scope(self.root, name)
@@ -481,20 +517,25 @@ class Arbiter:
         summary = [f"{what} {', '.join(plan[what])}" for what in ("added", "removed", "changed") if plan[what]]
         self.printer.say(f"{cfg.display_path(new.path)} re-read" + (": " + "; ".join(summary) if summary else
                                                                       ": no change"))
+        return list(added)
 
     def update_group(self, group: Group, new: Config) -> None:
         """Give a running group the settings of `new` (its workers restart with them)."""
         if group.name == GATEWAY:
             return  # same file, same environment: its workers read the new file as they boot
-        service = new.services[group.name]
-        env = {"MICROKIT_GATEWAY_URL": self.gateway_url, **service.env}
-        common = dict(env=env, timeout=service.timeout, graceful_timeout=service.graceful_timeout,
-                      health=service.health, registry=self.registry_spec(service))
-        if isinstance(group, AppGroup):
-            access_log = service.access_log if self.access_log is None else self.access_log
-            group.spec = dataclasses.replace(group.spec, app=service.app, access_log=access_log, **common)
+        service = new.services[group.name.removesuffix(".events")]
+        if isinstance(group, ConsumerGroup):
+            group.spec = dataclasses.replace(group.spec, module=service.events, env=self.service_env(service),
+                                             timeout=service.timeout, graceful_timeout=service.graceful_timeout)
         else:
-            group.spec = dataclasses.replace(group.spec, command=service.command, **common)
+            common = dict(env=self.service_env(service), timeout=service.timeout,
+                          graceful_timeout=service.graceful_timeout, health=service.health,
+                          registry=self.registry_spec(service))
+            if isinstance(group, AppGroup):
+                access_log = service.access_log if self.access_log is None else self.access_log
+                group.spec = dataclasses.replace(group.spec, app=service.app, access_log=access_log, **common)
+            else:
+                group.spec = dataclasses.replace(group.spec, command=service.command, **common)
         group.timeout, group.graceful_timeout = service.timeout, service.graceful_timeout
 
     def scale(self, workers: dict[str, int]) -> None:

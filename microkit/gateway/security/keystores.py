@@ -5,31 +5,26 @@
 - no URL: `SqliteKeyStore` in the embedded registry's file (`<project_root>/.microkit/registry.db`), its
   own table `apikeys`, WAL mode, writes under BEGIN IMMEDIATE with a busy timeout, so every process of
   the host shares it safely.
-Connections are made per process, lazily and again after a fork.
+Connections come from `microkit.storage`: per process, lazily and again after a fork; redis-py and peewee
+are imported on first use, so importing the security checks loads neither.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
-
-import peewee
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
+from typing import TYPE_CHECKING, Any
 
 from microkit.gateway.security.apikeys import KeyRecord, KeyStore, UnknownKey
-from microkit.registry import RegistryUnavailable, backend_for, embedded_path
-from microkit.redis_url import client_from_url
-from microkit.registry.redis_registry import redacted
+from microkit.registry import embedded_path
+from microkit.storage import BUSY_TIMEOUT, SOCKET_TIMEOUT, PerProcess, StoreUnavailable, backend_for, redacted, redis_client
 
-SOCKET_TIMEOUT = 1.0
-BUSY_TIMEOUT = 2.0
+if TYPE_CHECKING:
+    import peewee
+    import redis
 
 
 def _record_json(record: KeyRecord, digest: str) -> str:
@@ -43,36 +38,14 @@ def _record_from_json(key_id: str, text: str | bytes) -> tuple[KeyRecord, str]:
             data["digest"])
 
 
-class _PerProcess:
-    """One connection per process, made on first use and again after a fork."""
-
-    def __init__(self, connect: Callable[[], Any]) -> None:
-        self._connect = connect
-        self._pid = -1
-        self._conn: Any = None
-        self._lock = threading.Lock()
-
-    def get(self) -> Any:
-        if self._pid != os.getpid():
-            with self._lock:
-                if self._pid != os.getpid():
-                    self._conn, self._pid = self._connect(), os.getpid()
-        return self._conn
-
-    def drop(self) -> Any:
-        conn, mine = self._conn, self._pid == os.getpid()
-        self._conn, self._pid = None, -1
-        return conn if mine else None
-
-
 class RedisKeyStore(KeyStore):
     """API keys in a Redis hash shared by every host."""
 
     def __init__(self, url: str, namespace: str) -> None:
         self.url = url
         self.key = f"{namespace}:apikeys"
-        self._client = _PerProcess(lambda: client_from_url(
-            url, socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=SOCKET_TIMEOUT, retry=Retry(NoBackoff(), 1)))
+        self._client: PerProcess[redis.Redis] = PerProcess(
+            lambda: redis_client(url, socket_timeout=SOCKET_TIMEOUT, retries=1))
 
     def __repr__(self) -> str:
         return f"RedisKeyStore({redacted(self.url)!r}, key={self.key!r})"
@@ -104,10 +77,12 @@ class RedisKeyStore(KeyStore):
         return None if value is None else _record_from_json(key_id, value)
 
     def _call(self, operation: Callable[[redis.Redis], Any]) -> Any:
+        import redis
+
         try:
             return operation(self._client.get())
         except redis.RedisError as exc:
-            raise RegistryUnavailable(f"API key store {redacted(self.url)} unavailable: {exc}") from None
+            raise StoreUnavailable(f"API key store {redacted(self.url)} unavailable: {exc}") from None
 
 
 class SqliteKeyStore(KeyStore):
@@ -116,7 +91,7 @@ class SqliteKeyStore(KeyStore):
     def __init__(self, path: Path, namespace: str) -> None:
         self.path = Path(path)
         self.namespace = namespace
-        self._db = _PerProcess(self._open)
+        self._db: PerProcess[tuple[peewee.SqliteDatabase, type[peewee.Model]]] = PerProcess(self._open)
         self._lock = threading.RLock()
 
     def __repr__(self) -> str:
@@ -140,6 +115,8 @@ class SqliteKeyStore(KeyStore):
             db[0].close()
 
     def _insert(self, record: KeyRecord, digest: str) -> bool:
+        import peewee
+
         with self._model(write=True) as Key:
             try:
                 Key.insert(namespace=self.namespace, key_id=record.key_id, name=record.name,
@@ -160,6 +137,8 @@ class SqliteKeyStore(KeyStore):
                 row.digest)
 
     def _open(self) -> tuple[peewee.SqliteDatabase, type[peewee.Model]]:
+        import peewee
+
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             db = peewee.SqliteDatabase(
@@ -183,11 +162,13 @@ class SqliteKeyStore(KeyStore):
             db.create_tables([Key], safe=True)
             return db, Key
         except (OSError, peewee.OperationalError) as exc:
-            raise RegistryUnavailable(f"API key store {self.path} unavailable: {exc}") from None
+            raise StoreUnavailable(f"API key store {self.path} unavailable: {exc}") from None
 
     @contextmanager
     def _model(self, *, write: bool = False) -> Iterator[type[peewee.Model]]:
         """This process's model under the store's lock; writes in one IMMEDIATE transaction."""
+        import peewee
+
         with self._lock:
             try:
                 db, model = self._db.get()
@@ -197,7 +178,7 @@ class SqliteKeyStore(KeyStore):
                 else:
                     yield model
             except peewee.OperationalError as exc:
-                raise RegistryUnavailable(f"API key store {self.path} unavailable: {exc}") from None
+                raise StoreUnavailable(f"API key store {self.path} unavailable: {exc}") from None
 
 
 schemes: dict[str, Callable[[str, str], KeyStore]] = {"redis": RedisKeyStore, "rediss": RedisKeyStore,

@@ -6,7 +6,8 @@ rate-limit check. Here the first caller becomes the leader and sends everything 
 pipeline; callers arriving meanwhile queue up and the next leader (the oldest of them, woken by the
 previous one) sends them together. Each caller leads at most one batch, so nobody is stuck serving
 others. With one caller at a time this is a plain EVALSHA. Works with greenlets (gevent patches the
-threading primitives) and with threads alike; state is per process, rebuilt after a fork.
+threading primitives) and with threads alike; state is per process, rebuilt after a fork, and the client
+comes from `microkit.storage.redis_client` like every other Redis user's.
 
 Two more things keep a gateway's per-request cost down (measured through the gateway: Redis-counted
 limits went from +70 to about +35 us of CPU per request against no security at all):
@@ -26,11 +27,12 @@ import hashlib
 import os
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import redis
+from microkit.storage import redis_client
 
-from microkit.redis_url import client_from_url
+if TYPE_CHECKING:
+    import redis
 
 
 class _Call:
@@ -96,13 +98,14 @@ class ScriptRunner:
         if state is None or state.pid != os.getpid():
             with self._creating:
                 if self._state is None or self._state.pid != os.getpid():
-                    self._state = _ProcessState(client_from_url(
-                        self.url, socket_timeout=self.socket_timeout, socket_connect_timeout=self.socket_timeout))
+                    self._state = _ProcessState(redis_client(self.url, socket_timeout=self.socket_timeout, retries=0))
                 state = self._state
         return state
 
     def _flush(self, state: _ProcessState) -> None:
         """Send everything queued as one batch, answer each caller, then hand the lead to the next in line."""
+        import redis
+
         with state.lock:
             batch, state.queue = state.queue, []
         try:
@@ -131,6 +134,8 @@ class ScriptRunner:
 
     def _execute(self, client: redis.Redis, batch: list[tuple]) -> list[Any]:
         """Every call's reply (or its error reply), NOSCRIPT ones sent again after SCRIPT LOAD."""
+        import redis
+
         results = self._send(client, batch)
         missing = [i for i, result in enumerate(results) if isinstance(result, redis.exceptions.NoScriptError)]
         if missing:
@@ -142,6 +147,8 @@ class ScriptRunner:
     def _send(self, client: redis.Redis, batch: list[tuple]) -> list[Any]:
         """One write and one read for the whole batch; a batch whose connection fails is sent once more on a
         fresh connection, which covers pooled connections broken by a Redis restart."""
+        import redis
+
         groups: dict[tuple, list[int]] = {}
         for index, args in enumerate(batch):
             groups.setdefault(args, []).append(index)
@@ -168,6 +175,8 @@ class ScriptRunner:
     def _send_once(pool: redis.ConnectionPool, packed: bytes, count: int) -> list[Any]:
         """Commands written at once on a pooled connection (redis-py's Pipeline object costs twice as much
         per command); error replies come back as exception objects; a failed connection is dropped."""
+        import redis
+
         conn = pool.get_connection()
         try:
             conn.send_packed_command([packed])

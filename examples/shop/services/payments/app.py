@@ -4,14 +4,17 @@
     GET    /payments/        list                                    200 [...]
     GET    /payments/<id>    read                                    200, or 404
     GET    /healthz          health                                  200
-A payment checks the order with the orders service and then marks it paid, both through the
-gateway; if marking fails, the payment is removed again. Errors are JSON: {"error": "..."}.
+A payment checks the order with the orders service (through the gateway), then publishes
+`payments.completed`; the orders service consumes it and marks the order paid. If the event cannot be
+published (the events store is down), the payment is removed again and the answer is 503.
+Errors are JSON: {"error": "..."}.
 """
 
 import json
 
 import bottle
 
+from microkit import events
 from microkit.client import ServiceClient, ServiceUnavailable
 
 from .models import Payment, create_tables, db, init_db
@@ -94,10 +97,12 @@ def pay() -> dict:
     if reply.json()["status"] == "paid" or Payment.get_or_none(Payment.order_id == order_id):
         raise bottle.HTTPError(409, f"order {order_id} is already paid")
     payment = Payment.create(order_id=order_id, amount_cents=data["amount_cents"])
-    marked = _call("PATCH", f"/orders/{order_id}", {"status": "paid"})
-    if marked.status != 200:
+    try:
+        events.publish("payments.completed", {"order_id": order_id, "payment_id": payment.id,
+                                              "amount_cents": payment.amount_cents})
+    except events.EventsUnavailable as exc:
         payment.delete_instance()
-        raise bottle.HTTPError(503, f"could not mark order {order_id} paid (orders answered {marked.status})")
+        raise bottle.HTTPError(503, f"payment not recorded: {exc}")
     bottle.response.status = 201
     bottle.response.set_header("Location", f"{ROUTE}/{payment.id}")
     return payment.to_dict()

@@ -7,11 +7,14 @@ each test, so point it at a database meant for tests).
 import io
 import json
 import os
+import socket
 from wsgiref.util import setup_testing_defaults
 
 import pytest
 
+from microkit import events
 from microkit.client import Reply, ServiceUnavailable
+from microkit.events.settings import Settings
 from services.payments import app as payments_app
 from services.payments import models
 from services.payments.app import ROUTE, app
@@ -23,7 +26,6 @@ class FakeOrders:
     def __init__(self):
         self.orders = {1: "new", 2: "new"}
         self.down = False
-        self.patch_status = 200
         self.calls = []
 
     def request(self, method, path, body=None, request_id=None):
@@ -33,10 +35,6 @@ class FakeOrders:
         order_id = int(path.rsplit("/", 1)[1])
         if order_id not in self.orders:
             return Reply(404, {}, b'{"error": "not found"}')
-        if method == "PATCH":
-            if self.patch_status != 200:
-                return Reply(self.patch_status, {}, b"{}")
-            self.orders[order_id] = body["status"]
         return Reply(200, {}, json.dumps({"id": order_id, "status": self.orders[order_id]}).encode())
 
 
@@ -45,6 +43,20 @@ def orders(monkeypatch):
     fake = FakeOrders()
     monkeypatch.setattr(payments_app, "services", fake)
     return fake
+
+
+@pytest.fixture(autouse=True)
+def published(tmp_path):
+    """Events go to a real embedded store in tmp_path; `published()` returns those published since the last call."""
+    events.configure(Settings(url=f"sqlite:///{tmp_path / 'events.db'}", namespace="test", source="payments"))
+    store = events.backend().store()
+    position: dict = {}
+    store.tail(None, position, 0)
+
+    def read():
+        return [events.Event.from_json(entry.body) for entry in store.tail(None, position, 0.01)]
+    yield read
+    events.backend().close()
 
 
 @pytest.fixture(autouse=True)
@@ -82,11 +94,13 @@ def test_healthz():
     assert call("GET", "/healthz")[0] == 200
 
 
-def test_paying_an_order_marks_it_paid(orders):
+def test_paying_an_order_publishes_payments_completed(published):
     status, headers, payment = call("POST", ROUTE + "/", {"order_id": 1, "amount_cents": 1250})
     assert status == 201 and headers["Location"] == f"{ROUTE}/{payment['id']}"
     assert (payment["order_id"], payment["amount_cents"]) == (1, 1250)
-    assert orders.orders[1] == "paid"
+    [event] = published()
+    assert (event.type, event.source) == ("payments.completed", "payments")
+    assert event.payload == {"order_id": 1, "payment_id": payment["id"], "amount_cents": 1250}
     assert call("GET", f"{ROUTE}/{payment['id']}")[2] == payment
     assert [p["id"] for p in call("GET", ROUTE)[2]] == [payment["id"]]
 
@@ -102,13 +116,18 @@ def test_unknown_order_is_400():
     assert status == 400 and error["error"] == "order 7 does not exist"
 
 
-def test_orders_down_is_503_and_a_failed_mark_removes_the_payment(orders):
+def test_orders_down_is_503_and_an_unpublished_payment_is_removed(orders):
     orders.down = True
     assert call("POST", ROUTE, {"order_id": 1, "amount_cents": 100})[0] == 503
     orders.down = False
-    orders.patch_status = 500
-    assert call("POST", ROUTE, {"order_id": 2, "amount_cents": 100})[0] == 503
-    assert call("GET", ROUTE)[2] == [] and orders.orders[2] == "new"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # nothing listens there: the events store is down
+    events.configure(Settings(url=f"redis://127.0.0.1:{port}/0", namespace="test", source="payments",
+                              publish_timeout=0.2))
+    status, _, error = call("POST", ROUTE, {"order_id": 2, "amount_cents": 100})
+    assert status == 503 and "cannot publish payments.completed" in error["error"]
+    assert call("GET", ROUTE)[2] == []
 
 
 @pytest.mark.parametrize("body", [b"not json", b"[1]", {}, {"order_id": 1}, {"order_id": 1, "amount_cents": 0},

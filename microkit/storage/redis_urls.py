@@ -1,4 +1,4 @@
-"""Redis clients from URLs, in one place: `client_from_url(url, **options)`.
+"""Redis clients from URLs: `client_from_url(url, **options)`, which `microkit.storage.redis_client` calls.
 
 `redis://`, `rediss://` and `unix://` are redis-py's own. `redis+sentinel://HOST:PORT,HOST:PORT/SERVICE/DB`
 names Sentinels (port 26379 when left out), the monitored service and the database (0 when left out);

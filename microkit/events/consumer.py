@@ -1,0 +1,118 @@
+"""A consumer process's work: load a service's handlers, subscribe them, run each delivery with retries,
+send what keeps failing to the dead letters, and stop gracefully (finish in-flight handlers, then close).
+
+Runs under gevent (the supervisor's consumer processes monkey-patch first): each delivery runs in a
+greenlet of its own, at most `prefetch` of them per subscription.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import traceback
+
+from microkit import events
+from microkit.errors import UsageError
+from microkit.events.backends.base import Backend, Delivery, Runner, Subscription
+from microkit.events.settings import Settings
+
+log = logging.getLogger("microkit.events")
+
+
+def load_handlers(module: str) -> list[events.Handler]:
+    """Import `module` and return the handlers it registered (an error if none)."""
+    before = len(events.handlers())
+    importlib.import_module(module)
+    found = events.handlers()[before:]
+    if not found:
+        raise UsageError(f"{module} registers no handler (decorate functions with @events.handler(\"TYPE\"))")
+    return found
+
+
+def subscriptions(handlers: list[events.Handler], service: str, consumer: str) -> dict[Subscription, events.Handler]:
+    """One subscription per handler; two handlers of one service in the same group for one type are an error."""
+    found: dict[Subscription, events.Handler] = {}
+    seen: dict[tuple[str, str], events.Handler] = {}
+    for h in handlers:
+        sub = Subscription(service=service, type=h.type, mode=h.mode, group=h.group or "", consumer=consumer,
+                           retries=h.retries, retry_delay=h.retry_delay)
+        key = (sub.group_name, h.type)
+        if key in seen:
+            raise UsageError(f"{h.name} and {seen[key].name} both handle {h.type!r} in mode {h.mode!r}: "
+                             f"merge them into one handler")
+        seen[key] = h
+        found[sub] = h
+    return found
+
+
+class Consumer:
+    """The handlers of one service in one process."""
+
+    def __init__(self, found: Settings, service: str, handlers: list[events.Handler], consumer: str) -> None:
+        import gevent.event
+
+        self.settings = found
+        self.service = service
+        self.subs = subscriptions(handlers, service, consumer)
+        self.backend: Backend = events.backend()
+        self.runner: Runner | None = None
+        self.active = 0
+        self.idle = gevent.event.Event()
+        self.idle.set()
+
+    def start(self) -> None:
+        self.runner = self.backend.run(list(self.subs), self.deliver)
+
+    def stop(self, timeout: float) -> int:
+        """Take nothing new, let in-flight handlers finish for up to `timeout`; how many were cut off."""
+        if self.runner is not None:
+            self.runner.stop_reading()
+        self.idle.wait(timeout)
+        cut = self.active
+        if self.runner is not None:
+            self.runner.close()
+        return cut
+
+    def deliver(self, sub: Subscription, delivery: Delivery) -> None:
+        import gevent
+
+        self.active += 1
+        self.idle.clear()
+        try:
+            event = delivery.event
+            if event.delivery > sub.max_deliveries:
+                error = (f"delivered {event.delivery} times without an ack (its consumer died each time); "
+                         f"not run again")
+                log.warning("%s %s: %s -> dead letters", event.type, event.id, error)
+                self.backend.dead_letter(sub, delivery, error)
+                return
+            handler = self.subs[sub]
+            error = ""
+            for attempt in range(sub.retries + 1):
+                marks: list[tuple[str, float]] = []
+                token = events._current.set((event, marks, sub.group_name))
+                try:
+                    handler.function(event)
+                except Exception as exc:
+                    error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+                    last = attempt == sub.retries
+                    log.warning("%s %s: %s raised %s (attempt %d of %d)%s", event.type, event.id, handler.name,
+                                error, attempt + 1, sub.retries + 1, " -> dead letters" if last else "")
+                else:
+                    store = events._once_store() if marks else None
+                    for key, ttl in marks:
+                        store.once_mark(key, ttl)
+                    delivery.ack()
+                    return
+                finally:
+                    events._current.reset(token)
+                if attempt < sub.retries:
+                    gevent.sleep(sub.retry_delay * 2 ** attempt)
+            self.backend.dead_letter(sub, delivery, error)
+        except Exception as exc:  # the store failed under us: no ack, so the event comes back
+            log.warning("%s %s: not acked (%s); it will be delivered again", delivery.event.type,
+                        delivery.event.id, exc)
+        finally:
+            self.active -= 1
+            if self.active == 0:
+                self.idle.set()

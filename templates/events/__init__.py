@@ -1,0 +1,1 @@
+"""The {{service}} service: event handlers run by `microkit up` in consumer processes."""

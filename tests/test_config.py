@@ -136,7 +136,7 @@ def test_defaults():
      'microkit.toml: services.users.events: expected a dotted module name such as "services.orders.handlers", '
      'got "services/users.py"'),
     (HEAD + '[events]\nurl = "kafka://h"\n',
-     'microkit.toml: events.url: unknown events scheme "kafka://" (known: amqp://, amqps://, redis://, rediss://; '
+     'microkit.toml: events.url: unknown events scheme "kafka://" (known: amqp://, amqps://, redis://, rediss://, redis+sentinel://; '
      'leave url out for the registry\'s Redis or the embedded store)'),
     (HEAD + '[services.users]\nevents = "h"\nconsumers = 0\n',
      'microkit.toml: services.users.consumers: expected an integer >= 1, got 0'),

@@ -168,7 +168,7 @@ def test_user_template_with_unknown_placeholder_writes_nothing(project, tmp_path
     (mine / "b.py").write_text("{{ nope }}\n")
     before = snapshot(project)
     refused(run_cli("new", "service", "payments", "--template", str(mine), cwd=project),
-            "b.py: unknown placeholder {{nope}} (known: {{model}}, {{project}}, {{route}}, {{service}}, {{workers}})")
+            "b.py: unknown placeholder {{nope}} (known: {{model}}, {{project}}, {{route}}, {{service}})")
     assert snapshot(project) == before
 
 

@@ -26,6 +26,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import select
+import sys
 import threading
 import time
 import weakref
@@ -34,7 +36,6 @@ from urllib.parse import urlparse
 
 import bottle
 import greenlet
-from gevent.monkey import get_original
 from peewee import Database, InterfaceError, OperationalError, SqliteDatabase
 from playhouse.db_url import parse
 from playhouse.pool import MaxConnectionsExceeded, PooledMySQLDatabase, PooledPostgresqlDatabase, \
@@ -62,7 +63,14 @@ class DatabaseUnavailable(OperationalError, bottle.HTTPResponse):
         return str(self.args[0]) if self.args else "database unavailable"
 
 
-_poll = get_original("select", "poll")  # the real poll(): a check with no timeout needs no hub
+def _poll() -> Any:
+    """A poll object of the OS's own, even under gevent's monkey-patching: a check with no timeout needs no
+    hub. gevent is imported only where it already is (a worker), so plain importers never load it."""
+    if "gevent.monkey" in sys.modules:
+        return sys.modules["gevent.monkey"].get_original("select", "poll")()
+    return select.poll()
+
+
 _POLL_MASK = 0x001 | 0x002  # POLLIN | POLLPRI; POLLHUP and POLLERR are always reported
 
 
@@ -247,7 +255,13 @@ class MySQLDatabase(Resilient, PooledMySQLDatabase):
 
 
 class SqliteFileDatabase(Resilient, PooledSqliteDatabase):
-    pass
+    """A pooled SQLite file. A pooled connection may be checked out by another thread than the one that
+    opened it (a threaded server, the in-process test services), one at a time, so sqlite3's same-thread
+    check is off, as peewee's pool documentation advises."""
+
+    def __init__(self, database: str, **kwargs: Any) -> None:
+        kwargs.setdefault("check_same_thread", False)
+        super().__init__(database, **kwargs)
 
 
 SCHEMES: dict[str, type] = {
@@ -281,7 +295,7 @@ def connect(url: str, **options: Any) -> Database:
 
 def _cooperative_if_patched() -> None:
     """Outside a microkit worker (gunicorn -k gevent, a script), make the drivers cooperative all the same."""
-    from gevent import monkey
-    if monkey.is_module_patched("socket"):
+    monkey = sys.modules.get("gevent.monkey")  # not patched (and not to be imported) when gevent is not loaded
+    if monkey is not None and monkey.is_module_patched("socket"):
         from .supervisor import drivers
         drivers.install()

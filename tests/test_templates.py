@@ -304,7 +304,7 @@ def test_workers_start_while_the_database_is_missing_and_create_the_tables_once_
     try:
         gateway = up.ready(60)["gateway"]
         assert "cannot reach the database to create tables" in up.output
-        assert request("POST", f"{gateway}/users/", {"name": "ada"})[0] == 500
+        assert request("POST", f"{gateway}/users/", {"name": "ada"}) == (503, {"error": "database unavailable"})
         assert request("POST", f"{gateway}/accounts/", {"name": "ada"}) == (503, {"error": "database unavailable"})
         admin.cursor().execute(f'CREATE DATABASE "{later}"')
         check_json_resource(gateway, "/users")

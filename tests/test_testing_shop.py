@@ -80,6 +80,8 @@ def test_fakes_stand_in_for_the_services_a_service_calls(runner):
 
 def test_the_whole_shop_through_the_gateway(runner):
     result = runner("""
+        from microkit.testing import eventually
+
         def test_order_and_pay(service, gateway):
             service("users")
             service("orders", mode="process")
@@ -88,7 +90,8 @@ def test_the_whole_shop_through_the_gateway(runner):
             order = gateway.post("/orders/", json={"user_id": ada["id"], "item": "book", "quantity": 2},
                                  expect=201).json()
             gateway.post("/payments/", json={"order_id": order["id"], "amount_cents": 1250}, expect=201)
-            assert gateway.get(f"/orders/{order['id']}", expect=200).json()["status"] == "paid"
+            eventually(lambda: gateway.get(f"/orders/{order['id']}", expect=200).json()["status"] == "paid",
+                       what="the order marked paid by orders' consumer of payments.completed")
             gateway.post("/orders/", json={"user_id": 999, "item": "book", "quantity": 1}, expect=400)
         """)
     result.assert_outcomes(passed=1)

@@ -75,6 +75,10 @@ def request_id_of(request: Request) -> bytes:
     return _sane_id([value for key, (_, value) in zip(request.keys, request.headers) if key == "HTTP_X_REQUEST_ID"])
 
 
+class _ResendRefused(ConnectFailed):
+    """The request's one resend could not connect: it may go to another instance, on a fresh connection."""
+
+
 class ProxyError(Exception):
     """A request the gateway answers itself: status, message, and extra headers."""
 
@@ -175,6 +179,7 @@ class Proxy:
         self.budget.earn()
         deadline = time.monotonic() + timeout
         tried: list[Upstream] = []
+        resent = False  # the one resend is granted: from now on only fresh connections, whose failure is final
         while True:
             upstream = balancer.pick(exclude=tried)
             if upstream is None:
@@ -185,7 +190,7 @@ class Proxy:
                 raise ProxyError(504, f"{service} did not answer within {timeout:g} s")
             upstream.outstanding += 1
             try:
-                response = self._exchange(upstream, head, body, chunked, method, remaining, resend)
+                response = self._exchange(upstream, head, body, chunked, method, remaining, resend, resent)
             except BaseException as exc:  # whatever ends the attempt (client gone too): not in flight any more
                 upstream.outstanding -= 1
                 if isinstance(exc, gevent.Timeout):
@@ -196,6 +201,7 @@ class Proxy:
                     raise
                 balancer.failed(upstream)
                 if isinstance(exc, ConnectFailed):
+                    resent = resent or isinstance(exc, _ResendRefused)
                     continue
                 raise ProxyError(502, f"{service}: {exc}") from None
             if response.status >= 500:
@@ -205,23 +211,29 @@ class Proxy:
             return response, upstream
 
     def _exchange(self, upstream: Upstream, head: bytes, body, chunked: bool, method: str,
-                  remaining: float, resend: bool) -> Response:
+                  remaining: float, resend: bool, resent: bool) -> Response:
         """Send and read the response head within `remaining` seconds. A pooled connection that gives no
         response is taken for stale: the request is sent once more on a fresh one if `resend` and the
-        budget allow; a fresh connection's failure is final."""
+        budget allow; a fresh connection's failure is final. Once `resent` (the request's one resend was
+        granted on an instance that then refused the connection: each worker has a port of its own), only a
+        fresh connection is tried. Raises _ResendRefused when the resend could not connect."""
         with gevent.Timeout(remaining):
-            conn, reused = self.pool.acquire(upstream.address)
-            try:
-                conn.send(head, body, chunked)
-                return Response(conn, self.pool, head_only=method == "HEAD")
-            except NoResponse as exc:
-                conn.close()
-                if not (reused and resend and self.budget.spend()):
+            if not resent:
+                conn, reused = self.pool.acquire(upstream.address)
+                try:
+                    conn.send(head, body, chunked)
+                    return Response(conn, self.pool, head_only=method == "HEAD")
+                except NoResponse:
+                    conn.close()
+                    if not (reused and resend and self.budget.spend()):
+                        raise
+                except BaseException:
+                    conn.close()
                     raise
-            except BaseException:
-                conn.close()
-                raise
-            conn = self.pool.connect(upstream.address)
+            try:
+                conn = self.pool.connect(upstream.address)
+            except ConnectFailed as exc:
+                raise _ResendRefused(str(exc)) from None
             try:
                 conn.send(head, body, chunked)
                 return Response(conn, self.pool, head_only=method == "HEAD")

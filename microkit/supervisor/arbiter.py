@@ -344,7 +344,8 @@ class Arbiter:
 
     def gateway_sees(self, gateway: AppGroup, services: list[Group]) -> bool:
         """Whether the gateway has found an instance of every routed service that runs in the registry."""
-        routed = {g.name for g in services if isinstance(g, AppGroup) and self.config.services[g.name].route}
+        routed = {g.name for g in services
+                  if isinstance(g, (AppGroup, CommandGroup)) and self.config.services[g.name].route}
         if not routed:
             return True
         try:

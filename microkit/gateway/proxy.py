@@ -22,7 +22,7 @@ import os
 import re
 import time
 from itertools import count
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import gevent
 
@@ -302,10 +302,11 @@ class Proxy:
             yield chunk
 
     def relay(self, request: Request, response: Response, rid: bytes, extra: list[bytes], timeout: float,
-              vary: bytes | None = None) -> int:
+              vary: bytes | None = None, tap: Callable[[bytes], None] | None = None) -> int:
         """Send the upstream response to the client: the head filtered as bytes (with X-Request-Id, the
         checks' `extra` lines and their `vary` token merged in), then the body as it arrives; reframed
-        for the client (chunked for HTTP/1.1 when the upstream gave no length, close-delimited for 1.0)."""
+        for the client (chunked for HTTP/1.1 when the upstream gave no length, close-delimited for 1.0).
+        `tap` (a shadow comparison's capture) is handed every body piece as it goes out."""
         status = request.status = response.status
         headers = response.headers
         named = response_named(headers)
@@ -345,6 +346,8 @@ class Proxy:
         parts.append(b"\r\n")
         if response.complete:
             body = response.take()
+            if tap is not None:
+                tap(body)
             if bodyless:
                 body = b""
             elif chunked:
@@ -357,6 +360,8 @@ class Proxy:
         sent = 0
         try:
             for chunk in response.body():
+                if tap is not None:
+                    tap(chunk)
                 if chunked:
                     request.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
                 else:

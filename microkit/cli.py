@@ -184,7 +184,8 @@ def routes(as_json: bool, config_file: str | None) -> None:
     click.echo(overview.table([("PREFIX", "SERVICE", "TIMEOUT", "BALANCE", "INSTANCES")] + [
         (r["prefix"], r["service"], f"{r['timeout']:g}s", r["balance"],
          "?" if r["instances"] is None else r["instances"]) for r in rows]))
-    click.echo(f"anything else: 404 (gateway {project.gateway.listen})")
+    legacy = project.gateway.legacy
+    click.echo(f"anything else: {'legacy ' + legacy if legacy else '404'} (gateway {project.gateway.listen})")
 
 
 def duration(seconds: float) -> str:

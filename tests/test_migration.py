@@ -292,3 +292,21 @@ def test_a_dead_shadow_target_changes_nothing(tmp_path):
         assert requests.get(f"{gateway}/other", timeout=10).status_code == 503
     finally:
         up.close()
+
+
+def test_request_bodies_up_to_the_limit_are_mirrored(tmp_path):
+    root = project(tmp_path, {"shadow": {**SHADOW, "methods": ["POST"], "max_body": 600}})
+    up, gateway = start(root)
+    try:
+        answer = requests.post(f"{gateway}/users/", data=b"a" * 500, timeout=10)
+        assert answer.json() == {"side": "service", "body": "a" * 500}
+        report = eventually(lambda: (r := diff_report(root))["counts"]["compared"] == 1 and r, 10)
+        record = report["mismatches"][0]
+        assert json.loads(record["shadow"]["body"])["body"] == "a" * 500
+        assert {d[0] for d in record["differences"]} == {"status", "$.side", "$.path"}
+        assert requests.post(f"{gateway}/users/", data=b"b" * 601, timeout=10).json()["body"] == "b" * 601
+        requests.post(f"{gateway}/users/", data=b"c", timeout=10)
+        eventually(lambda: diff_report(root)["counts"]["compared"] == 2, 10)
+        assert diff_report(root)["counts"]["compared"] == 2
+    finally:
+        up.close()

@@ -119,7 +119,9 @@ class Gateway:
     def _health(self) -> bytes:
         bottle.response.content_type = "application/json"
         return json.dumps({"status": "ok", "registry_age": round(min(self.snapshot_age(), 1e9), 3),
-                           "instances": {r.service: len(r.balancer.healthy()) for r in self.routes}}).encode()
+                           "instances": {r.service: len(r.balancer.healthy())
+                                         for r in self.routes + ([self.migration.legacy] if self.migration else [])}
+                           }).encode()
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         """The gateway's own endpoints: normalise the path (refusing unsafe encodings), then let Bottle route."""

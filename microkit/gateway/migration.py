@@ -36,7 +36,7 @@ from microkit.gateway.balancer import Balancer
 from microkit.gateway.compare import Answer, BodyCapture, compare, general, rule_pattern
 from microkit.gateway.proxy import IDEMPOTENT, Proxy, ProxyError
 from microkit.gateway.route import Route
-from microkit.gateway.upstream import Pool, Response
+from microkit.gateway.upstream import NoResponse, Pool, Response
 from microkit.http import Request
 from microkit.http.body import Input
 from microkit.http.wsgi import environ_key
@@ -312,13 +312,13 @@ class Shadow:
         pool = self.migration.pool
         upstream.outstanding += 1
         try:
-            conn, _ = pool.acquire(upstream.address)
+            conn, reused = pool.acquire(upstream.address)
             try:
-                conn.send(head, self.body, False)
-                response = Response(conn, pool, head_only=self.method == "HEAD")
-            except BaseException:
-                conn.close()
-                raise
+                response = self._send(conn, head)
+            except NoResponse:
+                if not reused:  # a fresh connection's failure is final; a pooled one may just be stale
+                    raise
+                response = self._send(pool.connect(upstream.address), head)
             capture = BodyCapture(self.route.shadow.max_body)
             try:
                 if response.complete:
@@ -331,3 +331,11 @@ class Shadow:
             return Answer.of(response.status, response.headers, capture, side.service)
         finally:
             upstream.outstanding -= 1
+
+    def _send(self, conn, head: bytes) -> Response:
+        try:
+            conn.send(head, self.body, False)
+            return Response(conn, self.migration.pool, head_only=self.method == "HEAD")
+        except BaseException:
+            conn.close()
+            raise

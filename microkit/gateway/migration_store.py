@@ -217,7 +217,7 @@ class SqliteMigrationStore(MigrationStore):
                                    (ns, service, name, delta, delta))
             for service, records in diffs.items():
                 db.executemany("INSERT INTO migration_diffs (namespace, service, record) VALUES (?, ?, ?)",
-                               [(ns, service, json.dumps(r)) for r in reversed(records)])
+                               [(ns, service, json.dumps(r)) for r in records])
                 db.execute("DELETE FROM migration_diffs WHERE namespace = ? AND service = ? AND id NOT IN (SELECT id "
                            "FROM migration_diffs WHERE namespace = ? AND service = ? ORDER BY id DESC LIMIT ?)",
                            (ns, service, ns, service, keep.get(service, 50)))

@@ -254,7 +254,8 @@ def sticky(value: Any) -> str:
         return value
     if isinstance(value, str):
         kind, _, name = value.partition(":")
-        if kind in ("cookie", "header") and re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name):
+        valid = re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name)
+        if kind in ("cookie", "header") and valid and not (kind == "header" and "_" in name):  # the engine drops those
             return value
     raise Invalid(f'expected "client", "cookie:NAME" or "header:NAME", got {show(value)}')
 

@@ -108,3 +108,32 @@ def test_bad_migration_settings_name_the_key(legacy, extra, message):
 def test_split_needs_a_legacy_upstream():
     text = '[project]\nname = "shop"\n[services.users]\napp = "a:b"\nroute = "/users"\nsplit = 10\n'
     assert error(text) == "microkit.toml: services.users.split: needs gateway.legacy (the other side)"
+
+
+def request(headers=(), peer="10.0.0.1"):
+    from microkit.http import Request
+    from microkit.http.body import EMPTY
+    from microkit.http.wsgi import environ_key
+    return Request("GET", b"/users/1", "HTTP/1.1", list(headers), [environ_key(n) for n, _ in headers], {}, None,
+                   False, EMPTY, True, {"REMOTE_ADDR": peer}, lambda data: None, lambda: False)
+
+
+def migration_for(sticky: str, split: float = 50):
+    from microkit.gateway.migration import RouteMigration
+    text = BASE.format(legacy="old") + f'split = {split}\nsticky = "{sticky}"\n'
+    return RouteMigration.of(parse(text, Path("microkit.toml")).services["users"])
+
+
+def test_sticky_keys_come_from_a_cookie_a_header_or_the_client():
+    cookie = migration_for("cookie:sid")
+    assert cookie.sticky_value(request([(b"Cookie", b"a=1; sid=xyz")])) == b"xyz"
+    assert cookie.sticky_value(request([(b"Cookie", b"a=1")])) is None
+    assert cookie.sticky_value(request([(b"Cookie", b'bad"cookie')])) is None
+    header = migration_for("header:X-User")
+    assert header.sticky_value(request([(b"x-user", b"u1"), (b"Cookie", b"sid=1")])) == b"u1"
+    assert header.sticky_value(request()) is None
+    assert migration_for("client").sticky_value(request(peer="10.9.8.7")) == b"10.9.8.7"
+
+
+def test_a_header_with_an_underscore_cannot_be_sticky():
+    assert "services.users.sticky: expected" in error(BASE.format(legacy="old") + 'sticky = "header:X_User"\n')

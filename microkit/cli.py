@@ -178,12 +178,27 @@ def routes(as_json: bool, config_file: str | None) -> None:
     except overview.RegistryError:
         live = None
     rows = overview.routes(project, live)
+    split = project.gateway.legacy is not None
+    if split:
+        store = migration_store(project)
+        try:
+            overrides = store.splits()
+        except MicrokitError:
+            overrides = {}  # the store is the registry's: INSTANCES "?" already says it cannot be read
+        finally:
+            store.close()
+        for row in rows:
+            if row["service"] in overrides:
+                row["split"], row["split_live"] = overrides[row["service"]]["split"], True
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    click.echo(overview.table([("PREFIX", "SERVICE", "TIMEOUT", "BALANCE", "INSTANCES")] + [
+    click.echo(overview.table([("PREFIX", "SERVICE", "TIMEOUT", "BALANCE", "INSTANCES") + (("SPLIT",) if split else ())] + [
         (r["prefix"], r["service"], f"{r['timeout']:g}s", r["balance"],
-         "?" if r["instances"] is None else r["instances"]) for r in rows]))
+         "?" if r["instances"] is None else r["instances"])
+        + ((("-" if r["split"] is None else f"{r['split']:g}%") + (" (live)" if r.get("split_live") else "")
+             + (" +shadow" if r["shadow"] else ""),) if split else ())
+        for r in rows]))
     legacy = project.gateway.legacy
     click.echo(f"anything else: {'legacy ' + legacy if legacy else '404'} (gateway {project.gateway.listen})")
 

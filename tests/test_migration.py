@@ -205,6 +205,7 @@ def test_a_live_split_change_reaches_two_gateways_on_one_redis(tmp_path, private
                 eventually(lambda: set(sides(session, f"{gateway}/users/1", 20)) == {"service"}, 10)
         assert "route users: split 0% -> 100% to the service (from microkit route)" in up.output
         assert "live" in run_cli(root, "route", "users").stdout
+        assert "100% (live)" in run_cli(root, "routes").stdout
     finally:
         second_gateway.kill()
         second_gateway.wait(5)

@@ -89,12 +89,13 @@ def test_unmatched_paths_go_to_a_legacy_command_service_streaming_100mb_in_bound
     up, gateway = start(root)
     try:
         echo = requests.get(f"{gateway}/echo?x=1", headers={"X-Request-Id": "abc-123", "Connection": "keep-alive, X-Drop",
-                                                           "X-Drop": "hop", "X-Forwarded-For": "6.6.6.6"}, timeout=10)
+                                                           "X-Drop": "hop", "X-Forwarded-For": "6.6.6.6",
+                                                           "X-Microkit-Shadow": "1"}, timeout=10)
         assert echo.status_code == 200 and echo.headers["X-Request-Id"] == "abc-123"
         seen = {k.lower(): v for k, v in echo.json()["headers"].items()}
         assert echo.json()["path"] == "/echo?x=1"
         assert seen["x-request-id"] == "abc-123" and seen["x-forwarded-for"] == "127.0.0.1"
-        assert "x-drop" not in seen and "x-forwarded-host" in seen
+        assert "x-drop" not in seen and "x-forwarded-host" in seen and "x-microkit-shadow" not in seen
         assert requests.get(f"{gateway}/users/3", timeout=10).headers["X-Side"] == "service"
         pid = gateway_pid(root)
         before = peak_rss(pid)
@@ -304,7 +305,8 @@ def test_request_bodies_up_to_the_limit_are_mirrored(tmp_path):
         report = eventually(lambda: (r := diff_report(root))["counts"]["compared"] == 1 and r, 10)
         record = report["mismatches"][0]
         assert json.loads(record["shadow"]["body"])["body"] == "a" * 500
-        assert {d[0] for d in record["differences"]} == {"status", "$.side", "$.path"}
+        assert {d[0] for d in record["differences"]} == {"status", "$.side", "$.path", "$.shadow"}
+        assert json.loads(record["shadow"]["body"])["shadow"] == "1"  # the copy says it is one
         assert requests.post(f"{gateway}/users/", data=b"b" * 601, timeout=10).json()["body"] == "b" * 601
         requests.post(f"{gateway}/users/", data=b"c", timeout=10)
         eventually(lambda: diff_report(root)["counts"]["compared"] == 2, 10)

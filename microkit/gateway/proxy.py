@@ -35,7 +35,8 @@ from microkit.http.wsgi import _date_line, environ_key
 
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade"})
 SET_BY_GATEWAY = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-prefix",
-                            "x-request-id", "forwarded", "x-real-ip"})  # the last two: other spellings of the client's address
+                            "x-request-id", "forwarded", "x-real-ip",  # these two: other spellings of the client's address
+                            "x-microkit-shadow"})  # marks the gateway's shadow copies (migration.py): never a client's
 # The same two sets as environ keys, which the engine computed (cached) for every request header.
 _DROP_KEYS = frozenset("HTTP_" + name.upper().replace("-", "_") for name in HOP_BY_HOP | SET_BY_GATEWAY)
 _DROP_PREFIXES = ("HTTP_PROXY_", "HTTP_X_AUTH_")  # Proxy-*, and the identity headers only the gateway sets

@@ -66,7 +66,10 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length)
-        self.answer(201, {"side": SIDE, "path": self.path, "body": body.decode()})
+        data = {"side": SIDE, "path": self.path, "body": body.decode()}
+        if self.headers.get("X-Microkit-Shadow"):
+            data["shadow"] = self.headers["X-Microkit-Shadow"]
+        self.answer(201, data)
 
     do_DELETE = do_GET
 

@@ -312,7 +312,9 @@ def migration_store(project: config.Config):
 
 
 def routed_service(project: config.Config, name: str) -> config.ServiceConfig:
-    service = project.services.get(name)
+    """The service a route is named by: its service's name, or its prefix ("/users")."""
+    by_prefix = {s.route: s for s in project.services.values() if s.route is not None}
+    service = by_prefix.get(name) if name.startswith("/") else project.services.get(name)
     if service is None or service.route is None:
         routed = [s.name for s in project.services.values() if s.route is not None]
         raise UsageError(f"{name!r} is not a routed service in {config.display_path(project.path)} "
@@ -327,9 +329,10 @@ def routed_service(project: config.Config, name: str) -> config.ServiceConfig:
 @click.option("--reset", is_flag=True, help="Drop the live split: back to microkit.toml's.")
 @config_option
 def route_command(name: str, split: float | None, reset: bool, config_file: str | None) -> None:
-    """Show or change the split of the route of service NAME on every gateway sharing the registry."""
+    """Show or change the split of service NAME's route (NAME or its prefix) on every gateway sharing the registry."""
     project = config.discover(config_file)
     service = routed_service(project, name)
+    name = service.name
     if (split is not None or reset) and project.gateway.legacy is None:
         raise UsageError("a split needs gateway.legacy in microkit.toml (where the rest of the traffic goes)")
     if split is not None and reset:
@@ -358,7 +361,7 @@ def route_command(name: str, split: float | None, reset: bool, config_file: str 
 @click.option("--clear", is_flag=True, help="Forget the counters, mismatches and learned noise shown.")
 @config_option
 def diff_command(route: str | None, as_json: bool, last: int, clear: bool, config_file: str | None) -> None:
-    """Shadow comparisons: per route (a service name) compared, mismatched, dropped and failed copies,
+    """Shadow comparisons: per route (a service name or a prefix) compared, mismatched, dropped and failed copies,
     the fields learned as noise, and the last mismatches with both answers."""
     project = config.discover(config_file)
     names = [routed_service(project, route).name] if route else [

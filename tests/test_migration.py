@@ -219,6 +219,16 @@ def test_route_refuses_unknown_names_and_splits_without_legacy(tmp_path):
     assert result.returncode == 2 and "not a routed service" in result.stderr
     result = run_cli(root, "route", "users", "--split", "150")
     assert result.returncode == 2 and "--split" in result.stderr
+    result = run_cli(root, "diff", "orders")
+    assert result.returncode == 2 and "'orders' is not a routed service" in result.stderr
+    result = run_cli(root, "route", "/users")
+    assert result.returncode == 0 and result.stdout.startswith("users: route /users, split none")
+    result = run_cli(root, "route", "users", "--split", "5", "--reset")
+    assert result.returncode == 2 and "exclude each other" in result.stderr
+    config = root / "microkit.toml"
+    config.write_text(config.read_text().replace('legacy = "legacy"', ""))
+    result = run_cli(root, "route", "users", "--split", "5")
+    assert result.returncode == 2 and "a split needs gateway.legacy" in result.stderr
 
 
 SHADOW = {"percent": 100, "methods": ["GET"], "timeout": 1}

@@ -218,10 +218,17 @@ class Migration:
         self.learned.clear()
 
     def run(self, store) -> None:
-        """Forever: read live splits, write shadow results; an unreachable store is retried."""
+        """Forever: read live splits, write shadow results; an unreachable store is retried. Noise other
+        gateways learned is taken over once, at the first contact."""
         failing = False
+        noise_known = False
         while True:
             try:
+                if not noise_known:
+                    for migration in self.by_prefix.values():
+                        if migration.shadow is not None and migration.shadow.noise:
+                            migration.noise |= set(store.report(migration.service.name)["noise"])
+                    noise_known = True
                 self.apply_splits(store.splits())
                 self.flush(store)
                 if failing:

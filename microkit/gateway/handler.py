@@ -90,7 +90,7 @@ class ProxyHandler:
         if match is None:
             return self._answer(request, ProxyError(404, "no route for this path"), started)
         route, checks, prefix_line = match.target
-        if self.migration is not None:
+        if self.migration is not None and route.prefix in self.migration.steered:
             return self.migration_path(request, route, checks, prefix_line, normal, query, started)
         self.before_proxy()
         call = Call(request, normal, query)
@@ -123,8 +123,9 @@ class ProxyHandler:
 
     def migration_path(self, request: Request, route: Route, checks: tuple[Check, ...], prefix_line: bytes,
                        normal: bytes, query: bytes, started: float) -> int:
-        """The proxy path with a legacy upstream (microkit/gateway/migration.py): the split picks the side,
-        a shadow copy may go to the other one, a failed idempotent request may fail over to legacy."""
+        """The proxy path of a route with a split, a shadow or failover (microkit/gateway/migration.py): the
+        split picks the side, a shadow copy may go to the other one, a failed idempotent request may fail
+        over to legacy. Other routes, and the legacy route itself, take the plain path above."""
         migration = self.migration
         self.before_proxy()
         call = Call(request, normal, query)
@@ -140,17 +141,17 @@ class ProxyHandler:
         try:
             for check in checks:
                 check(call)
-            side = route if route is legacy else migration.side(route, request)
+            side = migration.side(route, request)
             upstream_target, extra = target_for(side)
             if request.upgrade is not None and wants_websocket(request):
                 call.upstream_headers = extra
                 return self._tunnel(request, side, call, upstream_target, started)
             head, rid = self.proxy.request_head(request, upstream_target, None, extra)
-            if route is not legacy:
-                def head_of(other: Route) -> bytes:
-                    target, lines = target_for(other)
-                    return self.proxy.request_head(request, target, rid, [*lines, SHADOW_HEADER])[0]
-                shadow = migration.shadow(route, side, request, head_of)
+
+            def head_of(other: Route) -> bytes:
+                target, lines = target_for(other)
+                return self.proxy.request_head(request, target, rid, [*lines, SHADOW_HEADER])[0]
+            shadow = migration.shadow(route, side, request, head_of)
             try:
                 response, upstream = self.proxy.open(request, head, side.service, side.balancer, side.timeout,
                                                      side.max_body)

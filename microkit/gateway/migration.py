@@ -130,10 +130,17 @@ class Migration:
         self.by_prefix: dict[str, RouteMigration] = {}
         for route in routes:  # every route: `microkit route NAME --split N` may split any of them
             self.by_prefix[route.prefix] = RouteMigration.of(config.services[route.service])
+        self.steered: set[str] = set()
+        self._steer()
         self.in_flight = 0
         self.pending: dict[str, list[dict]] = defaultdict(list)
         self.learned: dict[str, set[str]] = defaultdict(set)
         self.random = random.random
+
+    def _steer(self) -> None:
+        """The prefixes of the routes that need the migration path: a split, a shadow or failover."""
+        self.steered = {prefix for prefix, m in self.by_prefix.items()
+                        if m.split is not None or m.shadow is not None or m.connect_failover or m.failover_statuses}
 
     # the proxy path
 
@@ -201,6 +208,7 @@ class Migration:
                          "none" if migration.split is None else f"{migration.split:g}%",
                          "100" if wanted is None else f"{wanted:g}", source)
                 migration.split = wanted
+                self._steer()
 
     def flush(self, store) -> None:
         counts = {}

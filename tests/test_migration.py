@@ -225,6 +225,8 @@ def test_route_refuses_unknown_names_and_splits_without_legacy(tmp_path):
     assert result.returncode == 0 and result.stdout.startswith("users: route /users, split none")
     result = run_cli(root, "route", "users", "--split", "5", "--reset")
     assert result.returncode == 2 and "exclude each other" in result.stderr
+    result = run_cli(root, "up", "--monolith")
+    assert result.returncode == 2 and "gateway.legacy (and its splits, shadows and failover) needs the gateway" in result.stderr
     config = root / "microkit.toml"
     config.write_text(config.read_text().replace('legacy = "legacy"', ""))
     result = run_cli(root, "route", "users", "--split", "5")

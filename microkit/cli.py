@@ -345,7 +345,8 @@ def route_command(name: str, split: float | None, reset: bool, config_file: str 
     finally:
         store.close()
     configured = "none" if service.split is None else f"{service.split:g}%"
-    was = f"{before['split']:g}% (live)" if before else f"{configured} (microkit.toml)"
+    was = (f"{before['split']:g}% (live, set {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(before['changed_at']))})"
+           if before else f"{configured} (microkit.toml)")
     if split is not None:
         click.echo(f"{name}: split {split:g}% to {name}, {100 - split:g}% to legacy on every gateway (was {was})")
     elif reset:

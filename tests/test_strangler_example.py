@@ -85,6 +85,6 @@ def test_the_strangler_walk_through(tmp_path, monkeypatch):
         requests.get(f"{gateway}/users/{created.json()['id']}", timeout=10)
         report = eventually(lambda: (r := diff(root))["counts"]["compared"] > before and r, 10)
         assert report["counts"]["mismatched"] == 0
-        assert "split 100% (live)" in run_cli(root, "route", "users").stdout
+        assert "split 100% (live, set " in run_cli(root, "route", "users").stdout
     finally:
         up.close()

@@ -26,14 +26,14 @@ def toml_value(value) -> str:
 
 
 def project(tmp_path, users: dict | None = None, legacy: str = "legacy", registry: str | None = None,
-            env: dict | None = None):
+            env: dict | None = None, gateway: str = ""):
     """A project with the legacy app as a command service and `users` as a microkit service."""
     services = {"legacy": {"command": f"{sys.executable} services/legacy/legacy_server.py"},
                 "users": {"app": "services.users.app:app", "route": "/users", **(users or {})}}
     root = make_project(tmp_path / f"proj{uuid.uuid4().hex[:6]}", {},
                         {"legacy": "legacy_server.py", "users": "users_app.py"})
     lines = (root / "microkit.toml").read_text().replace(
-        'listen = "127.0.0.1:0"', f'listen = "127.0.0.1:0"\nlegacy = "{legacy}"')
+        'listen = "127.0.0.1:0"', f'listen = "127.0.0.1:0"\nlegacy = "{legacy}"\n{gateway}')
     lines = lines.replace('name = "suptest"', f'name = "mig{uuid.uuid4().hex[:8]}"')
     if registry:
         lines += f'\n[registry]\nurl = "{registry}"\n'
@@ -116,10 +116,15 @@ def test_a_legacy_url_gets_unmatched_paths(tmp_path):
     legacy = subprocess.Popen([sys.executable, str(APPS / "legacy_server.py"), str(port)], stdout=subprocess.PIPE)
     try:
         assert legacy.stdout.readline().startswith(b"legacy server")
-        root = project(tmp_path, legacy=f"http://127.0.0.1:{port}")
+        root = project(tmp_path, legacy=f"http://127.0.0.1:{port}", gateway="timeout = 1")
         up, gateway = start(root)
         try:
             assert requests.get(f"{gateway}/orders/1", timeout=10).json() == {"side": "legacy", "path": "/orders/1"}
+            began = time.monotonic()
+            late = requests.get(f"{gateway}/hang", timeout=10)
+            assert late.status_code == 504 and late.json()["error"] == "legacy did not answer within 1 s"
+            assert time.monotonic() - began < 5
+            up.wait_for(r"GET /hang 504 ", 10)
         finally:
             up.close()
     finally:

@@ -2,7 +2,7 @@
 or started alone for a `gateway.legacy` URL).
 
 GET /big?n=N streams N bytes; /users/ID answers {"id", "name", "created_at"} with X-Side: legacy
-(and a wrong name for ID 7 when BUGGY_SIDE=legacy); /users/hang sleeps; /users/drop closes the
+(and a wrong name for ID 7 when BUGGY_SIDE=legacy); /users/hang and /hang sleep; /users/drop closes the
 connection unanswered; /echo returns the request's headers; everything else says which side answered.
 """
 
@@ -47,7 +47,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         if url.path == "/echo":
             return self.answer(200, {"side": SIDE, "path": self.path, "headers": dict(self.headers.items())})
-        if url.path == "/users/hang":
+        if url.path in ("/users/hang", "/hang"):
             time.sleep(30)
         if url.path == "/users/drop":
             self.close_connection = True

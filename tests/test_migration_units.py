@@ -137,3 +137,18 @@ def test_sticky_keys_come_from_a_cookie_a_header_or_the_client():
 
 def test_a_header_with_an_underscore_cannot_be_sticky():
     assert "services.users.sticky: expected" in error(BASE.format(legacy="old") + 'sticky = "header:X_User"\n')
+
+
+def test_mismatches_waiting_for_the_store_are_bounded():
+    from microkit.gateway.app import Gateway
+    config = parse(BASE.format(legacy="old") + "shadow = { keep = 3 }\n", Path("microkit.toml"))
+    migration = Gateway(config).migration
+    for n in range(10):
+        migration.remember("users", {"n": n}, 3)
+    assert migration.pending["users"] == [{"n": 7}, {"n": 8}, {"n": 9}]
+
+
+def test_json_nested_too_deep_is_compared_by_digest():
+    deep = b"[" * 5000 + b"]" * 5000
+    assert compare(answer(deep), answer(deep)) == []
+    assert [f for f, _, _ in compare(answer(deep), answer(deep[:-1] + b" ]"))] == ["body"]

@@ -129,12 +129,16 @@ def compare(left: Answer, right: Answer, headers: Iterable[str] = (), ignore: re
         if left.body is not None and right.body is not None and _is_json(left) and _is_json(right):
             try:
                 parsed = json.loads(left.body), json.loads(right.body)
-            except ValueError:
+            except (ValueError, RecursionError):  # not JSON, or nested deeper than Python recurses
                 parsed = None
+        fields: list[Difference] = []
         if parsed is not None:
-            _walk("$", parsed[0], parsed[1], found)
-        else:
-            found.append(("body", f"sha256:{left.digest[:16]}", f"sha256:{right.digest[:16]}"))
+            try:
+                _walk("$", parsed[0], parsed[1], fields)
+            except RecursionError:
+                parsed = None
+        found += fields if parsed is not None else [
+            ("body", f"sha256:{left.digest[:16]}", f"sha256:{right.digest[:16]}")]
     if ignore is None:
         return found
     return [d for d in found if not ignore.match(d[0])]

@@ -192,6 +192,13 @@ class Migration:
 
     # the store: one greenlet per worker
 
+    def remember(self, service: str, record: dict, keep: int) -> None:
+        """Queue a mismatch for the store; while the store is unreachable only the last `keep` wait."""
+        pending = self.pending[service]
+        pending.append(record)
+        if len(pending) > keep:
+            del pending[:-keep]
+
     def update(self, snapshot: Snapshot) -> None:
         """Point a legacy service's balancer at its instances (registry watcher callback)."""
         if self.legacy_service is not None:
@@ -291,17 +298,16 @@ class Shadow:
             if primary is None:
                 return
             noise = self._learn_noise(primary) if self.second_head is not None else None
-            ignore = self.route.ignore
-            found = compare(primary, copy, config.headers, ignore)
+            found = compare(primary, copy, config.headers, self.route.ignore)
             if noise is not None and found:
                 found = [d for d in found if not noise.match(d[0])]
             counts["compared"] += 1
             if found:
                 counts["mismatched"] += 1
-                self.migration.pending[self.service].append({
+                self.migration.remember(self.service, {
                     "at": time.time(), "method": self.method, "target": self.target, "request_id": self.rid,
                     "differences": [[f, left, right] for f, left, right in found[:50]],
-                    "primary": primary.shown(config.headers), "shadow": copy.shown(config.headers)})
+                    "primary": primary.shown(config.headers), "shadow": copy.shown(config.headers)}, config.keep)
         except gevent.Timeout:
             counts["failed"] += 1
         finally:

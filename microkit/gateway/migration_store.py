@@ -104,7 +104,7 @@ class RedisMigrationStore(MigrationStore):
 
     def add(self, counts, diffs, noise, keep) -> None:
         def run(client: redis.Redis) -> None:
-            pipe = client.pipeline(transaction=False)
+            pipe = client.pipeline(transaction=True)  # all or nothing: a failed flush is retried whole
             for service, values in counts.items():
                 for name, delta in values.items():
                     if delta:

@@ -57,7 +57,7 @@ class Gateway:
         self.security.prepare([route.policy for route in self.routes])
         self.app = self._build_app()
         own = (TOKEN_PATH,) if self.security.issues_tokens else ()
-        self.migration = Migration(config, self.routes, self.pool, self.proxy) if gateway.legacy else None
+        self.migration = Migration(config, self.routes, self.pool) if gateway.legacy else None
         self.microkit_raw_handler = ProxyHandler(
             [(route, checks_for(route.policy, self.security)) for route in self.routes], self.proxy,
             ADMIN_PREFIX, own, self.access_log, self._warn_if_stale, self.migration)

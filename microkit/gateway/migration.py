@@ -34,7 +34,7 @@ from gevent.event import AsyncResult
 from microkit.config import Config, ServiceConfig, ShadowConfig, legacy_url
 from microkit.gateway.balancer import Balancer
 from microkit.gateway.compare import Answer, BodyCapture, compare, general, rule_pattern
-from microkit.gateway.proxy import IDEMPOTENT, Proxy, ProxyError
+from microkit.gateway.proxy import IDEMPOTENT, ProxyError
 from microkit.gateway.route import Route
 from microkit.gateway.upstream import NoResponse, Pool, Response
 from microkit.http import Request
@@ -121,12 +121,14 @@ class RouteMigration:
 class Migration:
     """The legacy route and every route's migration settings, for the proxy handler."""
 
-    def __init__(self, config: Config, routes: list[Route], pool: Pool, proxy: Proxy) -> None:
-        self.legacy = legacy_route(config)
-        assert self.legacy is not None
-        self.legacy_service = config.gateway.legacy if legacy_url(config.gateway.legacy or "") is None else None
+    def __init__(self, config: Config, routes: list[Route], pool: Pool) -> None:
+        legacy = legacy_route(config)
+        if legacy is None:
+            raise ValueError("the migration path needs gateway.legacy")
+        self.legacy = legacy
+        by_url = legacy_url(config.gateway.legacy) is not None
+        self.legacy_service = None if by_url else legacy.service  # a service is found through the registry
         self.pool = pool
-        self.proxy = proxy
         self.by_prefix: dict[str, RouteMigration] = {}
         for route in routes:  # every route: `microkit route NAME --split N` may split any of them
             self.by_prefix[route.prefix] = RouteMigration.of(config.services[route.service])

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -189,17 +191,22 @@ def test_failover_is_off_by_default(tmp_path):
         up.close()
 
 
+def gateway_alone(root) -> tuple[subprocess.Popen, str | None]:
+    """`microkit gateway` in a process group of its own, and its URL once ready."""
+    process = subprocess.Popen([*CLI, "gateway"], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, start_new_session=True)
+    for line in process.stdout:
+        if line.startswith("ready: gateway"):
+            return process, line.split()[2]
+    return process, None
+
+
 def test_a_live_split_change_reaches_two_gateways_on_one_redis(tmp_path, private_redis):
     root = project(tmp_path, {"split": 0}, registry=private_redis.url)
     up, first = start(root)
-    second_gateway = subprocess.Popen([*CLI, "gateway"], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      text=True, start_new_session=True)
+    second_gateway, second = gateway_alone(root)
+    third_gateway = None
     try:
-        second = None
-        for line in second_gateway.stdout:
-            if line.startswith("ready: gateway"):
-                second = line.split()[2]
-                break
         assert second is not None
         with requests.Session() as session:
             for gateway in (first, second):
@@ -212,9 +219,17 @@ def test_a_live_split_change_reaches_two_gateways_on_one_redis(tmp_path, private
         assert "route users: split 0% -> 100% to the service (from microkit route)" in up.output
         assert "live" in run_cli(root, "route", "users").stdout
         assert "100% (live)" in run_cli(root, "routes").stdout
-    finally:
-        second_gateway.kill()
+        os.killpg(second_gateway.pid, signal.SIGKILL)  # one `microkit gateway` per project folder at a time
         second_gateway.wait(5)
+        third_gateway, third = gateway_alone(root)  # started after the change: the store still has it
+        assert third is not None
+        with requests.Session() as session:
+            eventually(lambda: set(sides(session, f"{third}/users/1", 20)) == {"service"}, 10)
+    finally:
+        for process in (second_gateway, third_gateway):
+            if process is not None and process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(5)
         up.close()
 
 

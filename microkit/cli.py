@@ -493,14 +493,30 @@ def routes(as_json: bool, config_file: str | None) -> None:
             if project.services[row["service"]].app:
                 row["instances"] = len(gateway["instances"])
                 row["served_by"] = "monolith"
+    split = project.gateway.legacy is not None
+    if split:
+        store = migration_store(project)
+        try:
+            overrides = store.splits()
+        except MicrokitError:
+            overrides = {}  # the store is the registry's: INSTANCES "unknown" already says it cannot be read
+        finally:
+            store.close()
+        for row in rows:
+            if row["service"] in overrides:
+                row["split"], row["split_live"] = overrides[row["service"]]["split"], True
     if as_json:
         click.echo(json.dumps(rows, indent=2))
     else:
-        click.echo(overview.table([("PREFIX", "SERVICE", "TIMEOUT", "BALANCE", "INSTANCES")] + [
+        click.echo(overview.table([("PREFIX", "SERVICE", "TIMEOUT", "BALANCE", "INSTANCES") + (("SPLIT",) if split else ())] + [
             (r["prefix"], r["service"], f"{r['timeout']:g}s", r["balance"],
              "unknown" if r["instances"] is None else
-             f"{r['instances']} (monolith)" if r.get("served_by") else r["instances"]) for r in rows]))
-        click.echo(f"anything else: 404 (gateway {project.gateway.listen})")
+             f"{r['instances']} (monolith)" if r.get("served_by") else r["instances"])
+            + ((("-" if r["split"] is None else f"{r['split']:g}%") + (" (live)" if r.get("split_live") else "")
+                 + (" +shadow" if r["shadow"] else ""),) if split else ())
+            for r in rows]))
+        legacy = project.gateway.legacy
+        click.echo(f"anything else: {'legacy ' + legacy if legacy else '404'} (gateway {project.gateway.listen})")
     if registry_error:
         raise SupervisorError(registry_error)
 
@@ -735,6 +751,94 @@ def export_(target: str, output: str | None, check: bool, config_file: str | Non
 from .events.commands import events_group  # noqa: E402  (the `microkit events` commands)
 
 cli.add_command(events_group)
+
+
+def migration_store(project: config.Config):
+    from .gateway.migration_store import connect_migration_store
+    return connect_migration_store(project.registry.url, project_root=project.root, namespace=project.project.name)
+
+
+def routed_service(project: config.Config, name: str) -> config.ServiceConfig:
+    """The service a route is named by: its service's name, or its prefix ("/users")."""
+    by_prefix = {s.route: s for s in project.services.values() if s.route is not None}
+    service = by_prefix.get(name) if name.startswith("/") else project.services.get(name)
+    if service is None or service.route is None:
+        routed = [s.name for s in project.services.values() if s.route is not None]
+        raise UsageError(f"{name!r} is not a routed service in {config.display_path(project.path)} "
+                         f"(routed: {', '.join(routed) or 'none'})")
+    return service
+
+
+@cli.command("route")
+@click.argument("name")
+@click.option("--split", type=click.FloatRange(0, 100), default=None, metavar="PERCENT",
+              help="Percent of the route's requests the service gets (the rest go to gateway.legacy), live.")
+@click.option("--reset", is_flag=True, help="Drop the live split: back to microkit.toml's.")
+@config_option
+def route_command(name: str, split: float | None, reset: bool, config_file: str | None) -> None:
+    """Show or change the split of service NAME's route (NAME or its prefix) on every gateway sharing the registry."""
+    project = running_project(config_file)
+    service = routed_service(project, name)
+    name = service.name
+    if (split is not None or reset) and project.gateway.legacy is None:
+        raise UsageError("a split needs gateway.legacy in microkit.toml (where the rest of the traffic goes)")
+    if split is not None and reset:
+        raise UsageError("--split and --reset exclude each other")
+    store = migration_store(project)
+    try:
+        before = store.splits().get(name)
+        if split is not None or reset:
+            store.set_split(name, None if reset else split)
+    finally:
+        store.close()
+    configured = "none" if service.split is None else f"{service.split:g}%"
+    was = (f"{before['split']:g}% (live, set {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(before['changed_at']))})"
+           if before else f"{configured} (microkit.toml)")
+    if split is not None:
+        click.echo(f"{name}: split {split:g}% to {name}, {100 - split:g}% to legacy on every gateway (was {was})")
+    elif reset:
+        click.echo(f"{name}: split back to microkit.toml's {configured} (was {was})")
+    else:
+        click.echo(f"{name}: route {service.route}, split {was}" + ("" if project.gateway.legacy else ", no legacy"))
+
+
+@cli.command("diff")
+@click.argument("route", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@click.option("--last", type=click.IntRange(min=0), default=5, show_default=True, help="Mismatches shown per route.")
+@click.option("--clear", is_flag=True, help="Forget the counters, mismatches and learned noise shown.")
+@config_option
+def diff_command(route: str | None, as_json: bool, last: int, clear: bool, config_file: str | None) -> None:
+    """Shadow comparisons: per route (a service name or a prefix) compared, mismatched, dropped and failed copies,
+    the fields learned as noise, and the last mismatches with both answers."""
+    project = running_project(config_file)
+    names = [routed_service(project, route).name] if route else [
+        s.name for s in project.services.values() if s.shadow is not None]
+    store = migration_store(project)
+    try:
+        reports = {name: store.report(name) for name in names}
+        if clear:
+            for name in names:
+                store.clear(name)
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps(reports, indent=2))
+        return
+    if not names:
+        click.echo("no route has a shadow (set services.NAME.shadow in microkit.toml)")
+    for name, report in reports.items():
+        c = report["counts"]
+        click.echo(f"{name}: {c['compared']} compared, {c['mismatched']} mismatched, {c['dropped']} dropped, "
+                   f"{c['failed']} failed" + (f"; noise: {', '.join(report['noise'])}" if report["noise"] else ""))
+        for record in report["mismatches"][:last]:
+            when = time.strftime("%H:%M:%S", time.localtime(record["at"]))
+            click.echo(f"  {when} {record['method']} {record['target']} id={record['request_id']}")
+            for field, left, right in record["differences"]:
+                click.echo(f"    {field}: {record['primary']['side']}={json.dumps(left)} "
+                           f"{record['shadow']['side']}={json.dumps(right)}")
+    if clear:
+        click.echo("cleared")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -266,6 +266,55 @@ def env_table(value: Any) -> Mapping[str, str]:
     return MappingProxyType(dict(value))
 
 
+_IGNORE_RULE = re.compile(r"^\$(?:\.[^.\[\]]+|\[(?:\*|\d+)\])*$|^header:[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+def percent(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
+        raise Invalid(f"expected a percentage from 0 to 100, got {show(value)}")
+    return float(value)
+
+
+def sticky(value: Any) -> str:
+    """What keeps one user on one side of a split: "client" (address), "cookie:NAME" or "header:NAME"."""
+    if value == "client":
+        return value
+    if isinstance(value, str):
+        kind, _, name = value.partition(":")
+        valid = re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name)
+        if kind in ("cookie", "header") and valid and not (kind == "header" and "_" in name):  # the engine drops those
+            return value
+    raise Invalid(f'expected "client", "cookie:NAME" or "header:NAME", got {show(value)}')
+
+
+def failover_on(value: Any) -> tuple[str | int, ...]:
+    """When a route's request goes to the legacy upstream instead: "connect" and/or statuses (500-599)."""
+    if not isinstance(value, list):
+        raise Invalid(f'expected a list like ["connect", 502, 503], got {show(value)}')
+    for item in value:
+        if item != "connect" and (isinstance(item, bool) or not isinstance(item, int) or not 500 <= item <= 599):
+            raise Invalid(f'expected "connect" or statuses from 500 to 599, got {show(item)}')
+    return tuple(value)
+
+
+def ignore_rules(value: Any) -> tuple[str, ...]:
+    """Fields a shadow comparison skips: JSON paths ("$.created_at", "$.items[*].id") or "header:NAME"."""
+    rules = strings(value)
+    for rule in rules:
+        if not _IGNORE_RULE.match(rule):
+            raise Invalid(f'expected JSON paths like "$.created_at" or "$.items[*].id", or "header:NAME", '
+                          f"got {show(rule)}")
+    return rules
+
+
+def methods(value: Any) -> tuple[str, ...]:
+    found = strings(value)
+    for name in found:
+        if not re.fullmatch(r"[A-Z]+", name):
+            raise Invalid(f'expected HTTP methods in capitals like "GET", got {show(name)}')
+    return found
+
+
 # Declarations: one place for every setting, its default and what it means (the README mirrors it).
 
 REQUIRED = object()
@@ -400,6 +449,34 @@ CORS = (
 )
 
 
+@dataclass(frozen=True)
+class ShadowConfig:
+    percent: float
+    methods: tuple[str, ...]
+    max_body: int
+    timeout: float
+    queue: int
+    headers: tuple[str, ...]
+    ignore: tuple[str, ...]
+    keep: int
+    noise: bool
+
+
+SHADOW = (
+    Setting("percent", percent, 100.0, "Share of the route's matching requests copied to the other side."),
+    Setting("methods", methods, ("GET", "HEAD"), "Methods that are copied (only idempotent ones are safe)."),
+    Setting("max_body", size, 64 * 1024, "Request bodies up to this are mirrored (larger: not copied); "
+                                          "response bodies up to this are compared field by field."),
+    Setting("timeout", seconds, 5.0, "How long the copy may take; later, it is abandoned and counted."),
+    Setting("queue", integer(1), 100, "Copies in flight per gateway worker; above it, dropped and counted."),
+    Setting("headers", strings, ("content-type",), "Response headers compared (besides status and body)."),
+    Setting("ignore", ignore_rules, (), 'What the comparison skips: JSON paths ("$.created_at", '
+                                        '"$.items[*].id") and "header:NAME".'),
+    Setting("keep", integer(1), 50, "Last mismatches kept per route in the registry's store."),
+    Setting("noise", boolean, False, "Also call the primary twice for safe methods and ignore fields that "
+                                     "differ between its own two answers (Diffy's trick)."),
+)
+
 PROJECT = (
     Setting("name", identifier, REQUIRED, "The project's name."),
     Setting("root", folder, None, "Folder that app imports and data/ are relative to, from this file's folder; "
@@ -439,6 +516,8 @@ GATEWAY = (
     Setting("tls_key", text, None, "PEM private key (unencrypted) of tls_cert."),
     Setting("http_redirect", address, None, 'A plain-HTTP listener that answers every request with 308 to '
                                             'HTTPS at listen, e.g. "0.0.0.0:80"; needs tls_cert.'),
+    Setting("legacy", text, None, 'Where requests no route matches go: "http://HOST:PORT", or the name of '
+                                  "a service without a route (the old app as a command service)."),
 )
 SERVICE = (
     Setting("app", app_spec, None, 'The WSGI callable, "module:attr". One of app, command or events is required.'),
@@ -471,6 +550,14 @@ SERVICE = (
     Setting("events", module_name, None, 'Module whose @events.handler functions run in consumer processes, '
                                          'e.g. "services.orders.handlers".'),
     Setting("consumers", integer(1), 1, "Consumer processes running the events handlers."),
+    Setting("split", percent, None, "Percent of this route's requests the service gets; the rest go to "
+                                    "gateway.legacy. `microkit route NAME --split N` changes it live."),
+    Setting("sticky", sticky, None, 'Keeps a user on one side of the split: "client", "cookie:NAME" or '
+                                    '"header:NAME".'),
+    Setting("failover", failover_on, (), 'Send idempotent bodyless requests to gateway.legacy when the '
+                                         'service fails: "connect" and/or statuses, e.g. ["connect", 503].'),
+    Setting("shadow", Table(SHADOW, ShadowConfig, optional=True), None,
+            "Copy requests to the other side and compare the answers (an inline table; see README)."),
 )
 SECTIONS = {"project": PROJECT, "registry": REGISTRY, "events": EVENTS, "gateway": GATEWAY, "services": None}
 
@@ -518,6 +605,7 @@ class GatewayConfig:
     tls_cert: str | None = None
     tls_key: str | None = None
     http_redirect: Address | None = None
+    legacy: str | None = None
 
 
 @dataclass(frozen=True)
@@ -548,6 +636,11 @@ class ServiceConfig:
     access_log: bool
     events: str | None = None
     consumers: int = 1
+
+    split: float | None = None
+    sticky: str | None = None
+    failover: tuple[str | int, ...] = ()
+    shadow: ShadowConfig | None = None
 
     @property
     def app_route(self) -> str:
@@ -678,6 +771,7 @@ def parse(text_: str, path: Path, environ: Mapping[str, str] | None = None) -> C
 
     _check_security(reader, path.resolve().parent, gateway, services)
     _check_tls(reader, path.resolve().parent, gateway)
+    _check_migration(reader, gateway, services)
     if project["root"] is not None and not (path.resolve().parent / project["root"]).is_dir():
         raise reader.error("project.root", f"{show(project['root'])} is not a folder next to {reader.label}")
     return Config(
@@ -731,6 +825,42 @@ def _check_tls(reader: _Reader, folder: Path, gateway: dict) -> None:
         given = cert if exc.which == "cert" else key
         where = f" next to {reader.label}" if exc.reason == "no such file" else ""
         raise reader.error(f"gateway.tls_{exc.which}", f"{show(given)}: {exc.reason}{where}") from None
+
+
+def legacy_url(value: str) -> tuple[str, int] | None:
+    """(host, port) of a `gateway.legacy` URL; None when it names a service instead."""
+    if "://" not in value:
+        return None
+    match = re.fullmatch(r"http://(?:\[([0-9A-Fa-f:.]+)\]|([^\s:/\[\]]+)):(\d{1,5})/?", value)
+    if not match or not 0 < int(match.group(3)) <= 65535:
+        raise Invalid(f'expected "http://HOST:PORT" or the name of a service, got {show(value)}')
+    return match.group(1) or match.group(2), int(match.group(3))
+
+
+def _check_migration(reader: _Reader, gateway: dict, services: dict[str, ServiceConfig]) -> None:
+    """gateway.legacy is a URL or a route-less service; split, failover and shadow need it."""
+    legacy = gateway["legacy"]
+    if legacy is not None:
+        try:
+            url = legacy_url(legacy)
+        except Invalid as exc:
+            raise reader.error("gateway.legacy", str(exc)) from None
+        if url is None:
+            if legacy not in services:
+                raise reader.error("gateway.legacy", f"{show(legacy)} is neither \"http://HOST:PORT\" nor a "
+                                                     f"service (known: {', '.join(services) or 'none'})")
+            if services[legacy].route is not None:
+                raise reader.error(f"services.{legacy}.route", "the legacy service gets every unmatched path; "
+                                                               "remove its route")
+        if any(s.route == "/" for s in services.values()):
+            raise reader.error("gateway.legacy", 'a route "/" leaves no unmatched path for the legacy upstream')
+    for name, service in services.items():
+        for key in ("split", "sticky", "failover", "shadow"):
+            if getattr(service, key) not in (None, ()):
+                if legacy is None:
+                    raise reader.error(f"services.{name}.{key}", "needs gateway.legacy (the other side)")
+                if service.route is None:
+                    raise reader.error(f"services.{name}.{key}", "needs a route")
 
 
 def load(path: Path, environ: Mapping[str, str] | None = None) -> Config:

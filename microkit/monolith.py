@@ -56,6 +56,9 @@ def check(conf: cfg.Config) -> None:
     if governed:
         raise UsageError(f"--monolith does not enforce auth, scopes, rate limits or CORS, which "
                          f"services {', '.join(governed)} set: run them behind the gateway (`microkit up`)")
+    if conf.gateway.legacy is not None:
+        raise UsageError("--monolith mounts the services' apps only: gateway.legacy (and its splits, shadows and "
+                         "failover) needs the gateway (`microkit up`)")
 
 
 def _json(start_response: Callable, status: str, body: dict) -> list[bytes]:

@@ -56,6 +56,7 @@ def routes(conf: Config, live: dict[str, list[dict]] | None) -> list[dict]:
     rows = [{"prefix": s.route, "service": s.name, "timeout": s.route_timeout or gateway.timeout,
              "balance": s.balance or gateway.balance,
              "instances": None if live is None else len(live.get(s.name, []))}
+            | ({"split": s.split, "shadow": s.shadow is not None, "failover": list(s.failover)} if gateway.legacy else {})
             for s in conf.services.values() if s.route is not None]
     return sorted(rows, key=lambda r: (-len(r["prefix"]), r["prefix"]))
 

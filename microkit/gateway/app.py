@@ -21,6 +21,7 @@ from microkit.config import Config
 from microkit.gateway import admin
 from microkit.gateway.checks import checks_for
 from microkit.gateway.handler import ProxyHandler
+from microkit.gateway.migration import Migration
 from microkit.gateway.plugins import POLICY_KEY, PolicyPlugin
 from microkit.gateway.policy import TOKEN_PATH, Security, admin_policy, token_policy
 from microkit.gateway.proxy import Proxy, TrustedProxies, new_request_id, request_id_of
@@ -56,9 +57,10 @@ class Gateway:
         self.security.prepare([route.policy for route in self.routes])
         self.app = self._build_app()
         own = (TOKEN_PATH,) if self.security.issues_tokens else ()
+        self.migration = Migration(config, self.routes, self.pool) if gateway.legacy else None
         self.microkit_raw_handler = ProxyHandler(
             [(route, checks_for(route.policy, self.security)) for route in self.routes], self.proxy,
-            ADMIN_PREFIX, own, self.access_log, self._warn_if_stale)
+            ADMIN_PREFIX, own, self.access_log, self._warn_if_stale, self.migration)
         self.microkit_limits = Limits(lingering_time=gateway.lingering_time,
                                       lingering_timeout=gateway.lingering_timeout, body_timeout=gateway.body_timeout)
 
@@ -70,6 +72,8 @@ class Gateway:
             route.balancer.update((i.instance_id, i.host, i.port) for i in instances)
             for address in before - {u.address for u in route.balancer.upstreams}:
                 self.pool.forget(address)
+        if self.migration is not None:
+            self.migration.update(snapshot)
 
     def _build_app(self) -> bottle.Bottle:
         app = bottle.Bottle(catchall=True)
@@ -115,7 +119,9 @@ class Gateway:
     def _health(self) -> bytes:
         bottle.response.content_type = "application/json"
         return json.dumps({"status": "ok", "registry_age": round(min(self.snapshot_age(), 1e9), 3),
-                           "instances": {r.service: len(r.balancer.healthy()) for r in self.routes}}).encode()
+                           "instances": {r.service: len(r.balancer.healthy())
+                                         for r in self.routes + ([self.migration.legacy] if self.migration else [])}
+                           }).encode()
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         """The gateway's own endpoints: normalise the path (refusing unsafe encodings), then let Bottle route."""

@@ -13,11 +13,13 @@ A WebSocket handshake that passed its route's checks becomes a tunnel (microkit/
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterable
 from urllib.parse import unquote_to_bytes
 
 from microkit.gateway.checks import Answered, Call, Check, header_line
+from microkit.gateway.migration import SHADOW_HEADER, Migration
 from microkit.gateway.proxy import Proxy, ProxyError, new_request_id, request_id_of
 from microkit.gateway.render import AccessLog, access_line, empty_response, error_response
 from microkit.gateway.route import Route
@@ -55,10 +57,14 @@ class ProxyHandler:
 
     def __init__(self, routes: Iterable[tuple[Route, tuple[Check, ...]]], proxy: Proxy, own_prefix: str,
                  own_paths: Iterable[str] = (), access_log: AccessLog | None = None,
-                 before_proxy: Callable[[], None] = lambda: None) -> None:
+                 before_proxy: Callable[[], None] = lambda: None, migration: Migration | None = None) -> None:
+        routes = list(routes)
+        if migration is not None:  # the legacy upstream owns every path no route matches
+            routes.append((migration.legacy, ()))
         self.table: RouteTable[tuple[Route, tuple[Check, ...], bytes]] = RouteTable(
             (route.prefix, (route, checks, b"X-Forwarded-Prefix: %s\r\n" % route.prefix.encode()))
             for route, checks in routes)
+        self.migration = migration
         self.proxy = proxy
         self.own_prefix = own_prefix.encode()
         self.own = frozenset(path.encode() for path in own_paths)
@@ -84,6 +90,8 @@ class ProxyHandler:
         if match is None:
             return self._answer(request, ProxyError(404, "no route for this path"), started)
         route, checks, prefix_line = match.target
+        if self.migration is not None and route.prefix in self.migration.steered:
+            return self.migration_path(request, route, checks, prefix_line, normal, query, started)
         self.before_proxy()
         call = Call(request, normal, query)
         rid = None
@@ -110,6 +118,76 @@ class ProxyHandler:
         finally:
             upstream.outstanding -= 1
             response.release()
+        self._log(request, status, started, "%s:%d" % upstream.address, rid)
+        return status
+
+    def migration_path(self, request: Request, route: Route, checks: tuple[Check, ...], prefix_line: bytes,
+                       normal: bytes, query: bytes, started: float) -> int:
+        """The proxy path of a route with a split, a shadow or failover (microkit/gateway/migration.py): the
+        split picks the side, a shadow copy may go to the other one, a failed idempotent request may fail
+        over to legacy. Other routes, and the legacy route itself, take the plain path above."""
+        migration = self.migration
+        self.before_proxy()
+        call = Call(request, normal, query)
+        rid = None
+        shadow = None
+        legacy = migration.legacy
+
+        def target_for(side: Route) -> tuple[bytes, list[bytes]]:
+            if side is not legacy and side.strip_prefix and side.prefix != "/":
+                return below_prefix(normal, side.prefix) + query, [*call.upstream_headers, prefix_line]
+            return normal + query, call.upstream_headers
+
+        try:
+            for check in checks:
+                check(call)
+            side = migration.side(route, request)
+            upstream_target, extra = target_for(side)
+            if request.upgrade is not None and wants_websocket(request):
+                call.upstream_headers = extra
+                return self._tunnel(request, side, call, upstream_target, started)
+            head, rid = self.proxy.request_head(request, upstream_target, None, extra)
+
+            def head_of(other: Route) -> bytes:
+                target, lines = target_for(other)
+                return self.proxy.request_head(request, target, rid, [*lines, SHADOW_HEADER])[0]
+            shadow = migration.shadow(route, side, request, head_of)
+            try:
+                response, upstream = self.proxy.open(request, head, side.service, side.balancer, side.timeout,
+                                                     side.max_body)
+            except ProxyError as exc:
+                if side is legacy or not migration.failover(route, request, exc):
+                    raise
+                response = None
+            if side is not legacy and (response is None or migration.failover(route, request, None, response.status)):
+                if response is not None:
+                    upstream.outstanding -= 1
+                    response.release()
+                if shadow is not None:
+                    shadow.primary_failed()
+                    shadow = None
+                side = legacy
+                head = self.proxy.request_head(request, normal + query, rid, call.upstream_headers)[0]
+                response, upstream = self.proxy.open(request, head, side.service, side.balancer, side.timeout,
+                                                     side.max_body)
+        except (ProxyError, Denied, Answered, HTTPError) as exc:
+            if shadow is not None:
+                shadow.primary_failed()
+            return self._answer(request, exc, started, call, rid)
+        try:
+            status = self.proxy.relay(request, response, rid, call.response_headers, side.timeout, call.vary,
+                                      tap=shadow.capture if shadow is not None else None)
+        except BaseException:
+            if shadow is not None:
+                shadow.primary_failed()
+            if isinstance(sys.exc_info()[1], ClientDisconnected):
+                self._log(request, 499, started, "%s:%d" % upstream.address, rid)
+            raise
+        finally:
+            upstream.outstanding -= 1
+            response.release()
+        if shadow is not None:
+            shadow.primary_done(status, response.headers, rid)
         self._log(request, status, started, "%s:%d" % upstream.address, rid)
         return status
 

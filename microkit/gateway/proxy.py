@@ -22,7 +22,7 @@ import os
 import re
 import time
 from itertools import count
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import gevent
 
@@ -35,7 +35,8 @@ from microkit.http.wsgi import _date_line, environ_key
 
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade"})
 SET_BY_GATEWAY = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-prefix",
-                            "x-request-id", "forwarded", "x-real-ip"})  # the last two: other spellings of the client's address
+                            "x-request-id", "forwarded", "x-real-ip",  # these two: other spellings of the client's address
+                            "x-microkit-shadow"})  # marks the gateway's shadow copies (migration.py): never a client's
 # The same two sets as environ keys, which the engine computed (cached) for every request header.
 _DROP_KEYS = frozenset("HTTP_" + name.upper().replace("-", "_") for name in HOP_BY_HOP | SET_BY_GATEWAY)
 _DROP_PREFIXES = ("HTTP_PROXY_", "HTTP_X_AUTH_")  # Proxy-*, and the identity headers only the gateway sets
@@ -314,10 +315,11 @@ class Proxy:
             yield chunk
 
     def relay(self, request: Request, response: Response, rid: bytes, extra: list[bytes], timeout: float,
-              vary: bytes | None = None) -> int:
+              vary: bytes | None = None, tap: Callable[[bytes], None] | None = None) -> int:
         """Send the upstream response to the client: the head filtered as bytes (with X-Request-Id, the
         checks' `extra` lines and their `vary` token merged in), then the body as it arrives; reframed
-        for the client (chunked for HTTP/1.1 when the upstream gave no length, close-delimited for 1.0)."""
+        for the client (chunked for HTTP/1.1 when the upstream gave no length, close-delimited for 1.0).
+        `tap` (a shadow comparison's capture) is handed every body piece as it goes out."""
         status = request.status = response.status
         headers = response.headers
         named = response_named(headers)
@@ -357,6 +359,8 @@ class Proxy:
         parts.append(b"\r\n")
         if response.complete:
             body = response.take()
+            if tap is not None:
+                tap(body)
             if bodyless:
                 body = b""
             elif chunked:
@@ -369,6 +373,8 @@ class Proxy:
         sent = 0
         try:
             for chunk in response.body():
+                if tap is not None:
+                    tap(chunk)
                 if chunked:
                     request.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
                 else:

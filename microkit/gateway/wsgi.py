@@ -35,6 +35,12 @@ def create(conf: cfg.Config | None = None) -> Gateway:
     watcher = store.watch(gateway.update)
     gateway.update(watcher.snapshot())
     gateway.snapshot_age = lambda: watcher.age
+    if gateway.migration is not None:
+        import gevent
+
+        from microkit.gateway.migration_store import connect_migration_store
+        gevent.spawn(gateway.migration.run, connect_migration_store(conf.registry.url, project_root=conf.root,
+                                                                    namespace=conf.project.name))
     return gateway
 
 

@@ -344,8 +344,10 @@ class Arbiter:
 
     def gateway_sees(self, gateway: AppGroup, services: list[Group]) -> bool:
         """Whether the gateway has found an instance of every routed service that runs in the registry."""
+        legacy = self.config.gateway.legacy
         routed = {g.name for g in services
                   if isinstance(g, (AppGroup, CommandGroup)) and self.config.services[g.name].route}
+        routed |= {g.name for g in services if g.name == legacy}  # the legacy upstream is routed too
         if not routed:
             return True
         try:

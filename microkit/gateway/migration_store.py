@@ -2,18 +2,17 @@
 registry sees it: live splits, shadow counters, the last mismatches with both sides, learned noise.
 
 Chosen by the registry URL like the registry itself:
-- `redis://`, `rediss://`: `RedisMigrationStore`, under `{namespace}:migration:`: `splits` (hash, service
+- `redis://`, `rediss://`, `redis+sentinel://`: `RedisMigrationStore`, under `{namespace}:migration:`: `splits` (hash, service
   -> JSON {split, changed_at}), `counts:{service}` (hash of counters), `diffs:{service}` (list of JSON
   mismatch records, newest first, trimmed to `keep`), `noise:{service}` (set of learned noisy fields).
 - no URL: `SqliteMigrationStore`, tables `migration_*` in the embedded registry's file.
-Connections are made per process, lazily and again after a fork; an unreachable store raises
-RegistryUnavailable.
+Connections come from `microkit.storage` (per process, lazily, again after a fork); an unreachable
+store raises `microkit.storage.StoreUnavailable`.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import threading
 import time
@@ -21,17 +20,16 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
+from microkit.registry import embedded_path
+from microkit.storage import PerProcess, StoreUnavailable, backend_for, redacted, redis_client, unavailable
+from microkit.storage import sqlite as open_sqlite
 
-from microkit.registry import RegistryUnavailable, backend_for, embedded_path
-from microkit.registry.base import redacted
+if TYPE_CHECKING:
+    import redis
 
 SOCKET_TIMEOUT = 1.0
-BUSY_TIMEOUT = 2.0
 COUNTERS = ("compared", "mismatched", "dropped", "failed")
 
 
@@ -63,33 +61,12 @@ class MigrationStore(ABC):
         """Release this process's connection."""
 
 
-class _PerProcess:
-    def __init__(self, connect: Callable[[], Any]) -> None:
-        self._connect = connect
-        self._pid = -1
-        self._conn: Any = None
-        self._lock = threading.Lock()
-
-    def get(self) -> Any:
-        if self._pid != os.getpid():
-            with self._lock:
-                if self._pid != os.getpid():
-                    self._conn, self._pid = self._connect(), os.getpid()
-        return self._conn
-
-    def drop(self) -> Any:
-        conn, mine = self._conn, self._pid == os.getpid()
-        self._conn, self._pid = None, -1
-        return conn if mine else None
-
-
 class RedisMigrationStore(MigrationStore):
     def __init__(self, url: str, namespace: str) -> None:
         self.url = url
         self.prefix = f"{namespace}:migration:"
-        self._client = _PerProcess(lambda: redis.Redis.from_url(
-            url, decode_responses=True, socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=SOCKET_TIMEOUT,
-            retry=Retry(NoBackoff(), 1)))
+        self._client: PerProcess[redis.Redis] = PerProcess(
+            lambda: redis_client(url, decode_responses=True, socket_timeout=SOCKET_TIMEOUT, retries=1))
 
     def splits(self) -> dict[str, dict]:
         found = self._call(lambda c: c.hgetall(self.prefix + "splits"))
@@ -139,10 +116,8 @@ class RedisMigrationStore(MigrationStore):
             client.close()
 
     def _call(self, operation: Callable[[redis.Redis], Any]) -> Any:
-        try:
+        with unavailable(f"migration store {redacted(self.url)}"):
             return operation(self._client.get())
-        except redis.RedisError as exc:
-            raise RegistryUnavailable(f"migration store {redacted(self.url)} unavailable: {exc}") from None
 
 
 SCHEMA = """
@@ -161,18 +136,12 @@ class SqliteMigrationStore(MigrationStore):
     def __init__(self, path: Path, namespace: str) -> None:
         self.path = Path(path)
         self.namespace = namespace
-        self._db = _PerProcess(self._open)
+        self._db: PerProcess[sqlite3.Connection] = PerProcess(self._open)
         self._lock = threading.RLock()
 
     def _open(self) -> sqlite3.Connection:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=wal")
-            db.executescript(SCHEMA)
-            return db
-        except (OSError, sqlite3.Error) as exc:
-            raise RegistryUnavailable(f"migration store {self.path} unavailable: {exc}") from None
+        with unavailable(f"migration store {self.path}"):
+            return open_sqlite(self.path, SCHEMA)
 
     @contextmanager
     def _store(self, write: bool = False) -> Iterator[sqlite3.Connection]:
@@ -190,7 +159,7 @@ class SqliteMigrationStore(MigrationStore):
                     raise
                 db.execute("COMMIT")
             except sqlite3.Error as exc:
-                raise RegistryUnavailable(f"migration store {self.path} unavailable: {exc}") from None
+                raise StoreUnavailable(f"migration store {self.path} unavailable: {exc}") from None
 
     def splits(self) -> dict[str, dict]:
         with self._store() as db:
@@ -248,7 +217,8 @@ class SqliteMigrationStore(MigrationStore):
 
 
 schemes: dict[str, Callable[[str, str], MigrationStore]] = {"redis": RedisMigrationStore,
-                                                             "rediss": RedisMigrationStore}
+                                                             "rediss": RedisMigrationStore,
+                                                             "redis+sentinel": RedisMigrationStore}
 
 
 def connect_migration_store(url: str | None, *, project_root: Path, namespace: str) -> MigrationStore:

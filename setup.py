@@ -47,6 +47,8 @@ setup(
             "werkzeug>=2.2",
             "websocket-client>=1.5",
             "aiohttp>=3.8",
+            "prometheus_client>=0.17",
+            "schemathesis>=3.19",
         ],
         "postgres": ["psycopg2-binary>=2.9"],
         "mysql": ["pymysql>=1.1"],

@@ -395,6 +395,8 @@ GATEWAY = (
     Setting("lingering_time", seconds, 30.0, "After an early answer (413, 408 ...), how long in all unread "
                                              "request bytes are read and dropped before the socket closes."),
     Setting("lingering_timeout", seconds, 5.0, "Longest wait between two reads while lingering."),
+    Setting("metrics_allow", networks, (), "Addresses or networks that may read /__microkit/metrics without "
+                                           "an admin API key (a Prometheus scraper)."),
     Setting("auth", Table(AUTH, AuthConfig), None, "[gateway.auth]: authentication."),
     Setting("ratelimit", Table(RATELIMIT, RateLimitConfig), None, "[gateway.ratelimit]: shared rate limits."),
 )
@@ -459,6 +461,7 @@ class GatewayConfig:
     body_timeout: float
     lingering_time: float
     lingering_timeout: float
+    metrics_allow: tuple[str, ...]
     auth: AuthConfig
     ratelimit: RateLimitConfig
 

@@ -29,6 +29,7 @@ from microkit.gateway.route import Route, routes_from_config
 from microkit.gateway.routing import BadPath, normalize_environ
 from microkit.gateway.upstream import Pool
 from microkit.http import Limits
+from microkit.observe import install_observability
 from microkit.registry import Instance, Snapshot
 
 log = logging.getLogger("microkit.gateway")
@@ -59,6 +60,7 @@ class Gateway:
         self.microkit_raw_handler = ProxyHandler(
             [(route, checks_for(route.policy, self.security)) for route in self.routes], self.proxy,
             ADMIN_PREFIX, own, self.access_log, self._warn_if_stale)
+        install_observability(self)
         self.microkit_limits = Limits(lingering_time=gateway.lingering_time,
                                       lingering_timeout=gateway.lingering_timeout, body_timeout=gateway.body_timeout)
 

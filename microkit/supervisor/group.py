@@ -67,6 +67,7 @@ class Group:
         self.booted: set[int] = set()
         self.last_error: str | None = None
         self.next_spawn_at = 0.0
+        self.blocked_kills = 0
 
     # What subclasses provide.
 
@@ -163,6 +164,7 @@ class Group:
             self.boot_failed(instance, how)
             return
         self.restarts[instance.slot] = self.restarts.get(instance.slot, 0) + 1
+        self.blocked_kills += instance.aborted
         delay = self.backoff.crashed(now - instance.started_at)
         self.next_spawn_at = now + delay
         why = f"blocked for more than {self.timeout:g}s, so it was {how}" if instance.aborted else how
@@ -272,6 +274,8 @@ class Group:
             "workers": self.desired,
             "urls": self.urls(),
             "restarts": sum(self.restarts.values()),
+            "blocked_kills": self.blocked_kills,
+            "error": self.last_error if self.state == FATAL else None,
             "instances": [{
                 "name": i.name,
                 "pid": i.pid,

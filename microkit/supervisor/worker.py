@@ -156,6 +156,7 @@ class Worker:
         sys.stdout.reconfigure(line_buffering=True)
         sys.stderr.reconfigure(line_buffering=True)
         notify = Notifier(notify_fd)
+        os.environ["MICROKIT_WORKER_SLOT"] = str(self.slot)  # the row of the metrics table it writes (microkit.metrics)
 
         try:
             app = self.load_app()
@@ -164,11 +165,14 @@ class Worker:
             return BOOT_ERROR
 
         listener = socket.socket(fileno=self.listener.detach())
-        app = with_health(app, self.spec.health)
+        from microkit.tracing import traced
+        app = with_health(traced(app), self.spec.health)
         log = AccessLog() if self.spec.access_log else None
         if log is not None:
             log.start()
-        server = serve(listener, app, log)
+        from microkit.metrics.workers import metered
+        server, meter = metered(self.spec.root, self.spec.name, self.slot, self.spec.health, log,
+                               lambda log: serve(listener, app, log))
         registration = None
         if self.spec.registry is not None:
             registration = Registration(self.spec.registry, self.spec.name, self.port, self.slot)
@@ -197,6 +201,8 @@ class Worker:
         notify.send(event="ready")
         print(f"serving {self.spec.app} (pid {os.getpid()})")
         stopped.wait()
+        if meter is not None:
+            meter.release()
         if log is not None:
             log.flush()
         return 0

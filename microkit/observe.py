@@ -5,5 +5,25 @@ from __future__ import annotations
 
 
 def install_observability(gateway) -> None:
-    from microkit.metrics.scrape import install as install_metrics
+    from microkit.metrics.scrape import guarded, install as install_metrics
     install_metrics(gateway)
+    install_openapi(gateway, guarded)
+
+
+def install_openapi(gateway, guarded) -> None:
+    """GET /__microkit/openapi.json (admin scope): the services' documents merged (microkit.openapi)."""
+    import json
+
+    import bottle
+
+    from microkit.gateway.app import ADMIN_PREFIX
+    from microkit.openapi import GatewayDocument
+
+    document = GatewayDocument(gateway.routes)
+
+    def render() -> bytes:
+        parts = bottle.request.urlparts
+        body = document.render(f"{parts.scheme}://{parts.netloc}", gateway.config.project.name)
+        bottle.response.content_type = "application/json"
+        return json.dumps(body).encode()
+    gateway.app.route(f"{ADMIN_PREFIX}/openapi.json", "GET", guarded(gateway, render, allow_networks=False))

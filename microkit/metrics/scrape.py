@@ -56,7 +56,10 @@ def install(gateway) -> None:
     if meter is not None:
         meter.start(gateway.proxy, handler.tunnels)
     from microkit.gateway.app import ADMIN_PREFIX
-    gateway.app.route(f"{ADMIN_PREFIX}/metrics", "GET", guarded(gateway, lambda: scrape(gateway)))
+    def metrics() -> bytes:
+        bottle.response.content_type = CONTENT_TYPE
+        return scrape(gateway)
+    gateway.app.route(f"{ADMIN_PREFIX}/metrics", "GET", guarded(gateway, metrics))
 
 
 def guarded(gateway, render: Callable[[], bytes], allow_networks: bool = True) -> Callable[[], bytes]:
@@ -74,7 +77,6 @@ def guarded(gateway, render: Callable[[], bytes], allow_networks: bool = True) -
                     check(call)
             except Denied as denied:
                 return gateway._error(denied.status, denied.message, denied.headers)
-        bottle.response.content_type = CONTENT_TYPE
         return render()
     return view
 

@@ -165,8 +165,9 @@ class Worker:
             return BOOT_ERROR
 
         listener = socket.socket(fileno=self.listener.detach())
+        from microkit.openapi import with_openapi
         from microkit.tracing import traced
-        app = with_health(traced(app), self.spec.health)
+        app = with_health(traced(with_openapi(app, self.spec.name)), self.spec.health)
         log = AccessLog() if self.spec.access_log else None
         if log is not None:
             log.start()

@@ -24,7 +24,7 @@ setup(
     packages=find_packages(include=["microkit", "microkit.*"]) + ["microkit.templates"],
     package_dir={"microkit.templates": "templates"},
     include_package_data=True,
-    package_data={"microkit.templates": ["**/*", "**/.gitignore"]},
+    package_data={"microkit.templates": ["**/*", "**/.gitignore"], "microkit.dashboard": ["static/*"]},
     install_requires=[
         "gevent>=24.2",
         "greenlet>=3.0",
@@ -49,6 +49,7 @@ setup(
             "aiohttp>=3.8",
             "prometheus_client>=0.17",
             "schemathesis>=3.19",
+            "playwright>=1.40",
         ],
         "postgres": ["psycopg2-binary>=2.9"],
         "mysql": ["pymysql>=1.1"],

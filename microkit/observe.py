@@ -8,6 +8,16 @@ def install_observability(gateway) -> None:
     from microkit.metrics.scrape import guarded, install as install_metrics
     install_metrics(gateway)
     install_openapi(gateway, guarded)
+    install_dashboard(gateway)
+
+
+def install_dashboard(gateway) -> None:
+    import os
+
+    from microkit.dashboard.views import install
+    from microkit.metrics.scrape import SLOT_ENV
+    slot = os.environ.get(SLOT_ENV)
+    install(gateway, int(slot or 1), os.getppid() if slot else os.getpid())
 
 
 def install_openapi(gateway, guarded) -> None:

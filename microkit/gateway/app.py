@@ -52,6 +52,7 @@ class Gateway:
         self.proxy = Proxy(self.pool, trusted=TrustedProxies(gateway.trusted_proxies))
         self.access_log = access_log if gateway.access_log else None
         self.snapshot_age: Callable[[], float] = lambda: 0.0
+        self.last_snapshot: Snapshot = {}
         self._last_stale_log = 0.0
         self.security = Security(config)
         self.security.prepare([route.policy for route in self.routes])
@@ -66,6 +67,7 @@ class Gateway:
 
     def update(self, snapshot: Snapshot) -> None:
         """Point each route's balancer at the service's current instances (a registry watcher callback)."""
+        self.last_snapshot = snapshot  # what the dashboard lists (microkit/dashboard)
         for service, route in self.by_service.items():
             instances: list[Instance] = snapshot.get(service, [])
             before = {u.address for u in route.balancer.upstreams}

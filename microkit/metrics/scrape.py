@@ -69,7 +69,8 @@ def guarded(gateway, render: Callable[[], bytes], allow_networks: bool = True) -
 
     def view() -> bytes:
         environ = bottle.request.environ
-        if environ["REMOTE_ADDR"] not in allow:
+        session_ok = getattr(gateway, "session_ok", None)  # a dashboard session (microkit/dashboard)
+        if environ["REMOTE_ADDR"] not in allow and not (session_ok is not None and session_ok(environ)):
             request = environ["microkit.request"]
             call = Call(request, *split_target(request.target))
             try:

@@ -143,3 +143,66 @@ def test_a_killed_worker_shows_restarting_then_healthy(page, running, shots):
     assert page.inner_text('#services tr[data-service="orders"] td:nth-child(6)') == "1"
     assert up.pids("orders") != {pid}
     page.screenshot(path=str(shots / "healthy-again.png"), full_page=True)
+
+
+def test_gateways_sharing_a_redis_show_on_each_others_dashboard(tmp_path, private_redis):
+    """`microkit up` and a second `microkit gateway` of the project, both on one Redis: the dashboard of
+    either lists both gateways and adds up their traffic (this is the JSON the page polls)."""
+    import http.client
+    import json
+    import subprocess
+    import sys
+
+    from microkit.supervisor import control
+    from sup_apps.harness import make_project
+    from test_metrics import wait_until
+
+    root = make_project(tmp_path / "proj", {"users": {"app": "services.users.app:app", "route": "/users"}},
+                        {"users": "routed_app.py"})
+    (root / "microkit.toml").write_text((root / "microkit.toml").read_text()
+                                        + f'\n[registry]\nurl = "{private_redis.url}"\n')
+    admin = run_cli(root, "keys", "create", "ops", "--scope", "microkit:admin").stdout.strip()
+    up = Up(root, gateway=True)
+    second = subprocess.Popen([sys.executable, "-m", "microkit.cli", "gateway"], cwd=root, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        first = up.ready(30)["gateway"]
+
+        def second_port():
+            try:
+                group = control.request(root, {"command": "status"}, name="gateway")["services"][0]
+            except Exception:
+                return None
+            ready = [i for i in group["instances"] if i["state"] == "ready"]
+            return ready and ready[0]["port"]
+        other = f"http://127.0.0.1:{wait_until(second_port, 20, 'the second gateway')}"
+        host, port = first.split("//")[1].split(":")
+        connection = http.client.HTTPConnection(host, int(port), timeout=10)
+        connection.request("POST", "/__microkit/login", body=f"key={admin}",
+                           headers={"Content-Type": "application/x-www-form-urlencoded"})
+        reply = connection.getresponse()
+        reply.read()
+        assert reply.status == 303
+        cookie = reply.getheader("Set-Cookie").split(";")[0]
+        wait_until(lambda: request(other, "GET", "/users/pid")[0] == 200, 20, "the second gateway routes")
+        for _ in range(30):
+            assert request(other, "GET", "/users/pid")[0] == 200
+
+        def seen():
+            status, _, body = request(first, "GET", "/__microkit/dashboard.json", {"Cookie": cookie})
+            assert status == 200
+            data = json.loads(body)
+            users = [r for r in data["routes"] if r["route"] == "/users"]
+            pids = {g["pid"] for g in data["gateways"]}
+            return len(pids) == 2 and users and users[0]["requests"] >= 31 and data
+        data = wait_until(seen, 20, "both gateways and their traffic")
+        assert [s["name"] for s in data["services"]] == ["users"]
+        import redis
+        client = redis.Redis.from_url(private_redis.url)
+        assert len(list(client.scan_iter(match="microkit:suptest:dashboard:*"))) == 2, "each gateway on the board"
+        client.close()
+        assert not (root / ".microkit" / "board").exists()
+    finally:
+        os.killpg(second.pid, signal.SIGKILL)
+        second.wait(5)
+        up.close()

@@ -58,7 +58,7 @@ class Dashboard:
         meter = getattr(self.gateway, "meter", None)
         status = supervisor_status(self.root)
         entry = {"host": self.host, "owner": self.owner, "slot": self.slot, "pid": os.getpid(), "time": now,
-                 "digest": self.layout.digest, "totals": summed(self.root, SERVICE, self.layout),
+                 "digest": self.layout.digest, "totals": summed(self.root, SERVICE, self.layout, self.owner),
                  "recent": list(meter.recent) if meter is not None else [],
                  "supervisor": status and {"pid": status.get("pid"), "services": status.get("services", [])}}
         self.board.publish(self.name, entry)

@@ -82,10 +82,13 @@ def guarded(gateway, render: Callable[[], bytes], allow_networks: bool = True) -
     return view
 
 
-def summed(root: Path, service: str, layout: Layout) -> list[float]:
-    """A service's cells added up over every live table of this host."""
+def summed(root: Path, service: str, layout: Layout, owner: int | None = None) -> list[float]:
+    """A service's cells added up over every live table of this host (or only those of the supervisor
+    `owner`: a gateway reports its own figures, not those of another gateway on the same host)."""
     totals = [0.0] * layout.cells
     for _, path in tables(folder(root), service):
+        if owner is not None and not path.name.endswith(f"-{owner}.table"):
+            continue
         read = read_totals(path, layout)
         if read is not None:
             totals = [a + b for a, b in zip(totals, read[0])]
@@ -107,7 +110,8 @@ def scrape(gateway) -> bytes:
     glayout = meter.layout if meter is not None else gateway_layout([(r.prefix, r.service) for r in gateway.routes])
     services = [name for name, s in gateway.config.services.items() if s.app] + [SERVICE]
     workers = [(layout, summed(root, name, layout)) for name, layout in ((n, worker_layout(n)) for n in services)]
-    parts = [render_tables([(glayout, summed(root, SERVICE, glayout))]), render_tables(workers)]
+    owner = meter.table.owner if meter is not None else None
+    parts = [render_tables([(glayout, summed(root, SERVICE, glayout, owner))]), render_tables(workers)]
     parts.append(render_values(HEALTHY, {(r.service,): len(r.balancer.healthy()) for r in gateway.routes}))
     parts.append(render_values(TOTAL, {(r.service,): len(r.balancer.upstreams) for r in gateway.routes}))
     parts.append(render_values(AGE, {(): round(min(gateway.snapshot_age(), 1e9), 3)}))

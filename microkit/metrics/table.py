@@ -91,6 +91,7 @@ class SlotTable:
         self.layout = layout
         self.slot = slot
         owner = os.getppid() if owner is None else owner
+        self.owner = owner
         folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / f"{service}-{layout.digest}-{owner}.table"
         row_bytes = (ROW_HEAD + layout.cells) * CELL

@@ -13,10 +13,9 @@ with a new parent id of their own.
 from __future__ import annotations
 
 import contextvars
-import random
 import re
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable
+from random import getrandbits
 
 _TRACEPARENT = re.compile(rb"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
 _ZERO_TRACE = b"0" * 32
@@ -26,11 +25,11 @@ _current: contextvars.ContextVar[str | None] = contextvars.ContextVar("microkit_
 
 
 def new_trace_id() -> bytes:
-    return b"%032x" % (random.getrandbits(128) or 1)
+    return b"%032x" % (getrandbits(128) or 1)
 
 
 def new_span_id() -> bytes:
-    return b"%016x" % (random.getrandbits(64) or 1)
+    return b"%016x" % (getrandbits(64) or 1)
 
 
 def parse(value: bytes) -> tuple[bytes, bytes, bytes] | None:
@@ -45,26 +44,31 @@ def parse(value: bytes) -> tuple[bytes, bytes, bytes] | None:
     return trace, parent, flags
 
 
-@dataclass(frozen=True)
 class TraceContext:
-    """One request's trace as the gateway forwards it."""
+    """One request's trace as the gateway forwards it (a plain slotted class: one is made per request)."""
 
-    trace_id: bytes
-    span_id: bytes
-    flags: bytes
-    state: bytes | None
-    incoming: bool
+    __slots__ = ("trace_id", "span_id", "flags", "state", "incoming")
+
+    def __init__(self, trace_id: bytes, span_id: bytes, flags: bytes, state: bytes | None, incoming: bool) -> None:
+        self.trace_id = trace_id
+        self.span_id = span_id
+        self.flags = flags
+        self.state = state
+        self.incoming = incoming
 
     def header_lines(self) -> list[bytes]:
         """The traceparent (and tracestate) lines for the upstream request, each ending in CRLF."""
-        lines = [b"traceparent: 00-%s-%s-%s\r\n" % (self.trace_id, self.span_id, self.flags)]
+        line = b"traceparent: 00-" + self.trace_id + b"-" + self.span_id + b"-" + self.flags + b"\r\n"
         if self.state:
-            lines.append(b"tracestate: %s\r\n" % self.state)
-        return lines
+            return [line, b"tracestate: " + self.state + b"\r\n"]
+        return [line]
 
 
-def from_headers(keys: Iterable[str], headers: Iterable[tuple[bytes, bytes]]) -> TraceContext:
+def from_headers(keys: list[str], headers: list[tuple[bytes, bytes]]) -> TraceContext:
     """The trace context of a request head given as environ keys and raw header lines."""
+    if "HTTP_TRACEPARENT" not in keys:
+        return TraceContext(b"%032x" % (getrandbits(128) or 1), b"%016x" % (getrandbits(64) or 1), NEW_FLAGS,
+                            None, False)
     parent: list[bytes] = []
     state: list[bytes] = []
     for key, (_, value) in zip(keys, headers):

@@ -447,7 +447,7 @@ def test_bottle_serves_only_the_gateways_own_endpoints(tmp_path):
                     '[services.b]\napp = "x:app"\nroute = "/"\n')
     gateway = Gateway(config.load(path))
     rules = sorted(r.rule for r in gateway.app.routes)
-    assert all(rule.startswith("/__microkit/") for rule in rules), rules
+    assert all(rule.startswith("/__microkit") for rule in rules), rules
     assert {"/__microkit/health", "/__microkit/instances", "/__microkit/routes"} <= set(rules)
 
 

@@ -50,6 +50,8 @@ setup(
             "prometheus_client>=0.17",
             "schemathesis>=3.19",
             "playwright>=1.40",
+            "opentelemetry-sdk>=1.20",
+            "opentelemetry-exporter-otlp-proto-http>=1.20",
         ],
         "postgres": ["psycopg2-binary>=2.9"],
         "mysql": ["pymysql>=1.1"],

@@ -164,6 +164,21 @@ def networks(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def otlp_url(value: Any) -> str:
+    """An OTLP/HTTP endpoint, accepted only where the opentelemetry packages that export to it are installed."""
+    if not isinstance(value, str) or not value.startswith(("http://", "https://")):
+        raise Invalid(f'expected a URL like "http://127.0.0.1:4318/v1/traces", got {show(value)}')
+    from importlib.util import find_spec
+    try:
+        found = find_spec("opentelemetry.sdk") and find_spec("opentelemetry.exporter.otlp.proto.http")
+    except ModuleNotFoundError:
+        found = None
+    if not found:
+        raise Invalid("exporting spans needs the opentelemetry packages: "
+                      "pip install opentelemetry-sdk opentelemetry-exporter-otlp-proto-http")
+    return value
+
+
 def one_of(*choices: str) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
         if value not in choices:
@@ -397,6 +412,8 @@ GATEWAY = (
     Setting("lingering_timeout", seconds, 5.0, "Longest wait between two reads while lingering."),
     Setting("metrics_allow", networks, (), "Addresses or networks that may read /__microkit/metrics without "
                                            "an admin API key (a Prometheus scraper)."),
+    Setting("otlp_endpoint", otlp_url, None, "OTLP/HTTP traces endpoint (http://HOST:4318/v1/traces) the gateway "
+                                         "exports a span per request to; needs the opentelemetry packages."),
     Setting("auth", Table(AUTH, AuthConfig), None, "[gateway.auth]: authentication."),
     Setting("ratelimit", Table(RATELIMIT, RateLimitConfig), None, "[gateway.ratelimit]: shared rate limits."),
 )
@@ -462,6 +479,7 @@ class GatewayConfig:
     lingering_time: float
     lingering_timeout: float
     metrics_allow: tuple[str, ...]
+    otlp_endpoint: str | None
     auth: AuthConfig
     ratelimit: RateLimitConfig
 

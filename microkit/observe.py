@@ -7,6 +7,10 @@ from __future__ import annotations
 def install_observability(gateway) -> None:
     from microkit.metrics.scrape import guarded, install as install_metrics
     install_metrics(gateway)
+    endpoint = gateway.config.gateway.otlp_endpoint
+    if endpoint and gateway.meter is not None:
+        from microkit.otlp import SpanExport
+        gateway.meter.spans = SpanExport(endpoint, f"{gateway.config.project.name}-gateway", str(gateway.config.path))
     install_openapi(gateway, guarded)
     install_dashboard(gateway)
 

@@ -47,14 +47,15 @@ def parse(value: bytes) -> tuple[bytes, bytes, bytes] | None:
 class TraceContext:
     """One request's trace as the gateway forwards it (a plain slotted class: one is made per request)."""
 
-    __slots__ = ("trace_id", "span_id", "flags", "state", "incoming")
+    __slots__ = ("trace_id", "span_id", "flags", "state", "parent")
 
-    def __init__(self, trace_id: bytes, span_id: bytes, flags: bytes, state: bytes | None, incoming: bool) -> None:
+    def __init__(self, trace_id: bytes, span_id: bytes, flags: bytes, state: bytes | None,
+                 parent: bytes | None) -> None:
         self.trace_id = trace_id
-        self.span_id = span_id
+        self.span_id = span_id  # the gateway's span: the parent id it forwards
         self.flags = flags
         self.state = state
-        self.incoming = incoming
+        self.parent = parent  # the caller's span, for a trace that came in
 
     def header_lines(self) -> list[bytes]:
         """The traceparent (and tracestate) lines for the upstream request, each ending in CRLF."""
@@ -68,7 +69,7 @@ def from_headers(keys: list[str], headers: list[tuple[bytes, bytes]]) -> TraceCo
     """The trace context of a request head given as environ keys and raw header lines."""
     if "HTTP_TRACEPARENT" not in keys:
         return TraceContext(b"%032x" % (getrandbits(128) or 1), b"%016x" % (getrandbits(64) or 1), NEW_FLAGS,
-                            None, False)
+                            None, None)
     parent: list[bytes] = []
     state: list[bytes] = []
     for key, (_, value) in zip(keys, headers):
@@ -78,9 +79,9 @@ def from_headers(keys: list[str], headers: list[tuple[bytes, bytes]]) -> TraceCo
             state.append(value)
     parsed = parse(parent[0]) if len(parent) == 1 else None
     if parsed is None:
-        return TraceContext(new_trace_id(), new_span_id(), NEW_FLAGS, None, False)
+        return TraceContext(new_trace_id(), new_span_id(), NEW_FLAGS, None, None)
     joined = b",".join(item.strip() for item in state if item.strip()) or None
-    return TraceContext(parsed[0], new_span_id(), parsed[2], joined, True)
+    return TraceContext(parsed[0], new_span_id(), parsed[2], joined, parsed[1])
 
 
 def traced(app: Callable) -> Callable:

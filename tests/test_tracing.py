@@ -104,3 +104,68 @@ def test_the_client_carries_the_current_request_trace_on():
     inside, outside = (tracing.parse(seen["traceparent"].encode()) for seen in _Capture.seen)
     assert inside[0].decode() == TRACE and inside[1].decode() != PARENT
     assert outside is not None and outside[0].decode() != TRACE
+
+
+class _Collector(BaseHTTPRequestHandler):
+    """An OTLP/HTTP traces endpoint that keeps what it receives."""
+
+    bodies: list[bytes] = []
+
+    def do_POST(self) -> None:  # noqa: N802
+        _Collector.bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_spans_are_exported_over_otlp_when_an_endpoint_is_set(procs):  # noqa: F811
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    from test_metrics import wait_until
+    server = HTTPServer(("127.0.0.1", 0), _Collector)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        endpoint = f"http://127.0.0.1:{server.server_port}/v1/traces"
+        gw = procs.gateway([f"users=127.0.0.1:{procs.backend('users')}"], settings=f'otlp_endpoint = "{endpoint}"')
+        sent = forwarded(get(gw, "/users/7", headers=f"traceparent: {VALID}\r\n")[2])
+        unsampled = f"00-{'1' * 32}-{PARENT}-00"
+        get(gw, "/users/8", headers=f"traceparent: {unsampled}\r\n")
+
+        def spans():
+            found = []
+            for body in _Collector.bodies:
+                request = ExportTraceServiceRequest.FromString(body)
+                found += [span for rs in request.resource_spans for ss in rs.scope_spans for span in ss.spans]
+            return found
+        [span] = wait_until(spans, 10, "a span at the collector")
+        assert span.trace_id.hex() == TRACE and span.parent_span_id.hex() == PARENT
+        assert span.span_id.hex() == sent["TRACEPARENT"].split("-")[2], "the span is the parent id sent upstream"
+        assert span.name == "GET /users"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_otlp_endpoint_must_be_a_url(tmp_path):
+    from microkit import config
+    from microkit.errors import ConfigError
+    path = tmp_path / "microkit.toml"
+    path.write_text('[project]\nname = "p"\n[gateway]\notlp_endpoint = "collector:4318"\n')
+    with pytest.raises(ConfigError, match='gateway.otlp_endpoint: expected a URL like "http://127.0.0.1:4318/v1/traces"'):
+        config.load(path)
+
+
+def test_an_otlp_endpoint_without_the_opentelemetry_packages_is_one_clear_error(tmp_path, monkeypatch):
+    import importlib.util
+
+    from microkit import config
+    from microkit.errors import ConfigError
+    path = tmp_path / "microkit.toml"
+    path.write_text('[project]\nname = "p"\n[gateway]\notlp_endpoint = "http://127.0.0.1:4318/v1/traces"\n')
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)  # as where they are not installed
+    with pytest.raises(ConfigError, match="gateway.otlp_endpoint: exporting spans needs the opentelemetry packages"):
+        config.load(path)

@@ -81,6 +81,7 @@ class GatewayMeter:
         self.cells_of = {r.prefix: _RouteCells(self.layout, (r.prefix, r.service)) for r in self.routes}
         self.buckets = self.layout.families[1].buckets
         self.recent: deque = deque(maxlen=RECENT)
+        self.spans = None  # a microkit.otlp.SpanExport when [gateway] otlp_endpoint is set
 
     def record(self, route, method: str, status: int, started: float, upstream_started: float,
                rid: bytes = b"", trace=None) -> None:
@@ -103,6 +104,8 @@ class GatewayMeter:
             cells[rc.ratelimited] += 1.0
         elif status == 401 or status == 403:
             cells[rc.auth[status]] += 1.0
+        if self.spans is not None:
+            self.spans.record(route, method, status, started, rid, trace)
 
     def sample(self, retries: dict[str, int], tunnels: dict[str, int]) -> None:
         """Copy the proxy's own figures into the row: in flight and tunnels as they are now, retries and

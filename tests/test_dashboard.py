@@ -157,8 +157,10 @@ def test_gateways_sharing_a_redis_show_on_each_others_dashboard(tmp_path, privat
     from sup_apps.harness import make_project
     from test_metrics import wait_until
 
-    root = make_project(tmp_path / "proj", {"users": {"app": "services.users.app:app", "route": "/users"}},
-                        {"users": "routed_app.py"})
+    root = make_project(tmp_path / "proj", {"users": {"app": "services.users.app:app", "route": "/users"},
+                                            "limited": {"app": "services.limited.app:app", "route": "/limited",
+                                                        "rate_limit": "1/min"}},
+                        {"users": "routed_app.py", "limited": "routed_app.py"})
     (root / "microkit.toml").write_text((root / "microkit.toml").read_text()
                                         + f'\n[registry]\nurl = "{private_redis.url}"\n')
     admin = run_cli(root, "keys", "create", "ops", "--scope", "microkit:admin").stdout.strip()
@@ -187,6 +189,14 @@ def test_gateways_sharing_a_redis_show_on_each_others_dashboard(tmp_path, privat
         wait_until(lambda: request(other, "GET", "/users/pid")[0] == 200, 20, "the second gateway routes")
         for _ in range(30):
             assert request(other, "GET", "/users/pid")[0] == 200
+        def knows_limited():
+            status, _, body = request(other, "GET", "/__microkit/instances", {"X-API-Key": admin})
+            return status == 200 and json.loads(body)["services"]["limited"]
+        wait_until(knows_limited, 20, "the second gateway knows the limited route's instance")
+        assert request(other, "GET", "/limited/pid")[0] == 200
+        status, headers, _ = request(other, "GET", "/limited/pid")
+        assert status == 429
+        refused_id = headers["x-request-id"]
 
         def seen():
             status, _, body = request(first, "GET", "/__microkit/dashboard.json", {"Cookie": cookie})
@@ -194,9 +204,13 @@ def test_gateways_sharing_a_redis_show_on_each_others_dashboard(tmp_path, privat
             data = json.loads(body)
             users = [r for r in data["routes"] if r["route"] == "/users"]
             pids = {g["pid"] for g in data["gateways"]}
-            return len(pids) == 2 and users and users[0]["requests"] >= 31 and data
-        data = wait_until(seen, 20, "both gateways and their traffic")
-        assert [s["name"] for s in data["services"]] == ["users"]
+            refused = [r for r in data["recent"] if r["request_id"] == refused_id]
+            return len(pids) == 2 and users and users[0]["requests"] >= 31 and refused and data
+        data = wait_until(seen, 20, "both gateways, their traffic and the refusal")
+        assert [s["name"] for s in data["services"]] == ["users", "limited"]
+        [refused] = [r for r in data["recent"] if r["request_id"] == refused_id]
+        assert refused["status"] == 429 and refused["route"] == "/limited" and len(refused["trace_id"]) == 32
+        assert data["refusals"]["ratelimit"] == 1
         import redis
         client = redis.Redis.from_url(private_redis.url)
         assert len(list(client.scan_iter(match="microkit:suptest:dashboard:*"))) == 2, "each gateway on the board"

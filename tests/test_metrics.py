@@ -188,3 +188,25 @@ def test_metrics_need_the_admin_scope_outside_metrics_allow(tmp_path):
         assert request(gateway, "GET", "/__microkit/metrics", {"X-Forwarded-For": "127.0.0.1"})[0] == 401
     finally:
         up.close()
+
+
+def test_a_blocked_loop_kill_is_counted(tmp_path):
+    root = make_project(tmp_path / "proj", {"poison": {"app": "services.poison.app:app", "route": "/poison",
+                                                       "timeout": 1}}, {"poison": "poison_app.py"})
+    toml = (root / "microkit.toml").read_text().replace('listen = "127.0.0.1:0"\n',
+                                                         'listen = "127.0.0.1:0"\n' + METRICS_TOML, 1)
+    toml = toml.replace("[services.poison]\n", f'[services.poison]\nenv = {{ POISON_LOG = "{tmp_path / "log"}" }}\n')
+    (root / "microkit.toml").write_text(toml)
+    up = Up(root, gateway=True)
+    try:
+        gateway = up.ready(30)["gateway"]
+        assert request(gateway, "GET", "/poison/block")[0] == 502
+
+        def scraped():
+            return samples(request(gateway, "GET", "/__microkit/metrics")[2])
+        parsed = wait_until(lambda: (p := scraped()) and value(p, "microkit_worker_blocked_kills_total",
+                                                               service="poison") == 1 and p, 20, "a blocked kill")
+        assert value(parsed, "microkit_worker_restarts_total", service="poison") == 1
+        assert value(parsed, "microkit_gateway_requests_total", route="/poison", code_class="5xx") == 1
+    finally:
+        up.close()

@@ -220,3 +220,18 @@ def test_gateways_sharing_a_redis_show_on_each_others_dashboard(tmp_path, privat
         os.killpg(second.pid, signal.SIGKILL)
         second.wait(5)
         up.close()
+
+
+def test_login_attempts_are_limited_per_address(running):
+    """Like POST /auth/token (20/min, burst 10 by default): the eleventh guess at once is refused."""
+    host, port = running["gateway"].split("//")[1].split(":")
+    statuses = []
+    for _ in range(11):
+        import http.client
+        connection = http.client.HTTPConnection(host, int(port), timeout=10)
+        connection.request("POST", "/__microkit/login", body="key=mk_guess",
+                           headers={"Content-Type": "application/x-www-form-urlencoded"})
+        reply = connection.getresponse()
+        statuses.append((reply.status, "Too many attempts" in reply.read().decode()))
+        connection.close()
+    assert statuses[-1] == (429, True) and (401, False) in statuses, statuses

@@ -15,7 +15,10 @@ import bottle
 from microkit.dashboard.board import board_for
 from microkit.dashboard.sessions import COOKIE, Sessions, cleared
 from microkit.dashboard.stats import History
-from microkit.gateway.security import Denied, RequestInfo
+from microkit.gateway.checks import Call, checks_for
+from microkit.gateway.policy import Policy
+from microkit.gateway.routing import split_target
+from microkit.gateway.security import Denied, Rate, RequestInfo
 from microkit.metrics.gateway import SERVICE, gateway_layout
 from microkit.metrics.scrape import summed, supervisor_status
 
@@ -47,6 +50,10 @@ class Dashboard:
         self.name = f"{self.host}-{owner}-{slot}"
         self.owner, self.slot = owner, slot
         self.entries: list[dict] = []
+        self.all_entries: list[dict] = []
+        token = config.gateway.auth.token  # logins are limited per IP like POST /auth/token: each guess costs
+        self.login_checks = checks_for(Policy(rate=Rate.parse(token.rate_limit, token.rate_limit_burst), rate_by="ip",
+                                              limit_scope="/__microkit/login"), gateway.security)
         self.restarts: dict[tuple[str, str], int] = {}
         self.restarted_at: dict[tuple[str, str], float] = {}
         self._failing = False
@@ -136,12 +143,12 @@ class Dashboard:
                              "blocked_kills": kills, "error": errors[0] if errors else None,
                              "instances": instances, "workers": workers})
         recent = sorted((dict(zip(("time", "route", "service", "method", "status", "request_id", "trace_id"), r),
-                              host=item.get("host")) for item in getattr(self, "all_entries", [])
+                              host=item.get("host")) for item in self.all_entries
                          for r in item.get("recent", [])), key=lambda r: -r["time"])[:30]
         routes = self.history.routes(self.keys)
         return {"time": now, "project": self.gateway.config.project.name,
                 "gateways": [{"host": e["host"], "pid": e["pid"], "age": round(now - e["time"], 1)}
-                             for e in getattr(self, "all_entries", [])],
+                             for e in self.all_entries],
                 "registry_age": round(min(self.gateway.snapshot_age(), 1e9), 1),
                 "services": services, "routes": routes, "recent": recent,
                 "refusals": {"auth": sum(r["auth_refusals"] for r in routes),
@@ -163,6 +170,13 @@ class Dashboard:
             length = MAX_LOGIN_BODY + 1
         if length > MAX_LOGIN_BODY:
             return self.login_page("The form is too large.", 413)
+        raw = request.environ["microkit.request"]
+        call = Call(raw, *split_target(raw.target))
+        try:
+            for check in self.login_checks:
+                check(call)
+        except Denied as denied:
+            return self.login_page("Too many attempts: wait a minute.", denied.status)
         key = request.forms.getunicode("key") or ""
         info = RequestInfo("POST", "/__microkit/login", {"x-api-key": [key.strip()]} if key.strip() else {},
                            request.environ["REMOTE_ADDR"])

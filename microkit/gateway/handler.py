@@ -9,6 +9,8 @@ to the Bottle app. Every answer the gateway makes itself (400, 404, 401, 413, 50
 JSON body, and every request gets one access line carrying the request id the client got; the
 engine's own refusals (400, 408, 431 ...) come back here through `refused` for the same treatment.
 A WebSocket handshake that passed its route's checks becomes a tunnel (microkit/gateway/tunnel.py).
+Every request gets W3C trace context (microkit/tracing.py), and every routed one is counted for the
+metrics when its access line is written (`meter`, microkit/metrics/gateway.py).
 """
 
 from __future__ import annotations

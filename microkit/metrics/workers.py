@@ -58,14 +58,15 @@ class WorkerMeter:
         self.log = log
         return self
 
-    def follow(self, server) -> None:
-        """Copy the engine's count of active requests into the row a few times a second (gevent)."""
+    def follow(self, *servers) -> None:
+        """Copy the engines' count of active requests (one server per listening socket) into the row a few
+        times a second (gevent)."""
         import gevent
         cells, offset = self.table.cells, self.in_flight
 
         def sample() -> None:
             while True:
-                cells[offset] = float(server.active_requests)
+                cells[offset] = float(sum(server.active_requests for server in servers))
                 gevent.sleep(SAMPLE_INTERVAL)
         gevent.spawn(sample)
 

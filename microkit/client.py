@@ -15,6 +15,7 @@ from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 from .errors import MicrokitError
+from .tracing import outgoing
 
 DEFAULT_GATEWAY = "http://127.0.0.1:8000"
 
@@ -54,6 +55,7 @@ class ServiceClient:
             headers["Content-Type"] = "application/json"
         if request_id:
             headers["X-Request-Id"] = request_id
+        headers["traceparent"] = outgoing()  # the current request's trace, carried on (microkit.tracing)
         try:
             conn.request(method, path, body=data, headers=headers)
             response = conn.getresponse()

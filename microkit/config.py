@@ -191,6 +191,21 @@ def networks(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def otlp_url(value: Any) -> str:
+    """An OTLP/HTTP endpoint, accepted only where the opentelemetry packages that export to it are installed."""
+    if not isinstance(value, str) or not value.startswith(("http://", "https://")):
+        raise Invalid(f'expected a URL like "http://127.0.0.1:4318/v1/traces", got {show(value)}')
+    from importlib.util import find_spec
+    try:
+        found = find_spec("opentelemetry.sdk") and find_spec("opentelemetry.exporter.otlp.proto.http")
+    except ModuleNotFoundError:
+        found = None
+    if not found:
+        raise Invalid("exporting spans needs the opentelemetry packages: "
+                      "pip install opentelemetry-sdk opentelemetry-exporter-otlp-proto-http")
+    return value
+
+
 def one_of(*choices: str) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
         if value not in choices:
@@ -509,6 +524,10 @@ GATEWAY = (
     Setting("lingering_time", seconds, 30.0, "After an early answer (413, 408 ...), how long in all unread "
                                              "request bytes are read and dropped before the socket closes."),
     Setting("lingering_timeout", seconds, 5.0, "Longest wait between two reads while lingering."),
+    Setting("metrics_allow", networks, (), "Addresses or networks that may read /__microkit/metrics without "
+                                           "an admin API key (a Prometheus scraper)."),
+    Setting("otlp_endpoint", otlp_url, None, "OTLP/HTTP traces endpoint (http://HOST:4318/v1/traces) the gateway "
+                                         "exports a span per request to; needs the opentelemetry packages."),
     Setting("auth", Table(AUTH, AuthConfig), None, "[gateway.auth]: authentication."),
     Setting("ratelimit", Table(RATELIMIT, RateLimitConfig), None, "[gateway.ratelimit]: shared rate limits."),
     Setting("tls_cert", text, None, "PEM certificate chain: with tls_key, the gateway serves HTTPS (TLS 1.2+) "
@@ -600,6 +619,8 @@ class GatewayConfig:
     body_timeout: float
     lingering_time: float
     lingering_timeout: float
+    metrics_allow: tuple[str, ...]
+    otlp_endpoint: str | None
     auth: AuthConfig
     ratelimit: RateLimitConfig
     tls_cert: str | None = None

@@ -36,7 +36,9 @@ def gateway(tmp_path_factory):
         url = up.ready(30)["gateway"]
         up.root = root
         for path in ("/chat/", "/secure/"):  # the gateway has picked both instances up from the registry
-            eventually(lambda path=path: requests.get(url + path, timeout=5).status_code != 503, 15)
+            headers = {"Authorization": f"Bearer {_token()}"} if path == "/secure/" else {}  # past the 401
+            eventually(lambda path=path, headers=headers: requests.get(url + path, headers=headers,
+                                                                       timeout=5).status_code != 503, 15)
         yield up, url.replace("http://", "ws://")
     finally:
         up.close()

@@ -30,6 +30,7 @@ from microkit.gateway.route import Route, routes_from_config
 from microkit.gateway.routing import BadPath, normalize_environ
 from microkit.gateway.upstream import Pool
 from microkit.http import Limits
+from microkit.observe import install_observability
 from microkit.registry import Instance, Snapshot
 
 log = logging.getLogger("microkit.gateway")
@@ -52,6 +53,7 @@ class Gateway:
         self.proxy = Proxy(self.pool, trusted=TrustedProxies(gateway.trusted_proxies))
         self.access_log = access_log if gateway.access_log else None
         self.snapshot_age: Callable[[], float] = lambda: 0.0
+        self.last_snapshot: Snapshot = {}
         self._last_stale_log = 0.0
         self.security = Security(config)
         self.security.prepare([route.policy for route in self.routes])
@@ -61,11 +63,13 @@ class Gateway:
         self.microkit_raw_handler = ProxyHandler(
             [(route, checks_for(route.policy, self.security)) for route in self.routes], self.proxy,
             ADMIN_PREFIX, own, self.access_log, self._warn_if_stale, self.migration)
+        install_observability(self)
         self.microkit_limits = Limits(lingering_time=gateway.lingering_time,
                                       lingering_timeout=gateway.lingering_timeout, body_timeout=gateway.body_timeout)
 
     def update(self, snapshot: Snapshot) -> None:
         """Point each route's balancer at the service's current instances (a registry watcher callback)."""
+        self.last_snapshot = snapshot  # what the dashboard lists (microkit/dashboard)
         for service, route in self.by_service.items():
             instances: list[Instance] = snapshot.get(service, [])
             before = {u.address for u in route.balancer.upstreams}

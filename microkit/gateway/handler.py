@@ -9,6 +9,8 @@ to the Bottle app. Every answer the gateway makes itself (400, 404, 401, 413, 50
 JSON body, and every request gets one access line carrying the request id the client got; the
 engine's own refusals (400, 408, 431 ...) come back here through `refused` for the same treatment.
 A WebSocket handshake that passed its route's checks becomes a tunnel (microkit/gateway/tunnel.py).
+Every request gets W3C trace context (microkit/tracing.py), and every routed one is counted for the
+metrics when its access line is written (`meter`, microkit/metrics/gateway.py).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import time
 from collections.abc import Callable, Iterable
 from urllib.parse import unquote_to_bytes
 
+from microkit import tracing
 from microkit.gateway.checks import Answered, Call, Check, header_line
 from microkit.gateway.migration import SHADOW_HEADER, Migration
 from microkit.gateway.proxy import Proxy, ProxyError, new_request_id, request_id_of
@@ -71,10 +74,12 @@ class ProxyHandler:
         self.access_log = access_log
         self.before_proxy = before_proxy
         self.tunnels = TunnelCount()
+        self.meter = None  # a microkit.metrics.gateway.GatewayMeter, set by microkit.metrics.scrape.install
 
     def __call__(self, request: Request) -> int | None:
         """Proxy `request`; None hands one of the gateway's own endpoints to the Bottle app."""
         started = time.monotonic()
+        trace = tracing.from_headers(request.keys, request.headers)
         target = request.target
         try:
             if target[:1] != b"/" or b"#" in target:
@@ -82,19 +87,21 @@ class ProxyHandler:
             path, query = split_target(target)
             normal = normalize(path)
         except BadPath as exc:
-            return self._answer(request, ProxyError(400, str(exc)), started)
+            return self._answer(request, ProxyError(400, str(exc)), started, trace=trace)
         decoded = unquote_to_bytes(normal) if b"%" in normal else normal
         if decoded.startswith(self.own_prefix) or decoded in self.own:
             return None
         match = self.table.match(decoded.decode("latin-1"))
         if match is None:
-            return self._answer(request, ProxyError(404, "no route for this path"), started)
+            return self._answer(request, ProxyError(404, "no route for this path"), started, trace=trace)
         route, checks, prefix_line = match.target
         if self.migration is not None and route.prefix in self.migration.steered:
-            return self.migration_path(request, route, checks, prefix_line, normal, query, started)
+            return self.migration_path(request, route, checks, prefix_line, normal, query, started, trace)
         self.before_proxy()
         call = Call(request, normal, query)
+        call.upstream_headers += trace.header_lines()
         rid = None
+        sent = 0.0
         try:
             for check in checks:
                 check(call)
@@ -104,32 +111,35 @@ class ProxyHandler:
             else:
                 upstream_target = normal + query
             if request.upgrade is not None and wants_websocket(request):
-                return self._tunnel(request, route, call, upstream_target, started)
+                return self._tunnel(request, route, call, upstream_target, started, trace)
             head, rid = self.proxy.request_head(request, upstream_target, None, call.upstream_headers)
+            sent = time.monotonic()
             response, upstream = self.proxy.open(request, head, route.service, route.balancer, route.timeout,
                                                  route.max_body)
         except (ProxyError, Denied, Answered, HTTPError) as exc:
-            return self._answer(request, exc, started, call, rid)
+            return self._answer(request, exc, started, call, rid, route, trace)
         try:
             status = self.proxy.relay(request, response, rid, call.response_headers, route.timeout, call.vary)
         except ClientDisconnected:
-            self._log(request, 499, started, "%s:%d" % upstream.address, rid)
+            self._log(request, 499, started, "%s:%d" % upstream.address, rid, route, trace, sent)
             raise
         finally:
             upstream.outstanding -= 1
             response.release()
-        self._log(request, status, started, "%s:%d" % upstream.address, rid)
+        self._log(request, status, started, "%s:%d" % upstream.address, rid, route, trace, sent)
         return status
 
     def migration_path(self, request: Request, route: Route, checks: tuple[Check, ...], prefix_line: bytes,
-                       normal: bytes, query: bytes, started: float) -> int:
+                       normal: bytes, query: bytes, started: float, trace: tracing.TraceContext) -> int:
         """The proxy path of a route with a split, a shadow or failover (microkit/gateway/migration.py): the
         split picks the side, a shadow copy may go to the other one, a failed idempotent request may fail
         over to legacy. Other routes, and the legacy route itself, take the plain path above."""
         migration = self.migration
         self.before_proxy()
         call = Call(request, normal, query)
+        call.upstream_headers += trace.header_lines()
         rid = None
+        sent = 0.0
         shadow = None
         legacy = migration.legacy
 
@@ -145,13 +155,14 @@ class ProxyHandler:
             upstream_target, extra = target_for(side)
             if request.upgrade is not None and wants_websocket(request):
                 call.upstream_headers = extra
-                return self._tunnel(request, side, call, upstream_target, started)
+                return self._tunnel(request, side, call, upstream_target, started, trace)
             head, rid = self.proxy.request_head(request, upstream_target, None, extra)
 
             def head_of(other: Route) -> bytes:
                 target, lines = target_for(other)
                 return self.proxy.request_head(request, target, rid, [*lines, SHADOW_HEADER])[0]
             shadow = migration.shadow(route, side, request, head_of)
+            sent = time.monotonic()
             try:
                 response, upstream = self.proxy.open(request, head, side.service, side.balancer, side.timeout,
                                                      side.max_body)
@@ -173,7 +184,7 @@ class ProxyHandler:
         except (ProxyError, Denied, Answered, HTTPError) as exc:
             if shadow is not None:
                 shadow.primary_failed()
-            return self._answer(request, exc, started, call, rid)
+            return self._answer(request, exc, started, call, rid, route, trace)
         try:
             status = self.proxy.relay(request, response, rid, call.response_headers, side.timeout, call.vary,
                                       tap=shadow.capture if shadow is not None else None)
@@ -181,17 +192,18 @@ class ProxyHandler:
             if shadow is not None:
                 shadow.primary_failed()
             if isinstance(sys.exc_info()[1], ClientDisconnected):
-                self._log(request, 499, started, "%s:%d" % upstream.address, rid)
+                self._log(request, 499, started, "%s:%d" % upstream.address, rid, route, trace, sent)
             raise
         finally:
             upstream.outstanding -= 1
             response.release()
         if shadow is not None:
             shadow.primary_done(status, response.headers, rid)
-        self._log(request, status, started, "%s:%d" % upstream.address, rid)
+        self._log(request, status, started, "%s:%d" % upstream.address, rid, route, trace, sent)
         return status
 
-    def _tunnel(self, request: Request, route: Route, call: Call, target: bytes, started: float) -> int:
+    def _tunnel(self, request: Request, route: Route, call: Call, target: bytes, started: float,
+                trace: tracing.TraceContext | None = None) -> int:
         """A WebSocket handshake: forwarded with its upgrade lines; a 101 becomes a tunnel (tunnel.py),
         any other answer is relayed and the connection closes."""
         if not self.tunnels.enter(route.prefix, route.websocket_max_tunnels):
@@ -206,7 +218,7 @@ class ProxyHandler:
             try:
                 if not response.upgraded:
                     status = self.proxy.relay(request, response, rid, call.response_headers, route.timeout, call.vary)
-                    self._log(request, status, started, address, rid)
+                    self._log(request, status, started, address, rid, route, trace)
                     return status
                 request.status = 101
                 request.send(switching_head(response, rid, call.answer_headers()))
@@ -214,7 +226,7 @@ class ProxyHandler:
                 try:
                     Pipe(client, response.conn.sock, route.websocket_idle_timeout).run(rest, response.rest)
                 finally:
-                    self._log(request, 101, started, address, rid)
+                    self._log(request, 101, started, address, rid, route, trace)
                 return 101
             finally:
                 upstream.outstanding -= 1
@@ -223,13 +235,14 @@ class ProxyHandler:
             self.tunnels.leave(route.prefix)
 
     def _answer(self, request: Request, exc: Exception, started: float, call: Call | None = None,
-                rid: bytes | None = None) -> int:
+                rid: bytes | None = None, route: Route | None = None,
+                trace: tracing.TraceContext | None = None) -> int:
         """Answer a request the gateway refuses (or a check answers) itself, and log it; `rid` is the
         request id already sent upstream, if it went that far."""
         if rid is None:
             rid = request_id_of(request)
         if isinstance(exc, ClientDisconnected):
-            self._log(request, 499, started, "-", rid)
+            self._log(request, 499, started, "-", rid, route, trace)
             raise exc
         extra = call.answer_headers() if call is not None else []
         inp = request.input
@@ -247,7 +260,7 @@ class ProxyHandler:
             message = exc.message if isinstance(exc, Denied) else str(exc)
             data = error_response(status, message, rid, [*_lines(getattr(exc, "headers", ())), *extra], close)
         request.send(data)
-        self._log(request, status, started, "-", rid)
+        self._log(request, status, started, "-", rid, route, trace)
         return status
 
     def refused(self, status: int, message: str, request: Request | None, method: str, target: bytes) -> bytes:
@@ -259,11 +272,15 @@ class ProxyHandler:
                                         rid.decode("latin-1")))
         return error_response(status, message, rid, (), close=True)
 
-    def _log(self, request: Request, status: int, started: float, upstream: str, rid: bytes) -> None:
+    def _log(self, request: Request, status: int, started: float, upstream: str, rid: bytes,
+             route: Route | None = None, trace: tracing.TraceContext | None = None, sent: float = 0.0) -> None:
+        """The access line, and the route's metrics (`sent`: when the request went upstream, 0 if it did not)."""
+        if route is not None and self.meter is not None:
+            self.meter.record(route, request.method, status, started, sent, rid, trace)
         log = self.access_log
         if log is not None:
             log(access_line(request.method, request.target.decode("latin-1"), status, started, upstream,
-                            rid.decode("latin-1")))
+                            rid.decode("latin-1"), trace.trace_id.decode() if trace is not None else ""))
 
 
 def _lines(headers: Iterable[tuple[str, str]]) -> list[bytes]:

@@ -21,6 +21,7 @@ import ipaddress
 import os
 import re
 import time
+from collections import Counter
 from itertools import count
 from typing import Callable, Iterable, Iterator
 
@@ -36,7 +37,8 @@ from microkit.http.wsgi import _date_line, environ_key
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade"})
 SET_BY_GATEWAY = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-prefix",
                             "x-request-id", "forwarded", "x-real-ip",  # these two: other spellings of the client's address
-                            "x-microkit-shadow"})  # marks the gateway's shadow copies (migration.py): never a client's
+                            "x-microkit-shadow",  # marks the gateway's shadow copies (migration.py): never a client's
+                            "traceparent", "tracestate"})  # the handler sends its own (microkit/tracing.py)
 # The same two sets as environ keys, which the engine computed (cached) for every request header.
 _DROP_KEYS = frozenset("HTTP_" + name.upper().replace("-", "_") for name in HOP_BY_HOP | SET_BY_GATEWAY)
 _DROP_PREFIXES = ("HTTP_PROXY_", "HTTP_X_AUTH_")  # Proxy-*, and the identity headers only the gateway sets
@@ -169,6 +171,7 @@ class Proxy:
         self.pool = pool
         self.trusted = trusted or TrustedProxies()
         self.budget = budget or RetryBudget()
+        self.retries: Counter[str] = Counter()  # per service: resends and tries on another instance (metrics)
 
     def open(self, request: Request, head: bytes, service: str, balancer: Balancer, timeout: float,
              max_body: int) -> tuple[Response, Upstream]:
@@ -191,7 +194,7 @@ class Proxy:
                 raise ProxyError(504, f"{service} did not answer within {timeout:g} s")
             upstream.outstanding += 1
             try:
-                response = self._exchange(upstream, head, body, chunked, method, remaining, resend, resent)
+                response = self._exchange(upstream, head, body, chunked, method, remaining, resend, resent, service)
             except BaseException as exc:  # whatever ends the attempt (client gone too): not in flight any more
                 upstream.outstanding -= 1
                 if isinstance(exc, gevent.Timeout):
@@ -202,6 +205,7 @@ class Proxy:
                     raise
                 balancer.failed(upstream)
                 if isinstance(exc, ConnectFailed):
+                    self.retries[service] += 1
                     resent = resent or isinstance(exc, _ResendRefused)
                     continue
                 raise ProxyError(502, f"{service}: {exc}") from None
@@ -212,7 +216,7 @@ class Proxy:
             return response, upstream
 
     def _exchange(self, upstream: Upstream, head: bytes, body, chunked: bool, method: str,
-                  remaining: float, resend: bool, resent: bool) -> Response:
+                  remaining: float, resend: bool, resent: bool, service: str = "") -> Response:
         """Send and read the response head within `remaining` seconds. A pooled connection that gives no
         response is taken for stale: the request is sent once more on a fresh one if `resend` and the
         budget allow; a fresh connection's failure is final. Once `resent` (the request's one resend was
@@ -228,6 +232,7 @@ class Proxy:
                     conn.close()
                     if not (reused and resend and self.budget.spend()):
                         raise
+                    self.retries[service] += 1
                 except BaseException:
                     conn.close()
                     raise

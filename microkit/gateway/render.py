@@ -42,7 +42,9 @@ def empty_response(status: int, rid: bytes, extra: Iterable[bytes] = (), close: 
         _date_line().encode())
 
 
-def access_line(method: str, target: str, status: int, started: float, upstream: str, rid: str) -> str:
-    """One access line: the target redacted, the time since `started` (time.monotonic())."""
+def access_line(method: str, target: str, status: int, started: float, upstream: str, rid: str,
+                trace: str = "") -> str:
+    """One access line: the target redacted, the time since `started` (time.monotonic()), and the
+    W3C trace id when there is one."""
     return (f"{method} {redact_target(target)} {status} {(time.monotonic() - started) * 1000:.1f}ms "
-            f"-> {upstream} id={rid}")
+            f"-> {upstream} id={rid}" + (f" trace={trace}" if trace else ""))

@@ -71,6 +71,7 @@ class Group:
         self.failed_boots = 0
         self.failures = 0  # reloads and scale-ups that failed; `failure` says how the last one did
         self.failure: dict | None = None
+        self.blocked_kills = 0
 
     # What subclasses provide.
 
@@ -167,6 +168,7 @@ class Group:
             self.boot_failed(instance, how)
             return
         self.restarts[instance.slot] = self.restarts.get(instance.slot, 0) + 1
+        self.blocked_kills += instance.aborted
         delay = self.backoff.crashed(now - instance.started_at)
         self.next_spawn_at = now + delay
         why = f"blocked for more than {self.timeout:g}s, so it was {how}" if instance.aborted else how
@@ -301,6 +303,7 @@ class Group:
             "error": self.last_error,
             "failures": self.failures,
             "failure": self.failure,
+            "blocked_kills": self.blocked_kills,
             "instances": [{
                 "name": i.name,
                 "pid": shown_pid(i),

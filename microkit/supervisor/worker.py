@@ -212,6 +212,7 @@ class Worker:
         sys.stdout.reconfigure(line_buffering=True)
         sys.stderr.reconfigure(line_buffering=True)
         notify = Notifier(notify_fd)
+        os.environ["MICROKIT_WORKER_SLOT"] = str(self.slot)  # the row of the metrics table it writes (microkit.metrics)
 
         from microkit.errors import ConfigError
         from microkit.tls import TLSFileError
@@ -231,11 +232,15 @@ class Worker:
         listeners = [socket.socket(fileno=self.listener.detach())]
         if self.own is not None:
             listeners.append(socket.socket(fileno=self.own.detach()))
-        app = with_health(app, self.spec.health)
+        from microkit.openapi import with_openapi
+        from microkit.tracing import traced
+        app = with_health(traced(with_openapi(app, self.spec.name)), self.spec.health)
         log = AccessLog() if self.spec.access_log else None
         if log is not None:
             log.start()
-        servers = [serve(listener, app, log, ssl_context) for listener in listeners]
+        from microkit.metrics.workers import metered
+        servers, meter = metered(self.spec.root, self.spec.name, self.slot, self.spec.health, log,
+                                 lambda log: [serve(listener, app, log, ssl_context) for listener in listeners])
         if self.spec.tls is not None and self.spec.tls.redirect is not None:
             serve_redirect(socket.socket(fileno=self.spec.tls.redirect.detach()), self.port)
         registration = None
@@ -269,6 +274,8 @@ class Worker:
         notify.send(event="ready")
         print(f"serving {self.spec.app} (pid {os.getpid()})")
         stopped.wait()
+        if meter is not None:
+            meter.release()
         if log is not None:
             log.flush()
         return 0

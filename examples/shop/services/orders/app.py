@@ -19,6 +19,7 @@ from .models import STATUSES, Order, create_tables, db, init_db
 
 ROUTE = "/orders"
 
+ID_MIN, ID_MAX = -2 ** 63, 2 ** 63 - 1  # what the database can store: other ids are simply absent
 app = bottle.Bottle()
 init_db()
 services = ServiceClient()
@@ -86,7 +87,7 @@ def _check_user(user_id: int) -> None:
 
 
 def _get(order_id: int) -> Order:
-    order = Order.get_or_none(Order.id == order_id)
+    order = Order.get_or_none(Order.id == order_id) if ID_MIN <= order_id <= ID_MAX else None  # beyond int64: none
     if order is None:
         raise bottle.HTTPError(404, f"order {order_id} not found")
     return order

@@ -21,6 +21,7 @@ from .models import Payment, create_tables, db, init_db
 
 ROUTE = "/payments"
 
+ID_MIN, ID_MAX = -2 ** 63, 2 ** 63 - 1  # what the database can store: other ids are simply absent
 app = bottle.Bottle()
 init_db()
 services = ServiceClient()
@@ -117,7 +118,7 @@ def list_all() -> str:
 
 @app.get(ROUTE + "/<payment_id:int>")
 def read(payment_id: int) -> dict:
-    payment = Payment.get_or_none(Payment.id == payment_id)
+    payment = Payment.get_or_none(Payment.id == payment_id) if ID_MIN <= payment_id <= ID_MAX else None  # beyond int64: none
     if payment is None:
         raise bottle.HTTPError(404, f"payment {payment_id} not found")
     return payment.to_dict()

@@ -18,6 +18,7 @@ from .models import User, create_tables, db, init_db
 
 ROUTE = "/users"
 
+ID_MIN, ID_MAX = -2 ** 63, 2 ** 63 - 1  # what the database can store: other ids are simply absent
 app = bottle.Bottle()
 init_db()
 _tables_ready = False
@@ -72,7 +73,7 @@ def _body(partial: bool = False) -> dict:
 
 
 def _get(item_id: int) -> User:
-    item = User.get_or_none(User.id == item_id)
+    item = User.get_or_none(User.id == item_id) if ID_MIN <= item_id <= ID_MAX else None  # beyond int64: none
     if item is None:
         raise bottle.HTTPError(404, f"users {item_id} not found")
     return item

@@ -4,7 +4,9 @@ keys. The integration test starts a primary, a replica and three Sentinels of it
 
 from __future__ import annotations
 
+import gc
 import http.client
+import os
 import shutil
 import signal
 import subprocess
@@ -16,7 +18,7 @@ import pytest
 import redis
 
 from helpers import free_port, run_cli, server_missing
-from microkit import config, registry
+from microkit import config, registry, storage
 from microkit.errors import ConfigError
 from microkit.storage.redis_urls import SentinelURL, client_from_url, parse_sentinel
 from sup_apps.harness import Up, make_project
@@ -231,3 +233,43 @@ def test_client_from_url_follows_the_primary_and_api_keys_live_there(cluster, tm
     assert created.returncode == 0, created.stderr
     primary = redis.Redis(port=cluster.primary_port)
     assert primary.hlen("keys:apikeys") == 1
+
+
+def _connections_to(ports: list[int]) -> int:
+    """This process's established TCP connections to any of `ports` (from /proc: its sockets' inodes)."""
+    mine = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            mine.add(target[8:-1])
+    found = 0
+    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+        with open(table) as lines:
+            next(lines)
+            for line in lines:
+                fields = line.split()
+                remote_port, state, inode = int(fields[2].rsplit(":", 1)[1], 16), fields[3], fields[9]
+                found += state == "01" and inode in mine and remote_port in ports
+    return found
+
+
+def test_closing_a_sentinel_client_closes_its_connections_to_the_sentinels_too(cluster):
+    # `microkit up` checks the registry, closes the client, then forks its workers: a connection to a
+    # Sentinel left open there lived on in a reference cycle, and a worker that garbage-collected it after
+    # close_fds_except closed an fd number that was by then gevent's epoll fd (libev aborted the worker).
+    was_enabled = gc.isenabled()
+    gc.collect()  # the set-up's own clients, left to the collector
+    gc.disable()  # and no collection may hide a connection that close() left open
+    try:
+        before = _connections_to([*cluster.sentinel_ports, cluster.primary_port])
+        client = storage.redis_client(cluster.url)
+        client.ping()
+        assert _connections_to(cluster.sentinel_ports) >= 1
+        client.close()
+        assert _connections_to([*cluster.sentinel_ports, cluster.primary_port]) == before
+    finally:
+        if was_enabled:
+            gc.enable()

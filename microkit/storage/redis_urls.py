@@ -10,6 +10,7 @@ are treated as a broken connection.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -70,4 +71,23 @@ def client_from_url(url: str, **options: Any):
     sentinel = Sentinel(list(parsed.sentinels),
                         sentinel_kwargs={k: options[k] for k in SENTINEL_OPTIONS if k in options})
     return sentinel.master_for(parsed.service, db=parsed.db, username=parsed.username, password=parsed.password,
-                               **options)
+                               redis_class=_sentinel_client_class(), **options)
+
+
+@functools.cache
+def _sentinel_client_class() -> type:
+    """redis.Redis whose close() also closes the connections to the Sentinels (redis-py's leaves them open).
+    Those stay alive in a reference cycle until a garbage collection: in `microkit up` the registry check
+    made them before the workers fork, and a worker that collects them after close_fds_except closes an
+    fd number that is by then its own (gevent's epoll fd: libev aborts on an invalid fd)."""
+    import redis
+
+    class SentinelRedis(redis.Redis):
+        def close(self) -> None:
+            try:
+                super().close()
+            finally:
+                for client in self.connection_pool.sentinel_manager.sentinels:
+                    client.close()
+
+    return SentinelRedis

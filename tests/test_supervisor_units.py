@@ -311,16 +311,16 @@ def test_control_socket_falls_back_to_a_short_path_for_deep_projects(tmp_path: P
 def test_printer_json_lines_levels_and_quiet_health_paths():
     out = io.StringIO()
     printer = Printer(out, log_format="json", level="info", quiet_paths={"/healthz"}, clock=lambda: 1764577201.25)
-    printer.line("gateway.1", "GET /users/1?x=1 200 1.5ms -> 127.0.0.1:4001 id=abc")
+    printer.line("gateway.1", "GET /users/1?x=1 200 1.5ms -> 127.0.0.1:4001 id=abc trace=" + "4b" * 16)
     printer.line("users.2", "GET /healthz 200 0.1ms")
     printer.line("users.2", "debug detail", "debug")
     printer.line("users", "users.2 (pid 7) killed by SIGKILL; restarting", "warning")
     printer.plain("ready: gateway http://127.0.0.1:8000")
     access, warning, ready = map(json.loads, out.getvalue().splitlines())
     assert access == {"time": "2025-12-01T08:20:01.250Z", "service": "gateway", "worker": "gateway.1",
-                      "level": "info", "message": "GET /users/1?x=1 200 1.5ms -> 127.0.0.1:4001 id=abc",
+                      "level": "info", "message": "GET /users/1?x=1 200 1.5ms -> 127.0.0.1:4001 id=abc trace=" + "4b" * 16,
                       "method": "GET", "path": "/users/1?x=1", "status": 200, "ms": 1.5, "request_id": "abc",
-                      "upstream": "127.0.0.1:4001"}
+                      "upstream": "127.0.0.1:4001", "trace_id": "4b" * 16}
     assert warning["level"] == "warning" and warning["worker"] is None and warning["service"] == "users"
     assert ready["message"] == "ready: gateway http://127.0.0.1:8000" and ready["service"] == "microkit"
     quiet = io.StringIO()

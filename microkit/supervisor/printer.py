@@ -21,7 +21,7 @@ SYSTEM = "microkit"
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 FORMATS = ("text", "json")
 ACCESS = re.compile(r"^(?P<method>[A-Z]{3,10}) (?P<path>/\S*|\*) (?P<status>\d{3}|-) (?P<ms>\d+(?:\.\d+)?)ms"
-                    r"(?: -> (?P<upstream>\S+) id=(?P<request_id>\S+))?$")
+                    r"(?: -> (?P<upstream>\S+) id=(?P<request_id>\S+)(?: trace=(?P<trace_id>[0-9a-f]{32}))?)?$")
 LEVEL_WORD = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)\b")
 
 
@@ -82,7 +82,8 @@ class Printer:
             fields = access.groupdict()
             record.update(method=fields["method"], path=fields["path"],
                           status=int(fields["status"]) if fields["status"].isdigit() else None,
-                          ms=float(fields["ms"]), request_id=fields["request_id"], upstream=fields["upstream"])
+                          ms=float(fields["ms"]), request_id=fields["request_id"], upstream=fields["upstream"],
+                          trace_id=fields["trace_id"])
         return record
 
     def say(self, text: str, level: str = "info") -> None:

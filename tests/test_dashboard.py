@@ -87,10 +87,10 @@ def test_a_wrong_key_is_refused(page, running, shots):
     assert request(running["gateway"], "GET", "/__microkit/dashboard.json")[0] == 401
 
 
-def test_the_page_loads_with_three_services(page, running, shots):
+def test_the_page_loads_with_the_shops_services(page, running, shots):
     log_in(page, running, running["admin"])
     page.wait_for_selector('#services tr[data-service="payments"]')
-    assert page.locator("#services tbody tr").count() == 3
+    assert page.locator("#services tbody tr").count() == 4  # users, orders, payments, and notifications (consumers only)
     page.wait_for_function("() => [...document.querySelectorAll('#services td.state')]"
                            ".every(td => td.textContent === 'healthy')", timeout=15000)
     assert page.locator("#instances tbody tr").count() == 3
@@ -172,7 +172,7 @@ def test_gateways_sharing_a_redis_show_on_each_others_dashboard(tmp_path, privat
 
         def second_port():
             try:
-                group = control.request(root, {"command": "status"}, name="gateway")["services"][0]
+                group = control.request(root, {"command": "status"}, name=f"gateway-{second.pid}")["services"][0]
             except Exception:
                 return None
             ready = [i for i in group["instances"] if i["state"] == "ready"]

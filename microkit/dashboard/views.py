@@ -116,7 +116,7 @@ class Dashboard:
                 groups.setdefault(group["name"], []).append((item["host"], group))
         services = []
         for name, service in self.gateway.config.services.items():
-            found = groups.get(name, [])
+            found = groups.get(name, []) + groups.get(f"{name}.events", [])  # its workers, and its consumers
             workers, restarts, kills, errors, states = [], 0, 0, [], []
             for host, group in found:
                 restarts += group.get("restarts", 0)

@@ -681,12 +681,12 @@ def display_path(path: Path) -> str:
         return str(path)
 
 
-def parse(text_: str, path: Path, environ: Mapping[str, str] | None = None) -> Config:
+def parse(text: str, path: Path, environ: Mapping[str, str] | None = None) -> Config:
     """Validate a microkit.toml document; `path` names it in errors and anchors the project root."""
     environ = os.environ if environ is None else environ
     reader = _Reader(path)
     try:
-        doc = tomllib.loads(text_)
+        doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         message = str(exc)
         where = re.search(r"\(at line (\d+), column (\d+)\)", message)

@@ -347,12 +347,9 @@ class Table:
     """A nested table of settings (`[gateway.auth]`), made into `make(**values)`; absent means all defaults,
     or None when `optional`."""
 
+    settings: tuple[Setting, ...]
     make: type
     optional: bool = False
-
-    @property
-    def settings(self) -> tuple[Setting, ...]:
-        return settings_of(self.make)
 
 
 def setting(parse: Callable[[Any], Any], default: Any, doc: str) -> Any:
@@ -368,7 +365,7 @@ def setting(parse: Callable[[Any], Any], default: Any, doc: str) -> Any:
 
 def section(make: type, doc: str, optional: bool = False) -> Any:
     """A dataclass field holding a nested table of settings: all defaults when absent, or None if `optional`."""
-    metadata = {"setting": (Table(make, optional), None, doc)}
+    metadata = {"setting": (Table(settings_of(make), make, optional), None, doc)}
     return field(default=None, metadata=metadata) if optional else field(default_factory=make, metadata=metadata)
 
 

@@ -277,6 +277,8 @@ def test_a_field_declared_without_a_setting_is_refused_at_import():
 
     with pytest.raises(TypeError, match=r"^Half.forgotten is not declared with setting\(\) or section\(\)$"):
         config.settings_of(Half)
+    with pytest.raises(TypeError, match=r"^Half.forgotten is not"):
+        config.section(Half, "A nested table.")  # a nested table is checked where its field is declared
 
 
 def test_the_objects_defaults_are_the_settings_defaults():

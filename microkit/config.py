@@ -14,7 +14,7 @@ import keyword
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
@@ -25,7 +25,6 @@ from .rates import Rate
 CONFIG_NAME = "microkit.toml"
 ENV_CONFIG = "MICROKIT_CONFIG"
 ENV_REGISTRY_URL = "MICROKIT_REGISTRY_URL"
-REGISTRY_SCHEMES = ("redis", "rediss", "redis+sentinel")
 RESERVED_NAMES = frozenset({"gateway"})
 
 
@@ -68,7 +67,7 @@ def boolean(value: Any) -> bool:
     return value
 
 
-def text(value: Any) -> str:
+def non_empty(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise Invalid(f"expected a non-empty string, got {show(value)}")
     return value
@@ -133,9 +132,10 @@ def address(value: Any) -> Address:
 def registry_url(value: Any) -> str:
     if not isinstance(value, str) or "://" not in value:
         raise Invalid(f'expected a URL like "redis://127.0.0.1:6379/0", got {show(value)}')
+    from .storage import REDIS_SCHEMES
     scheme = value.split("://", 1)[0].lower()
-    if scheme not in REGISTRY_SCHEMES:
-        known = ", ".join(f"{s}://" for s in REGISTRY_SCHEMES)
+    if scheme not in REDIS_SCHEMES:
+        known = ", ".join(f"{s}://" for s in REDIS_SCHEMES)
         raise Invalid(f"unknown registry scheme {show(scheme + '://')} (known: {known}; "
                       f"leave url out for the embedded registry), got {show(value)}")
     if scheme == "redis+sentinel":
@@ -147,16 +147,16 @@ def registry_url(value: Any) -> str:
     return value
 
 
-EVENTS_SCHEMES = ("amqp", "amqps", "redis", "rediss", "redis+sentinel")
-
 
 def events_url(value: Any) -> str:
     if not isinstance(value, str) or "://" not in value:
         raise Invalid(f'expected a URL like "amqp://guest:guest@127.0.0.1:5672/" or "redis://127.0.0.1:6379/0", '
                       f"got {show(value)}")
+    from .events.settings import SCHEMES
+    schemes = [s for s in SCHEMES if s != "sqlite"]  # the embedded store's own URL: chosen by leaving url out
     scheme = value.split("://", 1)[0].lower()
-    if scheme not in EVENTS_SCHEMES:
-        known = ", ".join(f"{s}://" for s in EVENTS_SCHEMES)
+    if scheme not in schemes:
+        known = ", ".join(f"{s}://" for s in schemes)
         raise Invalid(f"unknown events scheme {show(scheme + '://')} (known: {known}; leave url out for the "
                       f"registry's Redis or the embedded store)")
     return value
@@ -226,18 +226,19 @@ def strings_or_star(value: Any) -> tuple[str, ...] | str:
 
 
 def algorithms(value: Any) -> tuple[str, ...]:
+    from .gateway.jwt_algorithms import ALLOWED_ALGORITHMS
     found = strings(value)
     for name in found:
-        if name not in JWT_ALGORITHMS:
-            raise Invalid(f"expected algorithms among {', '.join(map(show, JWT_ALGORITHMS))}, got {show(name)}")
+        if name not in ALLOWED_ALGORITHMS:
+            raise Invalid(f"expected algorithms among {', '.join(map(show, ALLOWED_ALGORITHMS))}, got {show(name)}")
     return found
 
 
 def audience(value: Any) -> tuple[str, ...]:
-    return (text(value),) if isinstance(value, str) else strings(value)
+    return (non_empty(value),) if isinstance(value, str) else strings(value)
 
 
-def rate(value: Any) -> str:
+def rate_spec(value: Any) -> str:
     try:
         Rate.parse(value)
     except (ValueError, TypeError) as exc:
@@ -257,13 +258,10 @@ def path_table(value: Any) -> Mapping[str, str]:
     return MappingProxyType(dict(value))
 
 
-JWT_ALGORITHMS = ("HS256", "RS256", "ES256")
-BALANCE_POLICIES = ("round_robin", "least_outstanding")
-
-
-def balance(value: Any) -> str:
-    if value not in BALANCE_POLICIES:
-        raise Invalid(f"expected one of {', '.join(map(show, BALANCE_POLICIES))}, got {show(value)}")
+def balance_policy(value: Any) -> str:
+    from .gateway.balancer import POLICIES
+    if value not in POLICIES:
+        raise Invalid(f"expected one of {', '.join(map(show, POLICIES))}, got {show(value)}")
     return value
 
 
@@ -284,13 +282,13 @@ def env_table(value: Any) -> Mapping[str, str]:
 _IGNORE_RULE = re.compile(r"^\$(?:\.[^.\[\]]+|\[(?:\*|\d+)\])*$|^header:[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
-def percent(value: Any) -> float:
+def percentage(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
         raise Invalid(f"expected a percentage from 0 to 100, got {show(value)}")
     return float(value)
 
 
-def sticky(value: Any) -> str:
+def sticky_rule(value: Any) -> str:
     """What keeps one user on one side of a split: "client" (address), "cookie:NAME" or "header:NAME"."""
     if value == "client":
         return value
@@ -322,7 +320,7 @@ def ignore_rules(value: Any) -> tuple[str, ...]:
     return rules
 
 
-def methods(value: Any) -> tuple[str, ...]:
+def http_methods(value: Any) -> tuple[str, ...]:
     found = strings(value)
     for name in found:
         if not re.fullmatch(r"[A-Z]+", name):
@@ -330,7 +328,8 @@ def methods(value: Any) -> tuple[str, ...]:
     return found
 
 
-# Declarations: one place for every setting, its default and what it means (the README mirrors it).
+# Declarations: each setting is a field of the read-only object it ends up in, carrying its parser, default
+# and description (the README mirrors them); the tables the reader walks are derived from those fields.
 
 REQUIRED = object()
 
@@ -349,250 +348,144 @@ class Table:
     or None when `optional`."""
 
     settings: tuple[Setting, ...]
-    make: Callable[..., Any]
+    make: type
     optional: bool = False
 
 
-def folder(value: Any) -> str:
+def setting(parse: Callable[[Any], Any], default: Any, doc: str) -> Any:
+    """A dataclass field that is also a setting: `parse` checks the TOML value, `default` stands in when it
+    is absent (REQUIRED: it must be given), `doc` says what it means."""
+    metadata = {"setting": (parse, default, doc)}
+    if default is REQUIRED:
+        return field(metadata=metadata)
+    if type(default).__hash__ is None:  # a read-only mapping: shared, but dataclasses want a factory
+        return field(default_factory=lambda: default, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def section(make: type, doc: str, optional: bool = False) -> Any:
+    """A dataclass field holding a nested table of settings: all defaults when absent, or None if `optional`."""
+    metadata = {"setting": (Table(settings_of(make), make, optional), None, doc)}
+    return field(default=None, metadata=metadata) if optional else field(default_factory=make, metadata=metadata)
+
+
+def settings_of(cls: type, given: tuple[str, ...] = ()) -> tuple[Setting, ...]:
+    """The settings of a dataclass, in declaration order; every field but those the loader fills (`given`)
+    must be declared with `setting` or `section`."""
+    found = []
+    for item in fields(cls):
+        if "setting" in item.metadata:
+            found.append(Setting(item.name, *item.metadata["setting"]))
+        elif item.name not in given:
+            raise TypeError(f"{cls.__name__}.{item.name} is not declared with setting() or section()")
+    return tuple(found)
+
+
+def folder_path(value: Any) -> str:
     if not isinstance(value, str) or not value.strip() or "\0" in value:
         raise Invalid(f"expected a folder path, got {show(value)}")
     return value
 
 
+AUTH_METHODS = ("none", "jwt", "apikey")
+LIMIT_KEYS = ("key", "subject", "ip")
+
+
 @dataclass(frozen=True)
 class JWTConfig:
-    algorithms: tuple[str, ...]
-    secret_env: str
-    public_key: str | None
-    public_keys: Mapping[str, str]
-    jwks_file: str | None
-    issuer: str | None
-    audience: tuple[str, ...] | None
-    leeway: float
-    required_scopes: tuple[str, ...]
-    cache_size: int
-    cache_ttl: float
+    algorithms: tuple[str, ...] = setting(
+        algorithms, (), 'Accepted algorithms, pinned (never read from a token): "HS256", "RS256", "ES256". '
+                        "Required when a route uses JWT.")
+    secret_env: str = setting(non_empty, "MICROKIT_JWT_SECRET", "Environment variable holding the HS256 secret.")
+    public_key: str | None = setting(non_empty, None, "PEM file of the public key for tokens without a kid.")
+    public_keys: Mapping[str, str] = setting(path_table, MappingProxyType({}), "PEM files of public keys by kid.")
+    jwks_file: str | None = setting(non_empty, None, "A JWKS file of public keys, looked up by kid.")
+    issuer: str | None = setting(non_empty, None, "Required iss claim.")
+    audience: tuple[str, ...] | None = setting(audience, None, "Accepted aud claim(s).")
+    leeway: float = setting(non_negative, 30.0, "Seconds of clock skew allowed on exp and nbf.")
+    required_scopes: tuple[str, ...] = setting(strings, (), "Scopes every JWT must carry.")
+    cache_size: int = setting(integer(0), 4096, "Verified tokens remembered (until their exp) to skip re-verifying.")
+    cache_ttl: float = setting(seconds, 60.0, "Longest a verified token is remembered.")
 
 
 @dataclass(frozen=True)
 class ApiKeysConfig:
-    cache_ttl: float
+    cache_ttl: float = setting(seconds, 1.0, "Seconds an API key check is remembered: how long a revoked key "
+                                             "may still pass.")
 
 
 @dataclass(frozen=True)
 class TokenConfig:
-    ttl: int
-    rate_limit: str
-    rate_limit_burst: int
-    signing_key: str | None
-    signing_kid: str | None
+    ttl: int = setting(integer(1), 300, "Lifetime in seconds of tokens from POST /auth/token.")
+    rate_limit: str = setting(rate_spec, "20/min", "Requests to POST /auth/token per client IP, failed ones included.")
+    rate_limit_burst: int = setting(integer(1), 10, "Of those, how many at once.")
+    signing_key: str | None = setting(non_empty, None, "PEM private key to sign them (RS256/ES256); default HS256 "
+                                                       "with the secret.")
+    signing_kid: str | None = setting(non_empty, None, "kid header of the tokens signed with signing_key.")
 
 
 @dataclass(frozen=True)
 class AuthConfig:
-    default: str
-    admin_scope: str
-    jwt: JWTConfig
-    apikeys: ApiKeysConfig
-    token: TokenConfig
+    default: str = setting(one_of(*AUTH_METHODS), "none", 'Auth of routes that set none: "none", "jwt" or "apikey".')
+    admin_scope: str = setting(non_empty, "microkit:admin", "API key scope that opens /__microkit/ admin endpoints.")
+    jwt: JWTConfig = section(JWTConfig, "[gateway.auth.jwt]: how bearer tokens are verified.")
+    apikeys: ApiKeysConfig = section(ApiKeysConfig, "[gateway.auth.apikeys]")
+    token: TokenConfig = section(TokenConfig, "[gateway.auth.token]: POST /auth/token.")
 
 
 @dataclass(frozen=True)
 class RateLimitConfig:
-    on_redis_down: str
-    retry_interval: float
-    by: str
+    on_redis_down: str = setting(one_of("open", "closed"), "open", 'While Redis is unreachable: "open" admits '
+                                                                   'requests, "closed" refuses them with 503.')
+    retry_interval: float = setting(seconds, 1.0, "Seconds between attempts to reach Redis again.")
+    by: str = setting(one_of(*LIMIT_KEYS), "ip", 'Default limit key: "key" (API key), "subject" (JWT) or "ip".')
 
 
 @dataclass(frozen=True)
 class CorsConfig:
-    origins: tuple[str, ...] | str
-    methods: tuple[str, ...]
-    headers: tuple[str, ...] | str
-    expose_headers: tuple[str, ...]
-    credentials: bool
-    max_age: int
-
-
-AUTH_METHODS = ("none", "jwt", "apikey")
-LIMIT_KEYS = ("key", "subject", "ip")
-
-JWT = (
-    Setting("algorithms", algorithms, (), 'Accepted algorithms, pinned (never read from a token): "HS256", '
-                                          '"RS256", "ES256". Required when a route uses JWT.'),
-    Setting("secret_env", text, "MICROKIT_JWT_SECRET", "Environment variable holding the HS256 secret."),
-    Setting("public_key", text, None, "PEM file of the public key for tokens without a kid."),
-    Setting("public_keys", path_table, MappingProxyType({}), "PEM files of public keys by kid."),
-    Setting("jwks_file", text, None, "A JWKS file of public keys, looked up by kid."),
-    Setting("issuer", text, None, "Required iss claim."),
-    Setting("audience", audience, None, "Accepted aud claim(s)."),
-    Setting("leeway", non_negative, 30.0, "Seconds of clock skew allowed on exp and nbf."),
-    Setting("required_scopes", strings, (), "Scopes every JWT must carry."),
-    Setting("cache_size", integer(0), 4096, "Verified tokens remembered (until their exp) to skip re-verifying."),
-    Setting("cache_ttl", seconds, 60.0, "Longest a verified token is remembered."),
-)
-APIKEYS = (
-    Setting("cache_ttl", seconds, 1.0, "Seconds an API key check is remembered: how long a revoked key may still pass."),
-)
-TOKEN = (
-    Setting("ttl", integer(1), 300, "Lifetime in seconds of tokens from POST /auth/token."),
-    Setting("rate_limit", rate, "20/min", "Requests to POST /auth/token per client IP, failed ones included."),
-    Setting("rate_limit_burst", integer(1), 10, "Of those, how many at once."),
-    Setting("signing_key", text, None, "PEM private key to sign them (RS256/ES256); default HS256 with the secret."),
-    Setting("signing_kid", text, None, "kid header of the tokens signed with signing_key."),
-)
-AUTH = (
-    Setting("default", one_of(*AUTH_METHODS), "none", 'Auth of routes that set none: "none", "jwt" or "apikey".'),
-    Setting("admin_scope", text, "microkit:admin", "API key scope that opens /__microkit/ admin endpoints."),
-    Setting("jwt", Table(JWT, JWTConfig), None, "[gateway.auth.jwt]: how bearer tokens are verified."),
-    Setting("apikeys", Table(APIKEYS, ApiKeysConfig), None, "[gateway.auth.apikeys]"),
-    Setting("token", Table(TOKEN, TokenConfig), None, "[gateway.auth.token]: POST /auth/token."),
-)
-RATELIMIT = (
-    Setting("on_redis_down", one_of("open", "closed"), "open",
-            'While Redis is unreachable: "open" admits requests, "closed" refuses them with 503.'),
-    Setting("retry_interval", seconds, 1.0, "Seconds between attempts to reach Redis again."),
-    Setting("by", one_of(*LIMIT_KEYS), "ip", 'Default limit key: "key" (API key), "subject" (JWT) or "ip".'),
-)
-CORS = (
-    Setting("origins", strings_or_star, REQUIRED, 'Allowed origins ("https://app.example.com"), or "*".'),
-    Setting("methods", strings, ("GET", "HEAD", "POST"), "Allowed methods."),
-    Setting("headers", strings_or_star, ("Content-Type",), 'Allowed request headers, or "*".'),
-    Setting("expose_headers", strings, (), "Response headers a browser may read."),
-    Setting("credentials", boolean, False, "Allow cookies and Authorization (never with origins = \"*\")."),
-    Setting("max_age", integer(0), 600, "Seconds a browser may cache a preflight."),
-)
+    origins: tuple[str, ...] | str = setting(strings_or_star, REQUIRED,
+                                             'Allowed origins ("https://app.example.com"), or "*".')
+    methods: tuple[str, ...] = setting(strings, ("GET", "HEAD", "POST"), "Allowed methods.")
+    headers: tuple[str, ...] | str = setting(strings_or_star, ("Content-Type",), 'Allowed request headers, or "*".')
+    expose_headers: tuple[str, ...] = setting(strings, (), "Response headers a browser may read.")
+    credentials: bool = setting(boolean, False, 'Allow cookies and Authorization (never with origins = "*").')
+    max_age: int = setting(integer(0), 600, "Seconds a browser may cache a preflight.")
 
 
 @dataclass(frozen=True)
 class ShadowConfig:
-    percent: float
-    methods: tuple[str, ...]
-    max_body: int
-    timeout: float
-    queue: int
-    headers: tuple[str, ...]
-    ignore: tuple[str, ...]
-    keep: int
-    noise: bool
-
-
-SHADOW = (
-    Setting("percent", percent, 100.0, "Share of the route's matching requests copied to the other side."),
-    Setting("methods", methods, ("GET", "HEAD"), "Methods that are copied (only idempotent ones are safe)."),
-    Setting("max_body", size, 64 * 1024, "Request bodies up to this are mirrored (larger: not copied); "
-                                          "response bodies up to this are compared field by field."),
-    Setting("timeout", seconds, 5.0, "How long the copy may take; later, it is abandoned and counted."),
-    Setting("queue", integer(1), 100, "Copies in flight per gateway worker; above it, dropped and counted."),
-    Setting("headers", strings, ("content-type",), "Response headers compared (besides status and body)."),
-    Setting("ignore", ignore_rules, (), 'What the comparison skips: JSON paths ("$.created_at", '
-                                        '"$.items[*].id") and "header:NAME".'),
-    Setting("keep", integer(1), 50, "Last mismatches kept per route in the registry's store."),
-    Setting("noise", boolean, False, "Also call the primary twice for safe methods and ignore fields that "
-                                     "differ between its own two answers (Diffy's trick)."),
-)
-
-PROJECT = (
-    Setting("name", identifier, REQUIRED, "The project's name."),
-    Setting("root", folder, None, "Folder that app imports and data/ are relative to, from this file's folder; "
-                                  "default: the folder of microkit.toml."),
-)
-REGISTRY = (
-    Setting("url", registry_url, None,
-            "Where instances register: redis://, rediss:// or redis+sentinel://. Absent: the embedded registry "
-            "(no server, one host). MICROKIT_REGISTRY_URL overrides it."),
-    Setting("connect_timeout", seconds, 10.0,
-            "Seconds up, run and gateway wait at start for the registry to answer before they exit 1."),
-)
-EVENTS = (
-    Setting("url", events_url, None, "Where events go: amqp:// (RabbitMQ) or redis:// (Redis Streams). Absent: "
-                                     "the registry's Redis when it has one, else the embedded store (SQLite, one host)."),
-    Setting("publish_timeout", seconds, 5.0, "How long publish waits for a store that is down before it raises."),
-    Setting("prefetch", integer(1), 10, "Unacked events a consumer holds at once, per handler."),
-    Setting("claim_after", seconds, 30.0, "Redis and embedded: seconds after which a dead consumer's unacked events "
-                                          "are claimed by another."),
-)
-GATEWAY = (
-    Setting("listen", address, Address("127.0.0.1", 8000), "Address the gateway listens on."),
-    Setting("workers", integer(1), 1, "Gateway worker processes."),
-    Setting("timeout", seconds, 30.0, "Default time a route may take to answer before the gateway gives 504."),
-    Setting("max_body", size, 10 * 1024 ** 2, 'Largest request body the gateway accepts (413 above it), e.g. "10MB".'),
-    Setting("balance", balance, "round_robin", 'Default balancing: "round_robin" or "least_outstanding".'),
-    Setting("trusted_proxies", networks, (), "Peers whose X-Forwarded-* headers are kept and extended."),
-    Setting("access_log", boolean, True, "One log line per proxied request."),
-    Setting("body_timeout", seconds, 10.0, "Longest wait for the next bytes of a request body (408 after it)."),
-    Setting("lingering_time", seconds, 30.0, "After an early answer (413, 408 ...), how long in all unread "
-                                             "request bytes are read and dropped before the socket closes."),
-    Setting("lingering_timeout", seconds, 5.0, "Longest wait between two reads while lingering."),
-    Setting("metrics_allow", networks, (), "Addresses or networks that may read /__microkit/metrics without "
-                                           "an admin API key (a Prometheus scraper)."),
-    Setting("otlp_endpoint", otlp_url, None, "OTLP/HTTP traces endpoint (http://HOST:4318/v1/traces) the gateway "
-                                         "exports a span per request to; needs the opentelemetry packages."),
-    Setting("auth", Table(AUTH, AuthConfig), None, "[gateway.auth]: authentication."),
-    Setting("ratelimit", Table(RATELIMIT, RateLimitConfig), None, "[gateway.ratelimit]: shared rate limits."),
-    Setting("tls_cert", text, None, "PEM certificate chain: with tls_key, the gateway serves HTTPS (TLS 1.2+) "
-                                    "at listen. Re-read by `microkit reload gateway`."),
-    Setting("tls_key", text, None, "PEM private key (unencrypted) of tls_cert."),
-    Setting("http_redirect", address, None, 'A plain-HTTP listener that answers every request with 308 to '
-                                            'HTTPS at listen, e.g. "0.0.0.0:80"; needs tls_cert.'),
-    Setting("legacy", text, None, 'Where requests no route matches go: "http://HOST:PORT", or the name of '
-                                  "a service without a route (the old app as a command service)."),
-)
-SERVICE = (
-    Setting("app", app_spec, None, 'The WSGI callable, "module:attr". One of app, command or events is required.'),
-    Setting("command", text, None, "Run a program instead (e.g. an asyncio server); it gets PORT in its environment."),
-    Setting("route", route, None, 'Path prefix the gateway routes to this service, e.g. "/users".'),
-    Setting("route_timeout", seconds, None, "Time this route may take at the gateway; default gateway.timeout."),
-    Setting("balance", balance, None, "Balancing for this route; default gateway.balance."),
-    Setting("max_body", size, None, "Largest request body on this route (413 above it); default gateway.max_body."),
-    Setting("websocket_idle_timeout", seconds, 300.0, "A WebSocket tunnel with no byte either way this long is closed."),
-    Setting("websocket_max_tunnels", integer(1), 1000, "Open WebSocket tunnels this route allows per gateway "
-                                                       "worker (503 above)."),
-    Setting("strip_prefix", boolean, False, "Forward the path below the route (as a mount point) with "
-                                            "X-Forwarded-Prefix, which a microkit worker makes SCRIPT_NAME."),
-    Setting("auth", one_of(*AUTH_METHODS), None, 'Auth for this route: "none", "jwt" or "apikey"; '
-                                                 "default gateway.auth.default."),
-    Setting("scopes", strings, (), "Scopes a caller needs for this route (403 without them)."),
-    Setting("rate_limit", rate, None, 'Requests allowed per caller, e.g. "100/min" (429 above it).'),
-    Setting("rate_limit_by", one_of(*LIMIT_KEYS), None, "Who a limit counts: default gateway.ratelimit.by."),
-    Setting("rate_limit_burst", integer(1), None, "Requests allowed at once; default the limit's count."),
-    Setting("cors", Table(CORS, CorsConfig, optional=True), None, "CORS for this route (an inline table)."),
-    Setting("workers", integer(1), 1, "Worker processes."),
-    Setting("listen", address, Address("127.0.0.1", 0), "Address the workers share; port 0 picks a free port."),
-    Setting("advertise", text, None, "Host other machines reach this service at, as registered; default: "
-                                     "the listen host (this machine's address for 0.0.0.0 or ::)."),
-    Setting("env", env_table, MappingProxyType({}), "Extra environment variables for the workers."),
-    Setting("timeout", seconds, 30.0, "A worker whose event loop is blocked this long is killed and replaced."),
-    Setting("graceful_timeout", seconds, 10.0, "How long in-flight requests may run on stop or reload."),
-    Setting("health", health_path, "/healthz", "Path answered with 200 by a healthy instance."),
-    Setting("access_log", boolean, True, "One log line per request."),
-    Setting("events", module_name, None, 'Module whose @events.handler functions run in consumer processes, '
-                                         'e.g. "services.orders.handlers".'),
-    Setting("consumers", integer(1), 1, "Consumer processes running the events handlers."),
-    Setting("split", percent, None, "Percent of this route's requests the service gets; the rest go to "
-                                    "gateway.legacy. `microkit route NAME --split N` changes it live."),
-    Setting("sticky", sticky, None, 'Keeps a user on one side of the split: "client", "cookie:NAME" or '
-                                    '"header:NAME".'),
-    Setting("failover", failover_on, (), 'Send idempotent bodyless requests to gateway.legacy when the '
-                                         'service fails: "connect" and/or statuses, e.g. ["connect", 503].'),
-    Setting("shadow", Table(SHADOW, ShadowConfig, optional=True), None,
-            "Copy requests to the other side and compare the answers (an inline table; see README)."),
-)
-SECTIONS = {"project": PROJECT, "registry": REGISTRY, "events": EVENTS, "gateway": GATEWAY, "services": None}
+    percent: float = setting(percentage, 100.0, "Share of the route's matching requests copied to the other side.")
+    methods: tuple[str, ...] = setting(http_methods, ("GET", "HEAD"), "Methods that are copied (only idempotent "
+                                                                      "ones are safe).")
+    max_body: int = setting(size, 64 * 1024, "Request bodies up to this are mirrored (larger: not copied); "
+                                             "response bodies up to this are compared field by field.")
+    timeout: float = setting(seconds, 5.0, "How long the copy may take; later, it is abandoned and counted.")
+    queue: int = setting(integer(1), 100, "Copies in flight per gateway worker; above it, dropped and counted.")
+    headers: tuple[str, ...] = setting(strings, ("content-type",), "Response headers compared (besides status "
+                                                                   "and body).")
+    ignore: tuple[str, ...] = setting(ignore_rules, (), 'What the comparison skips: JSON paths ("$.created_at", '
+                                                        '"$.items[*].id") and "header:NAME".')
+    keep: int = setting(integer(1), 50, "Last mismatches kept per route in the registry's store.")
+    noise: bool = setting(boolean, False, "Also call the primary twice for safe methods and ignore fields that "
+                                          "differ between its own two answers (Diffy's trick).")
 
 
 # The objects the rest of microkit reads.
 
 @dataclass(frozen=True)
 class ProjectConfig:
-    name: str
-    root: str | None
+    name: str = setting(identifier, REQUIRED, "The project's name.")
+    root: str | None = setting(folder_path, None, "Folder that app imports and data/ are relative to, from this "
+                                                  "file's folder; default: the folder of microkit.toml.")
 
 
 @dataclass(frozen=True)
 class RegistryConfig:
-    url: str | None
-    connect_timeout: float = 10.0
+    url: str | None = setting(registry_url, None, "Where instances register: redis://, rediss:// or "
+                                                  "redis+sentinel://. Absent: the embedded registry (no server, "
+                                                  "one host). MICROKIT_REGISTRY_URL overrides it.")
+    connect_timeout: float = setting(seconds, 10.0, "Seconds up, run and gateway wait at start for the registry "
+                                                    "to answer before they exit 1.")
 
     @property
     def embedded(self) -> bool:
@@ -601,72 +494,115 @@ class RegistryConfig:
 
 @dataclass(frozen=True)
 class EventsConfig:
-    url: str | None = None
-    publish_timeout: float = 5.0
-    prefetch: int = 10
-    claim_after: float = 30.0
+    url: str | None = setting(events_url, None, "Where events go: amqp:// (RabbitMQ) or redis:// (Redis Streams). "
+                                                "Absent: the registry's Redis when it has one, else the embedded "
+                                                "store (SQLite, one host).")
+    publish_timeout: float = setting(seconds, 5.0, "How long publish waits for a store that is down before it "
+                                                   "raises.")
+    prefetch: int = setting(integer(1), 10, "Unacked events a consumer holds at once, per handler.")
+    claim_after: float = setting(seconds, 30.0, "Redis and embedded: seconds after which a dead consumer's unacked "
+                                                "events are claimed by another.")
 
 
 @dataclass(frozen=True)
 class GatewayConfig:
-    listen: Address
-    workers: int
-    timeout: float
-    max_body: int
-    balance: str
-    trusted_proxies: tuple[str, ...]
-    access_log: bool
-    body_timeout: float
-    lingering_time: float
-    lingering_timeout: float
-    metrics_allow: tuple[str, ...]
-    otlp_endpoint: str | None
-    auth: AuthConfig
-    ratelimit: RateLimitConfig
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    http_redirect: Address | None = None
-    legacy: str | None = None
+    listen: Address = setting(address, Address("127.0.0.1", 8000), "Address the gateway listens on.")
+    workers: int = setting(integer(1), 1, "Gateway worker processes.")
+    timeout: float = setting(seconds, 30.0, "Default time a route may take to answer before the gateway gives 504.")
+    max_body: int = setting(size, 10 * 1024 ** 2, 'Largest request body the gateway accepts (413 above it), '
+                                                  'e.g. "10MB".')
+    balance: str = setting(balance_policy, "round_robin", 'Default balancing: "round_robin" or "least_outstanding".')
+    trusted_proxies: tuple[str, ...] = setting(networks, (), "Peers whose X-Forwarded-* headers are kept and "
+                                                             "extended.")
+    access_log: bool = setting(boolean, True, "One log line per proxied request.")
+    body_timeout: float = setting(seconds, 10.0, "Longest wait for the next bytes of a request body (408 after it).")
+    lingering_time: float = setting(seconds, 30.0, "After an early answer (413, 408 ...), how long in all unread "
+                                                   "request bytes are read and dropped before the socket closes.")
+    lingering_timeout: float = setting(seconds, 5.0, "Longest wait between two reads while lingering.")
+    metrics_allow: tuple[str, ...] = setting(networks, (), "Addresses or networks that may read "
+                                                           "/__microkit/metrics without an admin API key "
+                                                           "(a Prometheus scraper).")
+    otlp_endpoint: str | None = setting(otlp_url, None, "OTLP/HTTP traces endpoint (http://HOST:4318/v1/traces) "
+                                                        "the gateway exports a span per request to; needs the "
+                                                        "opentelemetry packages.")
+    auth: AuthConfig = section(AuthConfig, "[gateway.auth]: authentication.")
+    ratelimit: RateLimitConfig = section(RateLimitConfig, "[gateway.ratelimit]: shared rate limits.")
+    tls_cert: str | None = setting(non_empty, None, "PEM certificate chain: with tls_key, the gateway serves HTTPS "
+                                                    "(TLS 1.2+) at listen. Re-read by `microkit reload gateway`.")
+    tls_key: str | None = setting(non_empty, None, "PEM private key (unencrypted) of tls_cert.")
+    http_redirect: Address | None = setting(address, None, "A plain-HTTP listener that answers every request with "
+                                                           '308 to HTTPS at listen, e.g. "0.0.0.0:80"; needs '
+                                                           "tls_cert.")
+    legacy: str | None = setting(non_empty, None, 'Where requests no route matches go: "http://HOST:PORT", or the '
+                                                  "name of a service without a route (the old app as a command "
+                                                  "service).")
 
 
 @dataclass(frozen=True)
 class ServiceConfig:
-    name: str
-    app: str | None
-    command: str | None
-    route: str | None
-    route_timeout: float | None
-    balance: str | None
-    max_body: int | None
-    strip_prefix: bool
-    websocket_idle_timeout: float
-    websocket_max_tunnels: int
-    auth: str | None
-    scopes: tuple[str, ...]
-    rate_limit: str | None
-    rate_limit_by: str | None
-    rate_limit_burst: int | None
-    cors: CorsConfig | None
-    workers: int
-    listen: Address
-    advertise: str | None
-    env: Mapping[str, str]
-    timeout: float
-    graceful_timeout: float
-    health: str
-    access_log: bool
-    events: str | None = None
-    consumers: int = 1
-
-    split: float | None = None
-    sticky: str | None = None
-    failover: tuple[str | int, ...] = ()
-    shadow: ShadowConfig | None = None
+    name: str  # the key of its [services.NAME] table, filled in by the loader
+    app: str | None = setting(app_spec, None, 'The WSGI callable, "module:attr". One of app, command or events '
+                                              "is required.")
+    command: str | None = setting(non_empty, None, "Run a program instead (e.g. an asyncio server); it gets PORT "
+                                                   "in its environment.")
+    route: str | None = setting(route, None, 'Path prefix the gateway routes to this service, e.g. "/users".')
+    route_timeout: float | None = setting(seconds, None, "Time this route may take at the gateway; default "
+                                                         "gateway.timeout.")
+    balance: str | None = setting(balance_policy, None, "Balancing for this route; default gateway.balance.")
+    max_body: int | None = setting(size, None, "Largest request body on this route (413 above it); default "
+                                               "gateway.max_body.")
+    websocket_idle_timeout: float = setting(seconds, 300.0, "A WebSocket tunnel with no byte either way this "
+                                                            "long is closed.")
+    websocket_max_tunnels: int = setting(integer(1), 1000, "Open WebSocket tunnels this route allows per gateway "
+                                                           "worker (503 above).")
+    strip_prefix: bool = setting(boolean, False, "Forward the path below the route (as a mount point) with "
+                                                 "X-Forwarded-Prefix, which a microkit worker makes SCRIPT_NAME.")
+    auth: str | None = setting(one_of(*AUTH_METHODS), None, 'Auth for this route: "none", "jwt" or "apikey"; '
+                                                            "default gateway.auth.default.")
+    scopes: tuple[str, ...] = setting(strings, (), "Scopes a caller needs for this route (403 without them).")
+    rate_limit: str | None = setting(rate_spec, None, 'Requests allowed per caller, e.g. "100/min" (429 above it).')
+    rate_limit_by: str | None = setting(one_of(*LIMIT_KEYS), None, "Who a limit counts: default "
+                                                                   "gateway.ratelimit.by.")
+    rate_limit_burst: int | None = setting(integer(1), None, "Requests allowed at once; default the limit's count.")
+    cors: CorsConfig | None = section(CorsConfig, "CORS for this route (an inline table).", optional=True)
+    workers: int = setting(integer(1), 1, "Worker processes.")
+    listen: Address = setting(address, Address("127.0.0.1", 0), "Address the workers share; port 0 picks a free "
+                                                                "port.")
+    advertise: str | None = setting(non_empty, None, "Host other machines reach this service at, as registered; "
+                                                     "default: the listen host (this machine's address for 0.0.0.0 "
+                                                     "or ::).")
+    env: Mapping[str, str] = setting(env_table, MappingProxyType({}), "Extra environment variables for the "
+                                                                      "workers.")
+    timeout: float = setting(seconds, 30.0, "A worker whose event loop is blocked this long is killed and replaced.")
+    graceful_timeout: float = setting(seconds, 10.0, "How long in-flight requests may run on stop or reload.")
+    health: str = setting(health_path, "/healthz", "Path answered with 200 by a healthy instance.")
+    access_log: bool = setting(boolean, True, "One log line per request.")
+    events: str | None = setting(module_name, None, 'Module whose @events.handler functions run in consumer '
+                                                    'processes, e.g. "services.orders.handlers".')
+    consumers: int = setting(integer(1), 1, "Consumer processes running the events handlers.")
+    split: float | None = setting(percentage, None, "Percent of this route's requests the service gets; the rest "
+                                                    "go to gateway.legacy. `microkit route NAME --split N` changes "
+                                                    "it live.")
+    sticky: str | None = setting(sticky_rule, None, 'Keeps a user on one side of the split: "client", '
+                                                    '"cookie:NAME" or "header:NAME".')
+    failover: tuple[str | int, ...] = setting(failover_on, (), "Send idempotent bodyless requests to "
+                                                               'gateway.legacy when the service fails: "connect" '
+                                                               'and/or statuses, e.g. ["connect", 503].')
+    shadow: ShadowConfig | None = section(ShadowConfig, "Copy requests to the other side and compare the answers "
+                                                        "(an inline table; see README).", optional=True)
 
     @property
     def app_route(self) -> str:
         """The route as the app sees it (MICROKIT_ROUTE): "" below a stripped prefix, whose routes are relative."""
         return "" if self.strip_prefix or not self.route else self.route
+
+
+PROJECT = settings_of(ProjectConfig)
+REGISTRY = settings_of(RegistryConfig)
+EVENTS = settings_of(EventsConfig)
+GATEWAY = settings_of(GatewayConfig)
+SERVICE = settings_of(ServiceConfig, given=("name",))
+SECTIONS = {"project": PROJECT, "registry": REGISTRY, "events": EVENTS, "gateway": GATEWAY, "services": None}
 
 
 @dataclass(frozen=True)
@@ -742,12 +678,12 @@ def display_path(path: Path) -> str:
         return str(path)
 
 
-def parse(text_: str, path: Path, environ: Mapping[str, str] | None = None) -> Config:
+def parse(text: str, path: Path, environ: Mapping[str, str] | None = None) -> Config:
     """Validate a microkit.toml document; `path` names it in errors and anchors the project root."""
     environ = os.environ if environ is None else environ
     reader = _Reader(path)
     try:
-        doc = tomllib.loads(text_)
+        doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         message = str(exc)
         where = re.search(r"\(at line (\d+), column (\d+)\)", message)

@@ -1,6 +1,8 @@
 """microkit.toml parsing: every bad value is refused with a message naming file, key and value."""
 
 import dataclasses
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -244,3 +246,71 @@ def test_the_route_an_app_sees_is_empty_below_a_stripped_prefix():
                  '[services.b]\napp = "m:app"\nroute = "/b"\nstrip_prefix = true\n'
                  '[services.c]\ncommand = "prog"\n')
     assert [conf.services[n].app_route for n in "abc"] == ["/a", "", ""]
+
+
+def _classes(settings, seen):
+    """The dataclasses a table of settings builds, nested tables included."""
+    for item in settings:
+        if isinstance(item.parse, config.Table):
+            seen.append(item.parse.make)
+            _classes(item.parse.settings, seen)
+    return seen
+
+
+def test_every_field_of_the_config_objects_is_a_setting_and_every_setting_a_field():
+    made = {config.ProjectConfig: config.PROJECT, config.RegistryConfig: config.REGISTRY,
+            config.EventsConfig: config.EVENTS, config.GatewayConfig: config.GATEWAY,
+            config.ServiceConfig: config.SERVICE}
+    for settings in list(made.values()):
+        made.update({cls: config.settings_of(cls) for cls in _classes(settings, [])})
+    assert config.ShadowConfig in made and config.JWTConfig in made and config.CorsConfig in made
+    for cls, settings in made.items():
+        given = {"name"} if cls is config.ServiceConfig else set()
+        assert [f.name for f in dataclasses.fields(cls)] == [*given, *(s.name for s in settings)], cls.__name__
+
+
+def test_a_field_declared_without_a_setting_is_refused_at_import():
+    @dataclasses.dataclass(frozen=True)
+    class Half:
+        declared: int = config.setting(config.integer(1), 1, "A setting.")
+        forgotten: int = 2
+
+    with pytest.raises(TypeError, match=r"^Half.forgotten is not declared with setting\(\) or section\(\)$"):
+        config.settings_of(Half)
+    with pytest.raises(TypeError, match=r"^Half.forgotten is not"):
+        config.section(Half, "A nested table.")  # a nested table is checked where its field is declared
+
+
+def test_the_objects_defaults_are_the_settings_defaults():
+    conf = parse(HEAD + '[services.users]\napp = "a:b"\n')
+    assert conf.gateway == config.GatewayConfig() and conf.events == config.EventsConfig()
+    assert conf.registry == config.RegistryConfig() and conf.services["users"] == config.ServiceConfig("users", app="a:b")
+    assert conf.gateway.auth.jwt.public_keys == {} and conf.services["users"].env == {}
+
+
+def test_choices_come_from_the_modules_that_own_them():
+    from microkit.events.settings import SCHEMES as EVENTS_SCHEMES
+    from microkit.gateway import balancer, jwt_algorithms
+    from microkit.storage import REDIS_SCHEMES
+    for policy in balancer.POLICIES:
+        assert parse(HEAD + f'[gateway]\nbalance = "{policy}"\n').gateway.balance == policy
+    assert parse(HEAD + '[gateway.auth.jwt]\nalgorithms = ["%s"]\n' % '", "'.join(jwt_algorithms.ALLOWED_ALGORITHMS)
+                 ).gateway.auth.jwt.algorithms == jwt_algorithms.ALLOWED_ALGORITHMS
+    for scheme in REDIS_SCHEMES:
+        url = f"{scheme}://h:26379/mymaster/0" if "sentinel" in scheme else f"{scheme}://h:6379/0"
+        assert parse(HEAD + f'[registry]\nurl = "{url}"\n').registry.url == url
+    for scheme in set(EVENTS_SCHEMES) - {"sqlite"}:
+        assert parse(HEAD + f'[events]\nurl = "{scheme}://h"\n').events.url == f"{scheme}://h"
+    assert error_of(HEAD + '[events]\nurl = "sqlite:///x.db"\n').startswith(
+        'microkit.toml: events.url: unknown events scheme "sqlite://" (known: amqp://,')
+
+
+def test_loading_a_config_imports_no_gateway_machinery():
+    """The owners of the choices are read lazily, and the JWT algorithms from a stdlib-only module."""
+    code = ("import sys, pathlib; from microkit import config; "
+            "config.parse('[project]\\nname = \"p\"\\n[registry]\\nurl = \"redis://h:1/0\"\\n[events]\\n"
+            "url = \"amqp://h\"\\n[gateway]\\nbalance = \"least_outstanding\"\\n[gateway.auth.jwt]\\n"
+            "algorithms = [\"HS256\"]\\n', pathlib.Path('microkit.toml'), {}); "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'gevent', 'jwt', 'redis', 'cryptography', 'bottle'}))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "[]\n", "")

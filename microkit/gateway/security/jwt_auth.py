@@ -28,10 +28,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from microkit.errors import ConfigError
+from microkit.gateway.jwt_algorithms import ALLOWED_ALGORITHMS
 from microkit.gateway.security.cache import ExpiringLRU
 from microkit.gateway.security.request import Denied, Identity, RequestInfo
 
-ALLOWED_ALGORITHMS = ("HS256", "RS256", "ES256")
 MIN_SECRET_BYTES = 32
 MIN_RSA_BITS = 2048
 MAX_TOKEN_CHARS = 8192

@@ -130,5 +130,9 @@ class Backend(ABC):
     def tail(self, types: list[str], on_event: Callable[[Event], None], stop: Callable[[], bool]) -> None:
         """Call `on_event` for each event published from now on (of `types`, or all), until `stop()`."""
 
+    def lag(self) -> dict[tuple[str, str], tuple[int, int]]:
+        """(group, type) -> (events waiting for the group, delivered and not acked), where cheap to tell."""
+        return {}
+
     def close(self) -> None:
         """Release this process's connections."""

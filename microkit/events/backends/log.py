@@ -84,6 +84,10 @@ class LogStore(ABC):
     def remove_dead(self, dead_id: str) -> None: ...
 
     @abstractmethod
+    def lag(self) -> list[tuple[str, str, int, int]]:
+        """(group, stream, waiting, pending) of each group, as cheaply as the store can tell."""
+        return []
+
     def lease(self, name: str, holder: str, ttl: float) -> bool:
         """Hold (or extend) the lease `name` for `ttl` seconds; False while someone else holds it."""
 
@@ -124,6 +128,14 @@ class LogBackend(Backend):
         runner = _LogRunner(self, subscriptions, deliver)
         runner.start()
         return runner
+
+    def lag(self) -> dict[tuple[str, str], tuple[int, int]]:
+        """(group, type) -> (events not delivered to the group yet, delivered and not acked)."""
+        found: dict[tuple[str, str], tuple[int, int]] = {}
+        for group, stream, waiting, pending in self.store().lag():
+            if stream.startswith("events:"):
+                found[(group, stream[len("events:"):])] = (waiting, pending)
+        return found
 
     def dead_letter(self, subscription: Subscription, delivery: Delivery, error: str) -> None:
         entry: Entry = delivery.raw

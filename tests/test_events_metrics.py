@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import signal
+import uuid
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from microkit.metrics import events as meter
 from microkit.metrics.exposition import document, render_tables
+from events_harness import REDIS, Vhost, redis_cleanup, redis_reachable
 from sup_apps.harness import Up
 from test_metrics import request, samples, value, wait_until
 
@@ -63,8 +66,8 @@ def slow(event):
 '''
 
 TOML = '''[project]
-name = "evmetrics"
-
+name = "{name}"
+{events}
 [gateway]
 listen = "127.0.0.1:0"
 metrics_allow = ["127.0.0.1"]
@@ -82,12 +85,30 @@ consumers = 2
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 
 
-def test_event_metrics_in_the_scrape_and_the_trace_through_two_hops(tmp_path):
+@pytest.fixture
+def store(request):
+    """(kind, [events] url or None, project name) on a store of the test's own."""
+    kind, name = request.param, f"evm{uuid.uuid4().hex[:10]}"
+    if kind == "embedded":
+        yield kind, None, name
+    elif kind == "redis":
+        redis_reachable(REDIS)
+        yield kind, REDIS, name
+        redis_cleanup(REDIS, name)
+    else:
+        vhost = Vhost()
+        yield kind, vhost.url, name
+        vhost.delete()
+
+
+@pytest.mark.parametrize("store", ["embedded", "redis", "amqp"], indirect=True)
+def test_event_metrics_in_the_scrape_and_the_trace_through_two_hops(tmp_path, store):
+    kind, url, name = store
     root = tmp_path / "proj"
     root.mkdir()
     (root / "shop.py").write_text(SHOP)
     (root / "billing.py").write_text(BILLING)
-    (root / "microkit.toml").write_text(TOML)
+    (root / "microkit.toml").write_text(TOML.format(name=name, events=f'\n[events]\nurl = "{url}"\n' if url else ""))
     records = root / "records.jsonl"
     up = Up(root, gateway=True)
     try:
@@ -121,16 +142,19 @@ def test_event_metrics_in_the_scrape_and_the_trace_through_two_hops(tmp_path):
         assert value(parsed, meter.DURATION + "_count", service="billing", type="order.placed") == 3
         assert value(parsed, meter.HANDLED, service="billing", type="order.slow", outcome="ok") == 0  # shown at 0
         assert (meter.LAG, (("group", "billing"), ("type", "order.placed"))) in parsed
-        wait_until(lambda: value(scraped(), meter.PENDING, group="billing", type="order.placed") == 0, 10,
-                   "nothing pending")
-
-        # an event being handled shows as pending; once handled, neither pending nor waiting
-        assert request(gateway, "GET", "/shop/slow")[0] == 200
-        wait_until(lambda: value(scraped(), meter.PENDING, group="billing", type="order.slow") == 1, 10,
-                   "one pending")
-        wait_until(lambda: (p := scraped()) and value(p, meter.HANDLED, type="order.slow", outcome="ok") == 1
-                   and value(p, meter.PENDING, type="order.slow") == 0
-                   and value(p, meter.LAG, type="order.slow") == 0, 15, "the slow one handled")
+        if kind == "amqp":  # RabbitMQ tells ready messages only: one published with no consumer reading waits
+            up.signal(signal.SIGTERM)  # (the gateway goes too: read the queue as the scrape does)
+            assert up.wait(20) == 0
+        else:
+            wait_until(lambda: value(scraped(), meter.PENDING, group="billing", type="order.placed") == 0, 10,
+                       "nothing pending")
+            # an event being handled shows as pending; once handled, neither pending nor waiting
+            assert request(gateway, "GET", "/shop/slow")[0] == 200
+            wait_until(lambda: value(scraped(), meter.PENDING, group="billing", type="order.slow") == 1, 10,
+                       "one pending")
+            wait_until(lambda: (p := scraped()) and value(p, meter.HANDLED, type="order.slow", outcome="ok") == 1
+                       and value(p, meter.PENDING, type="order.slow") == 0
+                       and value(p, meter.LAG, type="order.slow") == 0, 15, "the slow one handled")
 
         # the trace: gateway -> shop's publish -> billing's handler -> its publish -> the next handler
         rows = [json.loads(line) for line in records.read_text().splitlines()]
@@ -145,8 +169,23 @@ def test_event_metrics_in_the_scrape_and_the_trace_through_two_hops(tmp_path):
             assert row["outgoing"].split("-")[1] == TRACE  # what microkit.client sends from the handler
             assert row["published"].split("-")[1] == TRACE and row["published"] != row["traceparent"]
         assert {r["traceparent"] for r in billed} == {r["published"] for r in placed}
-        up.signal(signal.SIGTERM)
-        assert up.wait(20) == 0
+        if kind == "amqp":
+            from microkit import events
+            from microkit.events.backends import connect
+            backend = connect(url, name)
+            events.configure(events.Settings(url=url, namespace=name, source="test"))
+            try:
+                events.publish("order.placed", {})
+                lag = wait_until(lambda: (found := backend.lag([("billing", "order.placed")]))
+                                 and found[("billing", "order.placed")][0] == 1 and found, 10, "one ready")
+                assert lag == {("billing", "order.placed"): (1, None)}
+                assert backend.lag([("billing", "order.nothing")]) == {}
+            finally:
+                events.backend().close()
+                events._settings = None
+        else:
+            up.signal(signal.SIGTERM)
+            assert up.wait(20) == 0
     finally:
         up.close()
 

@@ -129,7 +129,7 @@ class LogBackend(Backend):
         runner.start()
         return runner
 
-    def lag(self) -> dict[tuple[str, str], tuple[int, int]]:
+    def lag(self, pools: list[tuple[str, str]] = ()) -> dict[tuple[str, str], tuple[int | None, int | None]]:
         """(group, type) -> (events not delivered to the group yet, delivered and not acked)."""
         found: dict[tuple[str, str], tuple[int, int]] = {}
         for group, stream, waiting, pending in self.store().lag():

@@ -83,11 +83,11 @@ class LogStore(ABC):
     @abstractmethod
     def remove_dead(self, dead_id: str) -> None: ...
 
-    @abstractmethod
-    def lag(self) -> list[tuple[str, str, int, int]]:
+    def lag(self) -> list[tuple[str, str, int | None, int]]:
         """(group, stream, waiting, pending) of each group, as cheaply as the store can tell."""
         return []
 
+    @abstractmethod
     def lease(self, name: str, holder: str, ttl: float) -> bool:
         """Hold (or extend) the lease `name` for `ttl` seconds; False while someone else holds it."""
 
@@ -131,7 +131,7 @@ class LogBackend(Backend):
 
     def lag(self, pools: list[tuple[str, str]] = ()) -> dict[tuple[str, str], tuple[int | None, int | None]]:
         """(group, type) -> (events not delivered to the group yet, delivered and not acked)."""
-        found: dict[tuple[str, str], tuple[int, int]] = {}
+        found: dict[tuple[str, str], tuple[int | None, int | None]] = {}
         for group, stream, waiting, pending in self.store().lag():
             if stream.startswith("events:"):
                 found[(group, stream[len("events:"):])] = (waiting, pending)

@@ -216,3 +216,38 @@ def test_described_event_tables_are_read_back_and_added_up(tmp_path, monkeypatch
     unslotted = EventMeter()
     unslotted.published("cli", "order.placed")  # a script outside `up`: not counted, nothing written
     assert not list((tmp_path / ".microkit" / "metrics").glob("events_wp_cli*"))
+
+
+def test_a_dead_supervisors_event_table_goes_with_its_layout(tmp_path):
+    from microkit.metrics.table import tables
+
+    layout = meter.published_layout("shop", "order.placed")
+    folder = tmp_path / ".microkit" / "metrics"
+    table = meter.open_table(tmp_path, "events_wp_shop", layout, 1)
+    live = table.path
+    gone = folder / live.name.replace(f"-{table.owner}.table", "-999999999.table")
+    gone.write_bytes(live.read_bytes())
+    gone.with_suffix(".layout").write_text(live.with_suffix(".layout").read_text())
+    assert [path for _, path in tables(folder)] == [live]
+    assert not gone.exists() and not gone.with_suffix(".layout").exists()
+    assert live.with_suffix(".layout").exists()
+
+
+def test_publish_carries_the_current_trace_with_a_parent_id_of_its_own_else_starts_one(tmp_path):
+    from microkit import events, tracing
+    from microkit.events.settings import embedded_url
+
+    events.configure(events.Settings(url=embedded_url(tmp_path), namespace="t", source="test"))
+    try:
+        parent = f"00-{TRACE}-00f067aa0ba902b7-01"
+        token = tracing.handling(parent)
+        try:
+            inside = events.publish("order.placed", {}).traceparent
+        finally:
+            tracing.restore(token)
+        outside = events.publish("order.placed", {}).traceparent
+    finally:
+        events.backend().close()
+        events._settings = None
+    assert tracing.parse(inside.encode())[0].decode() == TRACE and inside != parent
+    assert tracing.parse(outside.encode()) is not None and TRACE not in outside

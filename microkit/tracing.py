@@ -101,6 +101,21 @@ def traced(app: Callable) -> Callable:
     return application
 
 
+def current() -> str | None:
+    """The traceparent of the request (or event, in a consumer) this greenlet handles, if any."""
+    return _current.get()
+
+
+def handling(traceparent: str | None):
+    """Make `traceparent` the current trace (an event's, while its handler runs); returns the token for
+    `restore`."""
+    return _current.set(traceparent)
+
+
+def restore(token) -> None:
+    _current.reset(token)
+
+
 def outgoing(current: str | None = None) -> str:
     """The traceparent for a call made now: the current request's trace with a new parent id, or a new trace."""
     value = current if current is not None else _current.get()

@@ -22,10 +22,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from microkit import tracing
 from microkit.errors import UsageError
 from microkit.events.backends.base import MODES, Backend, EventsUnavailable
 from microkit.events.envelope import Event, check_type, make
 from microkit.events.settings import Settings, from_environ
+from microkit.metrics import events as meter
 from microkit.storage import PerProcess
 
 __all__ = ["Event", "EventsUnavailable", "Handler", "MODES", "backend", "configure", "current", "handler",
@@ -87,15 +89,21 @@ def publish(event_type: str, payload: Any = None, *, request_id: str | None = No
     """Publish an event; returns once the store has it (AMQP: confirmed; Redis: XADD returned; embedded:
     committed). While the store is down it retries for `[events] publish_timeout` seconds, then raises
     EventsUnavailable. The request id is taken from the request being served (X-Request-ID) or the event
-    being handled, unless given."""
+    being handled, unless given. The envelope's traceparent carries on the trace of that request or event
+    (microkit.tracing) with a new parent id, else starts a trace."""
     handling = _current.get()
-    traceparent = None
-    if request_id is None and handling is not None:
-        request_id, traceparent = handling[0].request_id, handling[0].traceparent
-    elif request_id is None:
-        request_id, traceparent = _from_request()
-    event = make(event_type, payload, source=settings().source, request_id=request_id, traceparent=traceparent)
+    current = tracing.current()
+    if handling is not None:
+        request_id = handling[0].request_id if request_id is None else request_id
+        current = current or handling[0].traceparent
+    else:
+        found_id, found_trace = _from_request()
+        request_id = found_id if request_id is None else request_id
+        current = current or found_trace
+    event = make(event_type, payload, source=settings().source, request_id=request_id,
+                 traceparent=tracing.outgoing(current))
     backend().publish(event)
+    meter.published(settings().source, event_type)
     return event
 
 

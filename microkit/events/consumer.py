@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import importlib
 import logging
+import time
 import traceback
 
-from microkit import events
+from microkit import events, tracing
 from microkit.errors import UsageError
 from microkit.events.backends.base import Backend, Delivery, Runner, Subscription
 from microkit.events.settings import Settings
+from microkit.metrics import events as meter
 
 log = logging.getLogger("microkit.events")
 
@@ -61,6 +63,8 @@ class Consumer:
         self.idle.set()
 
     def start(self) -> None:
+        for sub in self.subs:
+            meter.handled(self.service, sub.type)  # its series show (at 0) from the start
         self.runner = self.backend.run(list(self.subs), self.deliver)
 
     def stop(self, timeout: float) -> int:
@@ -78,6 +82,7 @@ class Consumer:
 
         self.active += 1
         self.idle.clear()
+        cells = meter.handled(self.service, sub.type)
         try:
             event = delivery.event
             if event.delivery > sub.max_deliveries:
@@ -85,30 +90,43 @@ class Consumer:
                          f"not run again")
                 log.warning("%s %s: %s -> dead letters", event.type, event.id, error)
                 self.backend.dead_letter(sub, delivery, error)
+                if cells is not None:
+                    cells.count(cells.dead)
                 return
             handler = self.subs[sub]
             error = ""
             for attempt in range(sub.retries + 1):
                 marks: list[tuple[str, float]] = []
                 token = events._current.set((event, marks, sub.group_name))
+                trace = tracing.handling(event.traceparent)  # publishes and client calls carry it on
+                started = time.monotonic()
                 try:
                     handler.function(event)
                 except Exception as exc:
+                    if cells is not None:
+                        cells.attempt(False, time.monotonic() - started)
+                        if attempt < sub.retries:
+                            cells.count(cells.retried)
                     error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
                     last = attempt == sub.retries
                     log.warning("%s %s: %s raised %s (attempt %d of %d)%s", event.type, event.id, handler.name,
                                 error, attempt + 1, sub.retries + 1, " -> dead letters" if last else "")
                 else:
+                    if cells is not None:
+                        cells.attempt(True, time.monotonic() - started)
                     store = events._once_store() if marks else None
                     for key, ttl in marks:
                         store.once_mark(key, ttl)
                     delivery.ack()
                     return
                 finally:
+                    tracing.restore(trace)
                     events._current.reset(token)
                 if attempt < sub.retries:
                     gevent.sleep(sub.retry_delay * 2 ** attempt)
             self.backend.dead_letter(sub, delivery, error)
+            if cells is not None:
+                cells.count(cells.dead)
         except Exception as exc:  # the store failed under us: no ack, so the event comes back
             log.warning("%s %s: not acked (%s); it will be delivered again", delivery.event.type,
                         delivery.event.id, exc)

@@ -21,7 +21,7 @@ from microkit.gateway.policy import admin_policy
 from microkit.gateway.proxy import TrustedProxies
 from microkit.gateway.routing import split_target
 from microkit.gateway.security import Denied
-from microkit.metrics import folder
+from microkit.metrics import events as events_meter, folder
 from microkit.metrics.exposition import CONTENT_TYPE, document, render_tables, render_values
 from microkit.metrics.gateway import SERVICE, GatewayMeter, gateway_layout
 from microkit.metrics.table import Family, Layout, read_totals, tables
@@ -104,6 +104,38 @@ def supervisor_status(root: Path) -> dict | None:
         return None
 
 
+LAG = Family(events_meter.LAG, "gauge", "Events of a type not yet delivered to a consumer group, as the store "
+             "tells it (embedded, Redis Streams; AMQP: the ready messages of pool queues).", ("group", "type"), ())
+PENDING = Family(events_meter.PENDING, "gauge", "Events delivered to a consumer group and not acked yet "
+                 "(embedded, Redis Streams).",
+                 ("group", "type"), ())
+
+
+def event_parts(gateway) -> list[list[str]]:
+    """The event tables of this host, and each consumer group's lag as the store tells it (nothing when the
+    store cannot answer now; a scrape waits for it for about a second at most)."""
+    found = events_meter.tables_of(gateway.config.root)
+    parts = [render_tables(found)]
+    pools = sorted({values[:2] for layout, _ in found for family in layout.families
+                    if family.name == events_meter.HANDLED for values in family.series})
+    try:
+        store = getattr(gateway, "events_store", None)
+        if store is None:
+            from microkit.events.backends import connect
+            from microkit.events.settings import resolve
+            where = resolve(gateway.config, SERVICE)
+            store = gateway.events_store = connect(where.url, where.namespace, publish_timeout=0.5)
+        lag = store.lag(pools)
+    except Exception:  # the store is down or cannot tell: the rest of the scrape stands
+        return parts
+    if lag:
+        parts.append(render_values(LAG, {key: waiting for key, (waiting, _) in sorted(lag.items())
+                                         if waiting is not None}))
+        parts.append(render_values(PENDING, {key: pending for key, (_, pending) in sorted(lag.items())
+                                             if pending is not None}))
+    return parts
+
+
 def scrape(gateway) -> bytes:
     root = gateway.config.root
     meter = getattr(gateway, "meter", None)
@@ -115,6 +147,7 @@ def scrape(gateway) -> bytes:
     parts.append(render_values(HEALTHY, {(r.service,): len(r.balancer.healthy()) for r in gateway.routes}))
     parts.append(render_values(TOTAL, {(r.service,): len(r.balancer.upstreams) for r in gateway.routes}))
     parts.append(render_values(AGE, {(): round(min(gateway.snapshot_age(), 1e9), 3)}))
+    parts += event_parts(gateway)
     status = supervisor_status(root)
     if status is not None:
         groups = status.get("services", [])

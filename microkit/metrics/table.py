@@ -146,10 +146,11 @@ def tables(folder: Path, service: str | None = None) -> Iterator[tuple[str, Path
         if match is None or (service is not None and match["service"] != service):
             continue
         if not pid_alive(int(match["owner"])):
-            try:
-                os.unlink(entry.path)
-            except OSError:
-                pass
+            for dead in (entry.path, entry.path[:-len(".table")] + ".layout"):  # a described table's layout too
+                try:
+                    os.unlink(dead)
+                except OSError:
+                    pass
             continue
         yield match["service"], Path(entry.path)
 

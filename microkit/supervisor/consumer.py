@@ -138,6 +138,7 @@ class ConsumerProcess:
         if root not in sys.path:
             sys.path.insert(0, root)
         os.environ.update(self.spec.env)
+        os.environ["MICROKIT_CONSUMER_SLOT"] = str(self.slot)  # its row of the event metrics (microkit.metrics.events)
         from microkit import events
         from microkit.events.consumer import Consumer, load_handlers
 

@@ -147,6 +147,24 @@ class AmqpBackend(Backend):
         finally:
             _close(conn)
 
+    def lag(self, pools: list[tuple[str, str]] = ()) -> dict[tuple[str, str], tuple[int | None, int | None]]:
+        """Ready messages of the pool queues of (service, type) (a passive queue_declare each: RabbitMQ
+        tells neither unacked counts nor the queues of broadcast and singleton groups this cheaply)."""
+        found: dict[tuple[str, str], tuple[int | None, int | None]] = {}
+        conn = self.connect(timeout=0.5)
+        try:
+            channel = conn.channel()
+            for service, event_type in pools:
+                try:
+                    ok = channel.queue_declare(f"{self.namespace}.{service}.{event_type}", passive=True)
+                except amqp.exceptions.NotFound:
+                    channel = conn.channel()  # the broker closed the channel: the queue does not exist (yet)
+                    continue
+                found[(service, event_type)] = (ok.message_count, None)
+        finally:
+            _close(conn)
+        return found
+
     def close(self) -> None:
         publisher = self._publisher.drop()
         if publisher is not None:

@@ -130,5 +130,10 @@ class Backend(ABC):
     def tail(self, types: list[str], on_event: Callable[[Event], None], stop: Callable[[], bool]) -> None:
         """Call `on_event` for each event published from now on (of `types`, or all), until `stop()`."""
 
+    def lag(self, pools: list[tuple[str, str]] = ()) -> dict[tuple[str, str], tuple[int | None, int | None]]:
+        """(group, type) -> (events waiting for the group, delivered and not acked), where cheap to tell
+        (None: cannot tell); `pools` are the (service, type) of the pool handlers known to run."""
+        return {}
+
     def close(self) -> None:
         """Release this process's connections."""

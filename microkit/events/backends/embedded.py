@@ -103,6 +103,17 @@ class SqliteLogStore(LogStore):
             if self.added % TRIM_EVERY == 0:
                 db.execute("DELETE FROM entries WHERE created < ?", (now - RETENTION,))
 
+    def lag(self) -> list[tuple[str, str, int, int]]:
+        """(group, stream, entries not delivered to the group yet, delivered and not acked) of each group."""
+        with self._tx(write=False) as db:
+            waiting = db.execute(
+                "SELECT c.grp, c.stream, (SELECT COUNT(*) FROM entries e WHERE e.namespace = c.namespace AND "
+                "e.stream = c.stream AND e.seq > c.last_seq) FROM cursors c WHERE c.namespace = ?",
+                (self.ns,)).fetchall()
+            pending = dict(((g, s), n) for g, s, n in db.execute(
+                "SELECT grp, stream, COUNT(*) FROM pending WHERE namespace = ? GROUP BY grp, stream", (self.ns,)))
+        return [(g, s, n, pending.get((g, s), 0)) for g, s, n in waiting]
+
     def ensure_group(self, group: str, streams: list[str]) -> None:
         with self._tx() as db:
             last = db.execute("SELECT COALESCE(MAX(seq), 0) FROM entries").fetchone()[0]

@@ -83,6 +83,10 @@ class LogStore(ABC):
     @abstractmethod
     def remove_dead(self, dead_id: str) -> None: ...
 
+    def lag(self) -> list[tuple[str, str, int | None, int]]:
+        """(group, stream, waiting, pending) of each group, as cheaply as the store can tell."""
+        return []
+
     @abstractmethod
     def lease(self, name: str, holder: str, ttl: float) -> bool:
         """Hold (or extend) the lease `name` for `ttl` seconds; False while someone else holds it."""
@@ -124,6 +128,14 @@ class LogBackend(Backend):
         runner = _LogRunner(self, subscriptions, deliver)
         runner.start()
         return runner
+
+    def lag(self, pools: list[tuple[str, str]] = ()) -> dict[tuple[str, str], tuple[int | None, int | None]]:
+        """(group, type) -> (events not delivered to the group yet, delivered and not acked)."""
+        found: dict[tuple[str, str], tuple[int | None, int | None]] = {}
+        for group, stream, waiting, pending in self.store().lag():
+            if stream.startswith("events:"):
+                found[(group, stream[len("events:"):])] = (waiting, pending)
+        return found
 
     def dead_letter(self, subscription: Subscription, delivery: Delivery, error: str) -> None:
         entry: Entry = delivery.raw

@@ -63,6 +63,22 @@ class RedisLogStore(LogStore):
         with unavailable(self.what):
             self.writer.xadd(self.key(stream), {"e": body}, maxlen=MAX_LEN, approximate=True)
 
+    def lag(self) -> list[tuple[str, str, int | None, int]]:
+        """XINFO GROUPS of each type's stream (lag is None where Redis cannot tell it, after a trim)."""
+        prefix = self.key("events:")
+        pattern = "".join("\\" + c if c in "*?[]\\" else c for c in prefix) + "*"
+        with unavailable(self.what):
+            keys = sorted(self.writer.scan_iter(match=pattern, count=1000, _type="stream"))
+            pipe = self.writer.pipeline(transaction=False)
+            for key in keys:
+                pipe.xinfo_groups(key)
+            found = []
+            for key, groups in zip(keys, pipe.execute()):
+                stream = key.decode()[len(self.ns) + 1:]
+                for info in groups:
+                    found.append((info["name"].decode(), stream, info.get("lag"), int(info["pending"])))
+        return found
+
     def ensure_group(self, group: str, streams: list[str]) -> None:
         import redis
 

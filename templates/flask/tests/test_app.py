@@ -13,7 +13,7 @@ ENGINE = "{{service}}.engine"
 
 @pytest.fixture
 def client(service):
-    client = service("{{service}}")  # in-process: client.app is the Flask app it serves
+    client = service("{{service}}", mode="inprocess")  # client.app: the Flask app it serves
     yield client
     client.app.extensions[ENGINE].dispose()  # before the test's database is dropped
 
@@ -63,7 +63,7 @@ def test_wrong_method_is_405(client):
 
 
 def test_the_resource_follows_the_route_it_is_given(service):
-    elsewhere = service("{{service}}", env={"MICROKIT_ROUTE": "/renamed"})
+    elsewhere = service("{{service}}", mode="inprocess", env={"MICROKIT_ROUTE": "/renamed"})
     try:
         elsewhere.post("/renamed/", json={"name": "moved"}, expect=201)
         assert [i["name"] for i in elsewhere.get("/renamed", expect=200).json()] == ["moved"]

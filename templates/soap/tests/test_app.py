@@ -15,7 +15,7 @@ ROUTE = "/{{service}}"  # the route microkit.toml gives it (microkit passes it a
 
 @pytest.fixture
 def url(service):
-    return service("{{service}}").url + ROUTE
+    return service("{{service}}", mode="inprocess").url + ROUTE  # in-process: its RECORDS are readable here
 
 
 @pytest.fixture

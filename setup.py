@@ -69,10 +69,10 @@ setup(
         "postgres": ["psycopg2-binary>=2.9"],
         "mysql": ["pymysql>=1.1"],
         # what services made from the built-in templates need at run time (and for their own tests)
-        "rest": ["webtest>=3.0"],
-        "flask": ["flask>=3.0", "sqlalchemy>=2.0", "webtest>=3.0"],
+        "rest": [],  # its tests need only pytest and microkit.testing, which comes with microkit
+        "flask": ["flask>=3.0", "sqlalchemy>=2.0"],
         "aiohttp": ["aiohttp>=3.9", "pytest-aiohttp>=1.0"],
-        "soap": ["defusedxml>=0.7", "zeep>=4.2", "webtest>=3.0"],
+        "soap": ["defusedxml>=0.7", "zeep>=4.2"],
     },
     entry_points={
         "console_scripts": ["microkit = microkit.cli:main"],

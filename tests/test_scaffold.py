@@ -64,16 +64,17 @@ def test_generated_tests_pass_on_sqlite(project):
 
 def test_generated_tests_pass_on_postgresql(project, postgres_url):
     assert run_cli("new", "service", "users", cwd=project).returncode == 0
-    run_generated_tests(project, {"DATABASE_URL": postgres_url})
+    run_generated_tests(project, {"MICROKIT_TEST_DATABASE_URL": postgres_url})  # a database per test on it
 
 
 def test_generated_tests_pass_on_mariadb(project, mysql_url):
     assert run_cli("new", "service", "users", cwd=project).returncode == 0
-    run_generated_tests(project, {"DATABASE_URL": mysql_url})
+    run_generated_tests(project, {"MICROKIT_TEST_DATABASE_URL": mysql_url})
 
 
 def run_generated_tests(project: Path, env: dict) -> None:
-    environ = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "PYTHONPATH")}
+    environ = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "PYTHONPATH")
+               and not k.startswith("MICROKIT_")}
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "services"],
                             cwd=project, env={**environ, **env}, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr

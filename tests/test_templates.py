@@ -67,12 +67,12 @@ def test_every_templates_generated_tests_pass_at_once(tmp_path, path_with_this_p
 
 def test_database_templates_pass_on_postgresql(tmp_path, postgres_url):
     root = new_project(tmp_path, {t: SERVICES[t] for t in DATABASE_TEMPLATES})
-    run_generated_tests(root, {"DATABASE_URL": postgres_url})
+    run_generated_tests(root, {"MICROKIT_TEST_DATABASE_URL": postgres_url})  # a database per test on it
 
 
 def test_database_templates_pass_on_mariadb(tmp_path, mysql_url):
     root = new_project(tmp_path, {t: SERVICES[t] for t in DATABASE_TEMPLATES})
-    run_generated_tests(root, {"DATABASE_URL": mysql_url})
+    run_generated_tests(root, {"MICROKIT_TEST_DATABASE_URL": mysql_url})
 
 
 SIMULTANEOUS_START = """

@@ -1,4 +1,5 @@
-"""The {{service}} server as microkit runs it: a process reading PORT and HOST, stopped by SIGTERM."""
+"""The {{service}} server as microkit runs it: a process reading PORT and HOST, stopped by SIGTERM; and the
+same server started by microkit.testing's `service` fixture."""
 
 import json
 import os
@@ -53,3 +54,12 @@ def test_serves_on_port_and_host_and_stops_gracefully_on_sigterm():
         if server.poll() is None:
             server.kill()
             server.wait()
+
+
+def test_runs_as_microkit_runs_it(service):
+    """microkit.testing's `service` fixture runs a command service as a process (`microkit run`), on a
+    port bound for it and registered in the test's own registry."""
+    notes = service("{{service}}")
+    assert notes.get("/healthz", expect=200).json()["status"] == "ok"
+    item = notes.post("/{{service}}/", json={"name": "first"}, expect=201).json()
+    assert notes.get("/{{service}}", expect=200).json() == [item]

@@ -1,38 +1,31 @@
-"""The {{service}} service called with zeep, a real SOAP client, over HTTP to the app served in a thread;
+"""The {{service}} service called with zeep, a real SOAP client, over HTTP to the app that
+microkit.testing's `service` fixture (the pytest plugin installed with microkit) serves in-process;
 and the XML a SOAP endpoint must refuse (DTDs, external entities, entity-expansion bombs)."""
 
-import threading
+import sys
 import urllib.error
 import urllib.request
-from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import pytest
 import zeep
 from zeep.exceptions import Fault
 
-from services.{{service}}.app import RECORDS, service
-
-ROUTE = "/{{service}}"  # any prefix: microkit passes the one in microkit.toml as MICROKIT_ROUTE
+ROUTE = "/{{service}}"  # the route microkit.toml gives it (microkit passes it as MICROKIT_ROUTE)
 
 
-class QuietHandler(WSGIRequestHandler):
-    def log_message(self, *args) -> None:
-        pass
+@pytest.fixture
+def url(service):
+    return service("{{service}}", mode="inprocess").url + ROUTE  # in-process: its RECORDS are readable here
 
 
-@pytest.fixture(scope="module")
-def url():
-    server = make_server("127.0.0.1", 0, service.wsgi_app(ROUTE), handler_class=QuietHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}{ROUTE}"
-    server.shutdown()
-    server.server_close()
+@pytest.fixture
+def records(url):
+    """The records of the app the test started (imported afresh for each test: it starts empty)."""
+    return sys.modules["services.{{service}}.app"].RECORDS
 
 
 @pytest.fixture
 def client(url):
-    RECORDS.items.clear()
     return zeep.Client(url + "?wsdl")
 
 
@@ -70,8 +63,8 @@ def test_a_bad_request_is_a_client_fault(client):
     assert fault.value.code.endswith("Client")
 
 
-def test_an_exception_is_a_server_fault_with_http_500(url, monkeypatch):
-    monkeypatch.setattr(RECORDS, "items", None)  # the operation will raise
+def test_an_exception_is_a_server_fault_with_http_500(url, records, monkeypatch):
+    monkeypatch.setattr(records, "items", None)  # the operation will raise
     call = '<tns:List{{model}}s xmlns:tns="urn:{{project}}:{{service}}"/>'
     status, body = post(url, ENVELOPE.format(doctype="", body=call).encode())
     assert status == 500 and "<faultcode>soap:Server</faultcode>" in body and "Traceback" not in body
@@ -93,8 +86,7 @@ def attack(doctype: str, name: str) -> bytes:
      '<!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;"><!ENTITY d "&c;&c;&c;&c;&c;&c;&c;&c;&c;&c;">]>', "&d;"),
     ('<!DOCTYPE e SYSTEM "http://127.0.0.1:9/evil.dtd">', "plain"),
 ])
-def test_xml_with_a_dtd_is_refused(url, doctype, name):
-    RECORDS.items.clear()
+def test_xml_with_a_dtd_is_refused(url, records, doctype, name):
     status, body = post(url, attack(doctype, name))
     assert status == 500 and "<faultcode>soap:Client</faultcode>" in body
-    assert "root:" not in body and RECORDS.items == {}
+    assert "root:" not in body and records.items == {}

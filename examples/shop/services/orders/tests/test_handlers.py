@@ -1,6 +1,5 @@
-"""The orders service's event handlers, called in-process with real events on a throwaway store."""
-
-import os
+"""The orders service's event handlers, called in-process with real events on a throwaway store (microkit.testing
+has no events fixtures yet: the store is configured here), on a per-test database from its `database` fixture."""
 
 import pytest
 
@@ -24,14 +23,13 @@ def published(tmp_path):
 
 
 @pytest.fixture(autouse=True)
-def database(tmp_path):
-    models.init_db(os.environ.get("DATABASE_URL") or f"sqlite:///{tmp_path / 'test.db'}")
+def orders_database(database):
+    """A database of the test's own from microkit.testing (an SQLite file, or one on --microkit-database)."""
+    models.init_db(database().url)
     with models.db.connection_context():
-        models.db.drop_tables(models.MODELS, safe=True)
         models.db.create_tables(models.MODELS)
     yield
-    with models.db.connection_context():
-        models.db.drop_tables(models.MODELS, safe=True)
+    models.db.close_all()  # the pooled connections, before the database is dropped
 
 
 def test_payments_completed_marks_the_order_paid_and_announces_it(published):

@@ -253,10 +253,11 @@ def test_a_command_service_is_registered_and_routed(project, running):
     url = gateway_url(up)
     eventually(lambda: len({Loop_get(url + "/clock/now").split()[1] for _ in range(6)}) == 2, 5, 0.1)
     eventually(lambda: registered_pids(root, "clock") == set(worker_pids(up, "clock")), 5, 0.1)
-    victim = worker_pids(up, "clock")[0]
+    victim = worker_pids(up, "clock")[0]  # the program's pid; the supervisor stops it through its shim, the parent
+    shim = int(Path(f"/proc/{victim}/stat").read_text().rsplit(")", 1)[1].split()[1])
     with Loop(url + "/clock/now") as loop:
         time.sleep(0.5)
-        os.kill(victim, signal.SIGTERM)
+        os.kill(shim, signal.SIGTERM)
         time.sleep(1.5)
     assert loop.failures() == [] and len(loop.statuses) > 20
     eventually(lambda: victim not in registered_pids(root, "clock"), 3, 0.1)

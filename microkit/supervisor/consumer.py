@@ -119,6 +119,8 @@ class ConsumerProcess:
     def init_process(self, parent: int, notify_fd: int) -> int:
         from gevent import monkey
         monkey.patch_all()
+        from . import drivers
+        drivers.install()  # before the handlers are imported: a psycopg2 query must not stop the heartbeat
         import gevent
         import gevent.event
 

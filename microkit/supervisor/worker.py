@@ -86,17 +86,17 @@ class AppSpec:
         return min(0.5, self.timeout / 4)
 
 
-class Worker:
-    """One worker process of a group, as the arbiter sees it, and the code the child runs."""
+class ChildProcess:
+    """One forked child of a group (a worker, a consumer), as the arbiter sees it: its pipes, heartbeats and
+    signals, and the start-up every child shares. Subclasses give `name`, `init_process` and the spec."""
 
-    def __init__(self, spec: AppSpec, slot: int, generation: int, listener: socket.socket, own_port: bool = False):
+    port: int | None = None
+    boot_error_default = "cannot boot"  # what a boot_error notification without a message means
+
+    def __init__(self, spec: Any, slot: int, generation: int) -> None:
         self.spec = spec
         self.slot = slot
         self.generation = generation
-        self.listener = listener
-        self.own_port = own_port
-        self.own: socket.socket | None = None
-        self.port: int = listener.getsockname()[1]
         self.pid: int | None = None
         self.started_at = 0.0
         self.last_beat = 0.0
@@ -113,23 +113,26 @@ class Worker:
 
     @property
     def name(self) -> str:
-        return f"{self.spec.name}.{self.slot}"
+        raise NotImplementedError
+
+    def init_process(self, parent: int, notify_fd: int) -> int:
+        raise NotImplementedError
 
     # Arbiter side.
 
-    def spawn(self) -> None:
-        """Fork the child. Returns in the arbiter; the child never returns from here.
+    def before_fork(self) -> None:
+        """Bind or open what the child inherits (the arbiter reports a failure)."""
 
-        With `own_port`, the child also gets a listening socket of its own (a free port on the group's host),
-        bound here so that a failure is the arbiter's to report. It is the address the worker registers: each
-        worker is then a target of its own, which gateways balance across and eject one by one, where workers
-        behind one shared socket look like one host:port and share the load unevenly. The shared socket stays
-        for clients that come straight to the service's `listen` address. The arbiter closes its copy after
-        the fork, so the port closes (and refuses at once) when the worker is gone."""
-        if self.own_port:
-            host = self.listener.getsockname()[0]
-            self.own = bind(Address(host, 0))
-            self.port = self.own.getsockname()[1]
+    def inherited_fds(self) -> list[int]:
+        """Descriptors the child keeps besides stdio and its notify pipe."""
+        return []
+
+    def after_fork(self) -> None:
+        """Release, in the arbiter, what only the child needs (also when the fork failed)."""
+
+    def spawn(self) -> None:
+        """Fork the child. Returns in the arbiter; the child never returns from here."""
+        self.before_fork()
         output_r, output_w = os.pipe()
         notify_r, notify_w = os.pipe()
         parent = os.getpid()
@@ -140,8 +143,7 @@ class Worker:
         except OSError:
             for fd in (output_r, output_w, notify_r, notify_w):
                 os.close(fd)
-            if self.own is not None:
-                self.own.close()
+            self.after_fork()
             raise
         if pid == 0:
             code = 1
@@ -151,9 +153,7 @@ class Worker:
                 os.dup2(devnull, 0)
                 os.dup2(output_w, 1)
                 os.dup2(output_w, 2)
-                redirect = self.spec.tls.redirect if self.spec.tls is not None else None
-                close_fds_except([notify_w, self.listener.fileno()] + ([self.own.fileno()] if self.own else [])
-                                 + ([redirect.fileno()] if redirect else []))
+                close_fds_except([notify_w, *self.inherited_fds()])
                 code = self.init_process(parent, notify_w)
             except BaseException:
                 traceback.print_exc()
@@ -165,8 +165,7 @@ class Worker:
                     os._exit(code)
         os.close(output_w)
         os.close(notify_w)
-        if self.own is not None:
-            self.own.close()
+        self.after_fork()
         self.pid = pid
         self.output_fd, self.notify_fd = output_r, notify_r
         self.started_at = self.last_beat = time.monotonic()
@@ -185,7 +184,7 @@ class Worker:
         if message.get("event") == "ready":
             self.ready = True
         elif message.get("event") == "boot_error":
-            self.error = str(message.get("error", "cannot load the app"))
+            self.error = str(message.get("error", self.boot_error_default))
 
     def reaped(self, status: int) -> None:
         """Nothing to release: the pipes close at end of file."""
@@ -195,15 +194,13 @@ class Worker:
 
     # Child side.
 
-    def init_process(self, parent: int, notify_fd: int) -> int:
-        """Set up the child and serve until told to stop; returns the exit code."""
+    def start_child(self, parent: int, notify_fd: int) -> "Notifier":
+        """What every child does first: monkey-patch, make the database drivers cooperative (before any user
+        code is imported), die with the arbiter, no core dumps, the arbiter's signals, line-buffered output."""
         from gevent import monkey
         monkey.patch_all()
         from . import drivers
-        drivers.install()  # before the app is imported: psycopg2 and psycopg 3 wait on the hub
-        import gevent
-        import gevent.event
-
+        drivers.install()  # psycopg2 and psycopg 3 wait on the hub
         die_with_parent(parent)
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -211,7 +208,65 @@ class Worker:
         signal.signal(signal.SIGABRT, signal.SIG_DFL)
         sys.stdout.reconfigure(line_buffering=True)
         sys.stderr.reconfigure(line_buffering=True)
-        notify = Notifier(notify_fd)
+        return Notifier(notify_fd)
+
+    def pulse(self, parent: int, notify: "Notifier") -> None:
+        """Beat for the arbiter while the loop runs; leave at once if the arbiter is gone."""
+        import gevent
+        while True:
+            if os.getppid() != parent or not notify.send(event="beat", at=time.monotonic()):
+                os._exit(1)
+            gevent.sleep(self.spec.beat_interval)
+
+
+class Worker(ChildProcess):
+    """One worker process of a group, as the arbiter sees it, and the code the child runs.
+
+    With `own_port`, the child also gets a listening socket of its own (a free port on the group's host),
+    bound before the fork so that a failure is the arbiter's to report. It is the address the worker
+    registers: each worker is then a target of its own, which gateways balance across and eject one by one,
+    where workers behind one shared socket look like one host:port and share the load unevenly. The shared
+    socket stays for clients that come straight to the service's `listen` address. The arbiter closes its
+    copy after the fork, so the port closes (and refuses at once) when the worker is gone."""
+
+    boot_error_default = "cannot load the app"
+
+    def __init__(self, spec: AppSpec, slot: int, generation: int, listener: socket.socket, own_port: bool = False):
+        super().__init__(spec, slot, generation)
+        self.listener = listener
+        self.own_port = own_port
+        self.own: socket.socket | None = None
+        self.port: int = listener.getsockname()[1]
+
+    @property
+    def name(self) -> str:
+        return f"{self.spec.name}.{self.slot}"
+
+    # Arbiter side.
+
+    def before_fork(self) -> None:
+        if self.own_port:
+            host = self.listener.getsockname()[0]
+            self.own = bind(Address(host, 0))
+            self.port = self.own.getsockname()[1]
+
+    def inherited_fds(self) -> list[int]:
+        redirect = self.spec.tls.redirect if self.spec.tls is not None else None
+        return ([self.listener.fileno()] + ([self.own.fileno()] if self.own else [])
+                + ([redirect.fileno()] if redirect else []))
+
+    def after_fork(self) -> None:
+        if self.own is not None:
+            self.own.close()
+
+    # Child side.
+
+    def init_process(self, parent: int, notify_fd: int) -> int:
+        """Set up the child and serve until told to stop; returns the exit code."""
+        notify = self.start_child(parent, notify_fd)
+        import gevent
+        import gevent.event
+
         os.environ["MICROKIT_WORKER_SLOT"] = str(self.slot)  # the row of the metrics table it writes (microkit.metrics)
 
         from microkit.errors import ConfigError
@@ -294,14 +349,6 @@ class Worker:
         if not callable(target):
             raise TypeError(f"{self.spec.app} is a {type(target).__name__}, not a WSGI callable")
         return target
-
-    def pulse(self, parent: int, notify: "Notifier") -> None:
-        """Beat for the arbiter while the loop runs; leave at once if the arbiter is gone."""
-        import gevent
-        while True:
-            if os.getppid() != parent or not notify.send(event="beat", at=time.monotonic()):
-                os._exit(1)
-            gevent.sleep(self.spec.beat_interval)
 
 
 class Notifier:

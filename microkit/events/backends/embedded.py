@@ -19,7 +19,7 @@ from pathlib import Path
 from microkit.events.backends.base import DeadLetter
 from microkit.events.backends.log import Entry, LogBackend, LogStore
 from microkit.events.envelope import Event
-from microkit.storage import PerProcess, sqlite, unavailable
+from microkit.storage import sqlite, unavailable
 
 POLL = 0.02
 RETENTION = 7 * 86400
@@ -48,23 +48,8 @@ def path_of(url: str) -> Path:
 
 
 class EmbeddedBackend(LogBackend):
-    def __init__(self, url: str, namespace: str, **options) -> None:
-        super().__init__(url, namespace, **options)
-        self._store = PerProcess(lambda: SqliteLogStore(path_of(url), namespace))
-
-    def store(self) -> SqliteLogStore:
-        return self._store.get()
-
-    def once_seen(self, key: str) -> bool:
-        return self.store().seen(key)
-
-    def once_mark(self, key: str, ttl: float) -> None:
-        self.store().mark(key, ttl)
-
-    def close(self) -> None:
-        store = self._store.drop()
-        if store is not None:
-            store.close()
+    def make_store(self) -> SqliteLogStore:
+        return SqliteLogStore(path_of(self.url), self.namespace)
 
 
 class SqliteLogStore(LogStore):

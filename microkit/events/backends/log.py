@@ -21,7 +21,7 @@ from microkit.events.backends.base import (
     Backend, DeadLetter, Delivery, EventsUnavailable, Runner, Subscription,
 )
 from microkit.events.envelope import Event
-from microkit.storage import StoreUnavailable, redacted
+from microkit.storage import PerProcess, StoreUnavailable, redacted
 
 log = logging.getLogger("microkit.events")
 
@@ -95,6 +95,14 @@ class LogStore(ABC):
     def tail(self, streams: list[str] | None, after: dict[str, str], block: float) -> list[Entry]:
         """Entries added after `after` (stream -> last id seen, updated), of `streams` or all streams."""
 
+    @abstractmethod
+    def seen(self, key: str) -> bool:
+        """Whether `events.once` marked `key` (and the mark has not expired)."""
+
+    @abstractmethod
+    def mark(self, key: str, ttl: float) -> None:
+        """Mark `key` for `ttl` seconds."""
+
     def close(self) -> None: ...
 
 
@@ -103,9 +111,25 @@ class LogBackend(Backend):
 
     def __init__(self, url: str, namespace: str, **options) -> None:
         super().__init__(url, namespace, **options)
+        self._store: PerProcess[LogStore] = PerProcess(self.make_store)
 
     @abstractmethod
-    def store(self) -> LogStore: ...
+    def make_store(self) -> LogStore:
+        """A store for this process (made on first use, and again after a fork)."""
+
+    def store(self) -> LogStore:
+        return self._store.get()
+
+    def once_seen(self, key: str) -> bool:
+        return self.store().seen(key)
+
+    def once_mark(self, key: str, ttl: float) -> None:
+        self.store().mark(key, ttl)
+
+    def close(self) -> None:
+        store = self._store.drop()
+        if store is not None:
+            store.close()
 
     def publish(self, event: Event) -> None:
         """Add to the type's stream; while the store is down, retry until `publish_timeout`, then raise."""

@@ -18,30 +18,15 @@ import time
 from microkit.events.backends.base import DeadLetter
 from microkit.events.backends.log import Entry, LogBackend, LogStore
 from microkit.events.envelope import Event
-from microkit.storage import PerProcess, redacted, redis_client, unavailable
+from microkit.storage import redacted, redis_client, unavailable
 
 MAX_LEN = 1_000_000
 READ_SOCKET_TIMEOUT = 5.0
 
 
 class RedisStreamsBackend(LogBackend):
-    def __init__(self, url: str, namespace: str, **options) -> None:
-        super().__init__(url, namespace, **options)
-        self._store = PerProcess(lambda: RedisLogStore(url, namespace, self.publish_timeout))
-
-    def store(self) -> RedisLogStore:
-        return self._store.get()
-
-    def once_seen(self, key: str) -> bool:
-        return self.store().seen(key)
-
-    def once_mark(self, key: str, ttl: float) -> None:
-        self.store().mark(key, ttl)
-
-    def close(self) -> None:
-        store = self._store.drop()
-        if store is not None:
-            store.close()
+    def make_store(self) -> RedisLogStore:
+        return RedisLogStore(self.url, self.namespace, self.publish_timeout)
 
 
 class RedisLogStore(LogStore):

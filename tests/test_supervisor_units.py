@@ -38,6 +38,7 @@ class FakeInstance:
         self.clock, self.slot, self.generation = clock, slot, generation
         self.pid = next(PIDS)
         self.ready = self.retiring = self.aborted = False
+        self.routable = True
         self.kill_at = None
         self.error = None
         self.port = 8000
@@ -111,6 +112,30 @@ def test_crashed_instance_is_replaced_at_once_in_its_slot_then_with_backoff():
     group.clock_.now += 0.5
     group.tick()
     assert len(group.instances) == 2 and group.restarts == {1: 2}
+
+
+def test_rolling_reload_waits_until_the_new_instance_is_registered_or_timeout_has_passed():
+    group = FakeGroup(workers=1, timeout=5.0)
+    group.boot()
+    (old,) = group.instances
+    group.reload()
+    group.tick()
+    (new,) = [i for i in group.instances if i.generation == 1]
+    new.ready, new.routable = True, False
+    group.tick()
+    assert not old.retiring, "ready but not yet registered: gateways cannot find it, the old one keeps serving"
+    new.routable = True
+    group.tick()
+    assert old.retiring
+    group.reload()
+    group.tick()
+    (newer,) = [i for i in group.instances if i.generation == 2]
+    newer.ready, newer.routable = True, False
+    group.tick()
+    assert not new.retiring
+    group.clock_.now += 5.1
+    group.tick()
+    assert new.retiring, "a successor that never registers holds the roll up for `timeout` at most"
 
 
 def test_boot_failures_make_the_group_fatal_and_show_the_error_once():

@@ -67,6 +67,7 @@ class CommandProcess:
         self.pid: int | None = None
         self.started_at = self.last_beat = self.next_probe_at = 0.0
         self.ready = False
+        self.routable = True  # the shim registers it once healthy: the first 200 that makes it ready
         self.retiring = False
         self.kill_at: float | None = None
         self.aborted = False

@@ -4,7 +4,7 @@ its command processes). The group replaces what dies (with backoff), gives up on
 once per service and, later, once for the gateway.
 
 Instances (`worker.Worker`, `command.CommandProcess`) share one small interface: `spawn()`, `signal()`,
-`pid`, `slot`, `generation`, `ready`, `retiring`, `kill_at`, `aborted`, `last_beat`, `beat_interval`
+`pid`, `slot`, `generation`, `ready`, `routable` (found by gateways: registered, or nothing to register), `retiring`, `kill_at`, `aborted`, `last_beat`, `beat_interval`
 (seconds between beats; 0 when absent), `started_at`, `error`, `port`, `output_fd`, `notify_fd` (-1 when
 there is none), `on_notify(line)`, `reaped(status)`.
 """
@@ -243,7 +243,9 @@ class Group:
         """Move toward `desired` instances of the current generation, one rolling step at a time."""
         current = [i for i in self.instances if i.generation == self.generation and not i.retiring]
         old = [i for i in self.instances if i.generation < self.generation and not i.retiring]
-        booting = [i for i in current if not i.ready]
+        # An old instance is retired only once its successor can be found: ready, and registered where
+        # gateways look (a successor that stays unhealthy longer than `timeout` no longer holds the roll up).
+        booting = [i for i in current if not i.ready or not (i.routable or now - i.started_at > self.timeout)]
         if old:
             if booting:
                 return

@@ -74,13 +74,13 @@ class Registration:
         self.registered = False
         self._task = None
 
-    def start(self, app: Callable, health_path: str) -> None:
-        """In the background: wait until the app is healthy, then register and keep heartbeating."""
+    def start(self, app: Callable, health_path: str, registered: Callable[[], None]) -> None:
+        """In the background: wait until the app is healthy, register, call `registered` and keep heartbeating."""
         import gevent
 
-        self._task = gevent.spawn(self._register_when_healthy, app, health_path)
+        self._task = gevent.spawn(self._register_when_healthy, app, health_path, registered)
 
-    def _register_when_healthy(self, app: Callable, health_path: str) -> None:
+    def _register_when_healthy(self, app: Callable, health_path: str, registered: Callable[[], None]) -> None:
         import gevent
 
         while not answers_health(app, health_path):
@@ -91,6 +91,7 @@ class Registration:
             log.warning("cannot register yet (%s); retrying with each heartbeat", exc)
         self.registered = True
         self.heartbeat.start()
+        registered()
 
     def stop(self) -> None:
         """Deregister, then give gateways a moment to notice before the caller stops accepting."""

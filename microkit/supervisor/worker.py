@@ -101,6 +101,7 @@ class ChildProcess:
         self.started_at = 0.0
         self.last_beat = 0.0
         self.ready = False
+        self.routable = True  # a worker that registers becomes routable once gateways can find it
         self.retiring = False
         self.kill_at: float | None = None
         self.aborted = False
@@ -183,6 +184,8 @@ class ChildProcess:
         self.last_beat = min(now, max(self.last_beat, at)) if isinstance(at, float) else now
         if message.get("event") == "ready":
             self.ready = True
+        elif message.get("event") == "registered":
+            self.routable = True
         elif message.get("event") == "boot_error":
             self.error = str(message.get("error", self.boot_error_default))
 
@@ -233,6 +236,7 @@ class Worker(ChildProcess):
 
     def __init__(self, spec: AppSpec, slot: int, generation: int, listener: socket.socket, own_port: bool = False):
         super().__init__(spec, slot, generation)
+        self.routable = spec.registry is None
         self.listener = listener
         self.own_port = own_port
         self.own: socket.socket | None = None
@@ -301,7 +305,7 @@ class Worker(ChildProcess):
         registration = None
         if self.spec.registry is not None:
             registration = Registration(self.spec.registry, self.spec.name, self.port, self.slot)
-            registration.start(app, self.spec.health)
+            registration.start(app, self.spec.health, lambda: notify.send(event="registered"))
         stopped = gevent.event.Event()
         stopping: list[bool] = []
 

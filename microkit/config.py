@@ -564,7 +564,8 @@ class ServiceConfig:
                                                  "X-Forwarded-Prefix, which a microkit worker makes SCRIPT_NAME.")
     request_buffering: bool = setting(boolean, True, "Read a request's whole body (up to max_body) before an "
                                                      "instance is picked, and send it with Content-Length; false "
-                                                     "streams uploads upstream as they arrive.")
+                                                     "streams bodies larger than gateway.body_buffer as they "
+                                                     "arrive.")
     auth: str | None = setting(one_of(*AUTH_METHODS), None, 'Auth for this route: "none", "jwt" or "apikey"; '
                                                             "default gateway.auth.default.")
     scopes: tuple[str, ...] = setting(strings, (), "Scopes a caller needs for this route (403 without them).")

@@ -516,6 +516,11 @@ class GatewayConfig:
                                                              "extended.")
     access_log: bool = setting(boolean, True, "One log line per proxied request.")
     body_timeout: float = setting(seconds, 10.0, "Longest wait for the next bytes of a request body (408 after it).")
+    body_buffer: int = setting(size, 64 * 1024, "A request body is read whole before it goes upstream: up to this "
+                                                "size in memory, beyond it in a temporary file in body_temp_dir.")
+    body_temp_dir: str | None = setting(folder_path, None, "Folder (next to microkit.toml, or absolute) for the "
+                                                           "temporary files of large request bodies, unlinked as "
+                                                           "they are made; default the system's temp folder.")
     lingering_time: float = setting(seconds, 30.0, "After an early answer (413, 408 ...), how long in all unread "
                                                    "request bytes are read and dropped before the socket closes.")
     lingering_timeout: float = setting(seconds, 5.0, "Longest wait between two reads while lingering.")
@@ -557,6 +562,10 @@ class ServiceConfig:
                                                            "worker (503 above).")
     strip_prefix: bool = setting(boolean, False, "Forward the path below the route (as a mount point) with "
                                                  "X-Forwarded-Prefix, which a microkit worker makes SCRIPT_NAME.")
+    request_buffering: bool = setting(boolean, True, "Read a request's whole body (up to max_body) before an "
+                                                     "instance is picked, and send it with Content-Length; false "
+                                                     "streams bodies larger than gateway.body_buffer as they "
+                                                     "arrive.")
     auth: str | None = setting(one_of(*AUTH_METHODS), None, 'Auth for this route: "none", "jwt" or "apikey"; '
                                                             "default gateway.auth.default.")
     scopes: tuple[str, ...] = setting(strings, (), "Scopes a caller needs for this route (403 without them).")
@@ -728,6 +737,9 @@ def parse(text: str, path: Path, environ: Mapping[str, str] | None = None) -> Co
 
     _check_security(reader, path.resolve().parent, gateway, services)
     _check_tls(reader, path.resolve().parent, gateway)
+    folder = gateway["body_temp_dir"]
+    if folder is not None and not (path.resolve().parent / folder).is_dir():
+        raise reader.error("gateway.body_temp_dir", f"{show(folder)} is not a folder next to {reader.label}")
     _check_migration(reader, gateway, services)
     if project["root"] is not None and not (path.resolve().parent / project["root"]).is_dir():
         raise reader.error("project.root", f"{show(project['root'])} is not a folder next to {reader.label}")

@@ -83,8 +83,8 @@ def test_defaults():
      'microkit.toml: gatway: unknown key; did you mean "gateway"?'),
     (HEAD + "[gateway]\nport = 1\n",
      "microkit.toml: gateway.port: unknown key (known: listen, workers, timeout, max_body, balance, "
-     "trusted_proxies, access_log, body_timeout, lingering_time, lingering_timeout, metrics_allow, otlp_endpoint, "
-     "auth, ratelimit, tls_cert, tls_key, http_redirect, legacy)"),
+     "trusted_proxies, access_log, body_timeout, body_buffer, body_temp_dir, lingering_time, lingering_timeout, "
+     "metrics_allow, otlp_endpoint, auth, ratelimit, tls_cert, tls_key, http_redirect, legacy)"),
     (HEAD + '[gateway.auth]\ndefault = "basic"\n',
      'microkit.toml: gateway.auth.default: expected one of "none", "jwt", "apikey", got "basic"'),
     (HEAD + '[gateway.auth.jwt]\nalgorithms = ["none"]\n',

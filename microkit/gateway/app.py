@@ -28,6 +28,7 @@ from microkit.gateway.proxy import Proxy, TrustedProxies, new_request_id, reques
 from microkit.gateway.render import AccessLog, access_line, error_body
 from microkit.gateway.route import Route, routes_from_config
 from microkit.gateway.routing import BadPath, normalize_environ
+from microkit.gateway.spool import Buffering
 from microkit.gateway.upstream import Pool
 from microkit.http import Limits
 from microkit.observe import install_observability
@@ -50,7 +51,7 @@ class Gateway:
         self.routes = routes_from_config(config)
         self.by_service = {route.service: route for route in self.routes}
         self.pool = pool or Pool()
-        self.proxy = Proxy(self.pool, trusted=TrustedProxies(gateway.trusted_proxies))
+        self.proxy = Proxy(self.pool, trusted=TrustedProxies(gateway.trusted_proxies), buffering=Buffering.of(config))
         self.access_log = access_log if gateway.access_log else None
         self.snapshot_age: Callable[[], float] = lambda: 0.0
         self.last_snapshot: Snapshot = {}

@@ -1,16 +1,19 @@
-"""Forwarding one request to an instance of a service, and relaying its response, streaming both ways.
+"""Forwarding one request to an instance of a service, and relaying its response as it arrives.
 
 The method, path, query, headers and body go through unchanged, except: hop-by-hop headers are
 removed both ways; X-Forwarded-For/-Proto/-Host are set from the socket peer (a trusted proxy's values
 are extended instead of replaced); X-Request-ID is kept or generated, and returned; X-Auth-* headers a
 client sent are dropped on every route, since only the gateway's auth may tell services who is calling;
-a Host is always sent (an HTTP/1.0 client may have sent none).
+a Host is always sent (an HTTP/1.0 client may have sent none). A request body is read whole before an
+instance is picked (microkit/gateway/spool.py, as nginx's proxy_request_buffering) and sent with
+Content-Length, unless its service streams uploads (`request_buffering = false`).
 
 Resends follow what is safe. A failed connect (nothing was sent) is tried on another instance, for
 any method. Once a request's bytes went out, it is sent again at most once, and only when the failure
 looks like a stale pooled connection: the connection had been idle in the pool and nothing was read
-from it; the method is idempotent and the body was small enough to keep; and the retry budget allows
-it (`RetryBudget`, about 20% of requests, as Envoy and Linkerd bound retries). A request that an
+from it; the method is idempotent and the body was buffered (every body is, unless its service streams
+uploads); and the retry budget allows it (`RetryBudget`, about 20% of requests, as Envoy and Linkerd
+bound retries). A request that an
 instance accepted on a fresh connection and never answered is not resent: it may have crashed that
 worker, and would crash the next one too.
 """
@@ -30,6 +33,7 @@ import gevent
 from microkit.gateway.balancer import Balancer, Upstream
 from microkit.gateway.checks import merged_vary
 from microkit.gateway.render import phrase
+from microkit.gateway.spool import Buffering, Spool
 from microkit.gateway.upstream import BrokenResponse, ConnectFailed, NoResponse, Pool, Response
 from microkit.http import Request
 from microkit.http.wsgi import _date_line, environ_key
@@ -43,10 +47,10 @@ SET_BY_GATEWAY = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded
 _DROP_KEYS = frozenset("HTTP_" + name.upper().replace("-", "_") for name in HOP_BY_HOP | SET_BY_GATEWAY)
 _DROP_PREFIXES = ("HTTP_PROXY_", "HTTP_X_AUTH_")  # Proxy-*, and the identity headers only the gateway sets
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
-REPLAY_BUFFER = 64 * 1024
 READ_SIZE = 64 * 1024
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:@/+=-]{1,200}$")
 _LOWER: dict[bytes, bytes] = {}
+_CHUNKED_LINE = b"\r\nTransfer-Encoding: chunked\r\n"  # what request_head adds for a chunked request
 
 
 class _RequestIds:
@@ -167,8 +171,10 @@ RESPONSE_DROP = frozenset(name.encode() for name in HOP_BY_HOP) | {b"x-request-i
 class Proxy:
     """Sends requests to instances picked by a Balancer, over pooled connections, and relays the answers."""
 
-    def __init__(self, pool: Pool, *, trusted: TrustedProxies | None = None, budget: RetryBudget | None = None) -> None:
+    def __init__(self, pool: Pool, *, trusted: TrustedProxies | None = None, budget: RetryBudget | None = None,
+                 buffering: Buffering | None = None) -> None:
         self.pool = pool
+        self.buffering = buffering or Buffering()
         self.trusted = trusted or TrustedProxies()
         self.budget = budget or RetryBudget()
         self.retries: Counter[str] = Counter()  # per service: resends and tries on another instance (metrics)
@@ -176,9 +182,18 @@ class Proxy:
     def open(self, request: Request, head: bytes, service: str, balancer: Balancer, timeout: float,
              max_body: int) -> tuple[Response, Upstream]:
         """Send the request to an instance and read the response head; the caller relays the body and
-        must `upstream.outstanding -= 1` and `response.release()`. Raises ProxyError (413/502/503/504)."""
+        must `upstream.outstanding -= 1` and `response.release()`. Raises ProxyError (413/502/503/504).
+        The body is read first (`_request_body`); a spooled one is dropped once the exchange ends."""
+        head, body, chunked, replayable = self._request_body(request, head, service, max_body)
+        try:
+            return self._open(request, head, body, chunked, replayable, service, balancer, timeout, max_body)
+        finally:
+            if isinstance(body, Spool):
+                body.close()
+
+    def _open(self, request: Request, head: bytes, body, chunked: bool, replayable: bool, service: str,
+              balancer: Balancer, timeout: float, max_body: int) -> tuple[Response, Upstream]:
         method = request.method
-        body, chunked, replayable = self._request_body(request, max_body)
         resend = replayable and method in IDEMPOTENT
         self.budget.earn()
         deadline = time.monotonic() + timeout
@@ -292,20 +307,43 @@ class Proxy:
         parts.append(b"\r\n")
         return b"".join(parts), rid
 
-    def _request_body(self, request: Request, max_body: int) -> tuple[bytes | Iterator[bytes] | None, bool, bool]:
-        """(body, chunked, replayable): small bodies are read whole, before any instance is picked, so
-        that a slow client holds no upstream connection and a resend can repeat them."""
+    def _request_body(self, request: Request, head: bytes, service: str,
+                       max_body: int) -> tuple[bytes, bytes | Spool | Iterator[bytes] | None, bool, bool]:
+        """(head, body, chunked, replayable): the whole body is read before any instance is picked, so that
+        a slow client holds no upstream connection and a resend can repeat it; in memory up to the
+        buffering threshold, in a spool file beyond it. A chunked body is de-chunked and its head says
+        Content-Length instead. A service that streams its uploads gets the body as it arrives."""
         stream = request.input
         size = request.content_length
+        buffering = self.buffering
         if size:
             if size > max_body:
                 raise ProxyError(413, f"request body larger than {max_body} bytes")
-            if size <= REPLAY_BUFFER:
-                return stream.read(size), False, True
-            return self._stream(stream, size, max_body), False, False
+            if size <= buffering.memory:
+                return head, stream.read(size), False, True
+        elif not request.chunked:
+            return head, None, False, True
+        if service in buffering.streamed:
+            return head, self._stream(stream, size, max_body), request.chunked, False
+        spool = buffering.spool()
+        try:
+            for chunk in self._stream(stream, size, max_body):
+                spool.write(chunk)
+        except _BodyTooLarge:
+            spool.close()
+            raise ProxyError(413, f"request body larger than {max_body} bytes") from None
+        except OSError as exc:
+            spool.close()
+            raise ProxyError(500, f"cannot buffer the request body: {exc}") from None
+        except BaseException:
+            spool.close()
+            raise
         if request.chunked:
-            return self._stream(stream, None, max_body), True, False
-        return None, False, True
+            cut = head.rindex(_CHUNKED_LINE)
+            head = b"%s\r\nContent-Length: %d\r\n%s" % (head[:cut], spool.size, head[cut + len(_CHUNKED_LINE):])
+        if spool.in_memory:
+            return head, spool.getvalue(), False, True
+        return head, spool, False, True
 
     def _stream(self, stream, size: int | None, max_body: int) -> Iterator[bytes]:
         """The request body in pieces, refusing more than max_body bytes."""

@@ -11,17 +11,19 @@ from pathlib import Path
 from typing import TypeVar
 
 from microkit import storage
-from microkit.registry.base import (
-    DEFAULT_TTL, HEARTBEAT_INTERVAL, POLL_INTERVAL, Instance, Registry, RegistryUnavailable, Snapshot, redacted,
+from microkit.registry.base import Registry
+from microkit.registry.contract import (
+    DEFAULT_TTL, HEARTBEAT_INTERVAL, POLL_INTERVAL, Instance, RegistryUnavailable, Snapshot,
 )
 from microkit.registry.embedded import EmbeddedRegistry
 from microkit.registry.heartbeat import Heartbeat
 from microkit.registry.watcher import Watcher
+from microkit.storage import redacted
 
 __all__ = [
     "DEFAULT_TTL", "HEARTBEAT_INTERVAL", "POLL_INTERVAL", "EmbeddedRegistry", "Heartbeat", "Instance",
     "RedisRegistry", "Registry", "RegistryUnavailable", "Snapshot", "Watcher", "backend_for", "connect", "embedded_path",
-    "schemes",
+    "redacted", "schemes",
 ]
 
 def _redis(url: str, namespace: str) -> Registry:

@@ -1,77 +1,17 @@
-"""The registry contract: what an instance is, and what every backend must do with it."""
+"""The Registry base class: what every backend must do, and the per-process state it keeps."""
 
 from __future__ import annotations
 
-import json
 import os
-import socket
 import threading
 import time
-import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field, replace
+from typing import Any
 
-from microkit.storage import StoreUnavailable, redacted  # noqa: F401  (redacted is part of this module's API)
-
-if TYPE_CHECKING:
-    from microkit.registry.watcher import Watcher
-
-DEFAULT_TTL = 2.0
-HEARTBEAT_INTERVAL = 0.5
-POLL_INTERVAL = 1.0
-
-Snapshot = dict[str, list["Instance"]]
-
-
-RegistryUnavailable = StoreUnavailable
-"""The registry's store cannot be reached: the one storage error, under the name registry callers know."""
-
-
-@dataclass(frozen=True)
-class Instance:
-    """One running copy of a service, reachable at host:port; times are Unix epoch seconds."""
-
-    service: str
-    host: str
-    port: int
-    instance_id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    pid: int = field(default_factory=os.getpid)
-    hostname: str = field(default_factory=socket.gethostname)
-    started_at: float = field(default_factory=time.time)
-    last_seen: float = 0.0
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def __hash__(self) -> int:
-        """Hash by identity so instances can key balancer and health tables despite the `meta` dict."""
-        return hash(self.instance_id)
-
-    def to_json(self) -> str:
-        """Serialize for storage; the same text in Redis and SQLite."""
-        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str | bytes) -> Instance:
-        """Parse what `to_json` wrote."""
-        return cls(**json.loads(text))
-
-
-def ordered(instances: list[Instance]) -> list[Instance]:
-    """Sort instances oldest first, so every reader sees the same order for balancing."""
-    return sorted(instances, key=lambda i: (i.started_at, i.instance_id))
-
-
-class ChangeFeed(ABC):
-    """A subscription to a namespace's change notifications; a hint to refresh, never the data itself."""
-
-    @abstractmethod
-    def wait(self, timeout: float) -> bool:
-        """Block up to `timeout` seconds; True when a change was announced meanwhile."""
-
-    @abstractmethod
-    def close(self) -> None:
-        """Release the subscription's connection."""
+from microkit.registry.contract import DEFAULT_TTL, POLL_INTERVAL, ChangeFeed, Instance, Snapshot
+from microkit.registry.watcher import Watcher
 
 
 @dataclass
@@ -137,8 +77,6 @@ class Registry(ABC):
     def watch(self, callback: Callable[[Snapshot], None] | None = None,
               interval: float = POLL_INTERVAL) -> Watcher:
         """Start a Watcher that keeps a local snapshot current and calls `callback` when membership changes."""
-        from microkit.registry.watcher import Watcher
-
         return Watcher(self, callback, interval).start()
 
     def close(self) -> None:

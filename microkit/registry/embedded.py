@@ -19,7 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from microkit import storage
-from microkit.registry.base import ChangeFeed, Instance, Registry, RegistryUnavailable, Snapshot, ordered
+from microkit.registry.base import Registry
+from microkit.registry.contract import ChangeFeed, Instance, RegistryUnavailable, Snapshot, ordered
 
 VERSION_POLL = 0.1
 

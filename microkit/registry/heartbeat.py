@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 
-from microkit.registry.base import HEARTBEAT_INTERVAL, Registry, RegistryUnavailable
+from microkit.registry.base import Registry
+from microkit.registry.contract import HEARTBEAT_INTERVAL, RegistryUnavailable
 
 log = logging.getLogger(__name__)
 

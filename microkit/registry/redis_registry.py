@@ -21,9 +21,9 @@ from contextlib import AbstractContextManager, contextmanager
 import redis
 
 from microkit import storage
-from microkit.registry.base import (  # noqa: F401  (redacted is part of this module's API)
-    ChangeFeed, Instance, Registry, Snapshot, ordered, redacted,
-)
+from microkit.registry.base import Registry
+from microkit.registry.contract import ChangeFeed, Instance, Snapshot, ordered
+from microkit.storage import redacted
 
 INDEX_TTL_MS = 3_600_000
 SOCKET_TIMEOUT = 1.0

@@ -9,8 +9,8 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from microkit.registry.base import (
-    DEFAULT_TTL, POLL_INTERVAL, ChangeFeed, Instance, Registry, RegistryUnavailable, Snapshot,
+from microkit.registry.contract import (
+    DEFAULT_TTL, POLL_INTERVAL, ChangeFeed, Instance, RegistryUnavailable, Snapshot, Source,
 )
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ class Watcher:
     to re-create their entries.
     """
 
-    def __init__(self, registry: Registry, callback: Callable[[Snapshot], None] | None = None,
+    def __init__(self, registry: Source, callback: Callable[[Snapshot], None] | None = None,
                  interval: float = POLL_INTERVAL, recovery_grace: float = DEFAULT_TTL) -> None:
         self.registry = registry
         self.recovery_grace = recovery_grace

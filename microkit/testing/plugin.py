@@ -121,6 +121,7 @@ def microkit_test(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatc
             request.getfixturevalue("gateway")
 
     stack.before_first_start = before_first_start
+    stack.consumers_default = "events" in request.fixturenames
     stack.on_gateway_url = lambda url: monkeypatch.setenv("MICROKIT_GATEWAY_URL", url)
     monkeypatch.setenv("MICROKIT_GATEWAY_URL", stack.gateway_url)
     yield stack
@@ -129,8 +130,9 @@ def microkit_test(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatc
 
 @pytest.fixture
 def service(microkit_test) -> Callable[..., Any]:
-    """`service(name, mode="inprocess"|"process", workers=1, env={}, database=...)`: start one service of
-    the project and get a client pointed at it (`.get`, `.post(..., json=..., expect=201)`, `.url`)."""
+    """`service(name, mode="inprocess"|"process", workers=1, env={}, database=..., consumers=None)`: start one
+    service of the project and get a client pointed at it (`.get`, `.post(..., json=..., expect=201)`,
+    `.url`); its events handlers run in consumer processes (in-process mode: when the test uses `events`)."""
     return _fail_clearly(microkit_test.service)
 
 

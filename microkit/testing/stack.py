@@ -33,6 +33,7 @@ class TestStack:
         self.running: list[servers.Running | processes.ConsumerProcesses] = []
         self.databases: list[databases.TestDatabase] = []
         self.bus: bus.TestBus | None = None
+        self.consumers_default = False  # in-process services' consumers: when the test uses `events`
         self.service_env: dict[str, dict[str, str]] = {}  # what each service started with (its database)
         self._handlers: dict[str, list] = {}
         self.before_first_start: Callable[[], None] = lambda: None
@@ -52,11 +53,12 @@ class TestStack:
         return db
 
     def service(self, name: str, *, mode: str | None = None, workers: int = 1, env: Mapping[str, str] | None = None,
-                database: Any = DEFAULT, timeout: float = servers.START_TIMEOUT):
+                database: Any = DEFAULT, consumers: bool | None = None, timeout: float = servers.START_TIMEOUT):
         """Start service `name` of the project with its own database (DATABASE_URL), registered in this
         test's registry and publishing on its events bus, and return a client pointed at it. Its events
-        handlers run in consumer processes (in either mode), subscribed before this returns; a service
-        that is consumers only returns them (`pids`, `log()`)."""
+        handlers run in consumer processes, subscribed before this returns: always as worker processes,
+        and in-process when `consumers` is true (default: when the test uses the `events` fixture). A
+        service that is consumers only returns them (`pids`, `log()`)."""
         conf = self._known(name)
         mode = mode or self.mode
         if mode not in MODES:
@@ -76,7 +78,7 @@ class TestStack:
         if mode == "inprocess":
             started = inprocess.InProcessService(self.project, name, self._inprocess_env(name, extra))
             self.running.append(started)
-            if conf.events:
+            if conf.events and (self.consumers_default if consumers is None else consumers):
                 started.consumer_pids = self._consumers(name, extra, timeout).pids
         else:
             self.project.write({name: {"workers": workers, "env": extra}})

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from microkit.testing.project import TestProject
 
 ENV_RABBITMQCTL = "MICROKIT_TEST_RABBITMQCTL"
+AMQP_SCHEMES = ("amqp", "amqps")
 SOURCE = "tests"
 POLL = 0.05
 SHOWN = 10
@@ -127,17 +128,18 @@ class TestBus:
 
     def __init__(self, project: TestProject, server_url: str | None,
                  handlers_of: Callable[[str], list[events.Handler]]) -> None:
-        from microkit import config, storage
+        from microkit import storage
+        from microkit.testing.databases import redacted
 
         self.project = project
         self.handlers_of = handlers_of
         self.vhost: Vhost | None = None
         self.own_redis: str | None = None
         if server_url is not None:
-            try:
-                config.events_url(server_url)
-            except config.Invalid as exc:
-                raise config.ConfigError(f"microkit test events: {exc}") from None
+            if "://" not in server_url or storage.scheme(server_url) not in (*storage.REDIS_SCHEMES, *AMQP_SCHEMES):
+                known = ", ".join(f"{s}://" for s in (*storage.REDIS_SCHEMES, *AMQP_SCHEMES))
+                raise UsageError(f"microkit test events: expected a server URL ({known}), or none for an embedded "
+                                 f"store per test, got {redacted(server_url)!r}")
             if storage.scheme(server_url) in storage.REDIS_SCHEMES:
                 self.own_redis = server_url if server_url != project.registry_url else None
             else:
@@ -148,7 +150,7 @@ class TestBus:
         try:
             project.set_events_url(self.vhost.url if self.vhost else server_url)
             self.settings = resolve(project.conf, SOURCE)
-            recorder = _LogRecorder if self.settings.scheme not in ("amqp", "amqps") else _AmqpRecorder
+            recorder = _AmqpRecorder if self.settings.scheme in AMQP_SCHEMES else _LogRecorder
             self.recorder = recorder(self.settings.url, self.settings.namespace)
             events.configure(self.settings)
         except BaseException:

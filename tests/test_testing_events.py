@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import run_cli, server_missing
+from helpers import REPO, run_cli, server_missing
 
 pytest_plugins = ["pytester"]
 
@@ -271,3 +272,14 @@ def test_errors_are_one_clear_line(runner, project):
                  " is not on PATH (set MICROKIT_TEST_RABBITMQCTL to the command*"]:
         result.stdout.fnmatch_lines([line])
     assert "Traceback" not in result.stdout.str()
+
+
+def test_the_readme_example_against_the_shop(pytester, monkeypatch):
+    for name in CLEAN:
+        monkeypatch.delenv(name, raising=False)
+    section = (REPO / "README.md").read_text().split("\n### Events\n", 1)[1].split("\n### ", 1)[0]
+    [example] = re.findall(r"```python\n(.*?)```", section, re.S)
+    pytester.makepyfile(test_readme_events=example)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--microkit-config", str(REPO / "microkit.toml"),
+                                           timeout=240)
+    result.assert_outcomes(passed=example.count("\ndef test_"))

@@ -121,7 +121,7 @@ def microkit_test(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatc
             request.getfixturevalue("gateway")
 
     stack.before_first_start = before_first_start
-    stack.consumers_default = "events" in request.fixturenames
+    stack.uses_events = "events" in request.fixturenames
     stack.on_gateway_url = lambda url: monkeypatch.setenv("MICROKIT_GATEWAY_URL", url)
     monkeypatch.setenv("MICROKIT_GATEWAY_URL", stack.gateway_url)
     yield stack

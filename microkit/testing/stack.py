@@ -33,7 +33,7 @@ class TestStack:
         self.running: list[servers.Running | processes.ConsumerProcesses] = []
         self.databases: list[databases.TestDatabase] = []
         self.bus: bus.TestBus | None = None
-        self.consumers_default = False  # in-process services' consumers: when the test uses `events`
+        self.uses_events = False  # the test uses the `events` fixture: record the bus, run in-process consumers
         self.service_env: dict[str, dict[str, str]] = {}  # what each service started with (its database)
         self._handlers: dict[str, list] = {}
         self.before_first_start: Callable[[], None] = lambda: None
@@ -78,7 +78,7 @@ class TestStack:
         if mode == "inprocess":
             started = inprocess.InProcessService(self.project, name, self._inprocess_env(name, extra))
             self.running.append(started)
-            if conf.events and (self.consumers_default if consumers is None else consumers):
+            if conf.events and (self.uses_events if consumers is None else consumers):
                 started.consumer_pids = self._consumers(name, extra, timeout).pids
         else:
             self.project.write({name: {"workers": workers, "env": extra}})
@@ -98,7 +98,7 @@ class TestStack:
     def events_bus(self) -> bus.TestBus:
         """This test's events bus, made on first use (by `service` or the `events` fixture)."""
         if self.bus is None:
-            self.bus = bus.TestBus(self.project, self.events_server, self._handlers_of)
+            self.bus = bus.TestBus(self.project, self.events_server, self._handlers_of, record=self.uses_events)
         return self.bus
 
     def fake(self, name: str, target: Callable) -> fakes.FakeService:

@@ -25,17 +25,18 @@ def load_app(root: Path, spec: str, env: Mapping[str, str]) -> Callable:
     return target
 
 
-def load_module(root: Path, module_name: str, env: Mapping[str, str]) -> Any:
-    """Import `module_name` from `root` afresh, with its package, and with `env` set in os.environ while it
-    imports (and restored after), so that what a service reads at import (DATABASE_URL,
-    MICROKIT_GATEWAY_URL) is this test's."""
+def load_module(root: Path, module_name: str, env: Mapping[str, str], fresh: bool = True) -> Any:
+    """Import `module_name` from `root` afresh (`fresh`: with its package; else beside what this test
+    imported of it already), with `env` set in os.environ while it imports (and restored after), so that
+    what a service reads at import (DATABASE_URL, MICROKIT_GATEWAY_URL) is this test's."""
     package = module_name.rsplit(".", 1)[0]
     top = module_name.split(".")[0]
     if not _imported_from(sys.modules.get(top), root):
         package = top  # another project's package of the same name (`services`): import all of it again
-    for name in [n for n in sys.modules if (n == package or n.startswith(package + ".") or n == module_name)
-                 and not _is_test_module(n)]:
-        del sys.modules[name]
+    if fresh:
+        for name in [n for n in sys.modules if (n == package or n.startswith(package + ".") or n == module_name)
+                     and not _is_test_module(n)]:
+            del sys.modules[name]
     if sys.path[:1] != [str(root)]:
         sys.path[:] = [str(root)] + [entry for entry in sys.path if entry != str(root)]
     importlib.invalidate_caches()

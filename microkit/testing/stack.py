@@ -35,6 +35,7 @@ class TestStack:
         self.bus: bus.TestBus | None = None
         self.uses_events = False  # the test uses the `events` fixture: record the bus, run in-process consumers
         self.service_env: dict[str, dict[str, str]] = {}  # what each service started with (its database)
+        self.imported: set[str] = set()  # services whose package was imported afresh in this test
         self._handlers: dict[str, list] = {}
         self.before_first_start: Callable[[], None] = lambda: None
         self.on_gateway_url: Callable[[str], None] = lambda url: None
@@ -56,9 +57,9 @@ class TestStack:
                 database: Any = DEFAULT, consumers: bool | None = None, timeout: float = servers.START_TIMEOUT):
         """Start service `name` of the project with its own database (DATABASE_URL), registered in this
         test's registry and publishing on its events bus, and return a client pointed at it. Its events
-        handlers run in consumer processes, subscribed before this returns: always as worker processes,
-        and in-process when `consumers` is true (default: when the test uses the `events` fixture). A
-        service that is consumers only returns them (`pids`, `log()`)."""
+        handlers run in consumer processes, subscribed before this returns: with mode="process" always
+        (`microkit run` starts them), in-process when `consumers` is true (default: when the test uses the
+        `events` fixture). A service that is consumers only returns them (`pids`, `log()`)."""
         conf = self._known(name)
         mode = mode or self.mode
         if mode not in MODES:
@@ -67,16 +68,19 @@ class TestStack:
             mode = "process"  # a command service is a program of its own: it cannot be imported
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise UsageError(f"service {name}: workers expected an integer >= 1, got {workers!r}")
+        if consumers not in (None, True, False):
+            raise UsageError(f"service {name}: consumers expected True, False or None, got {consumers!r}")
         if any(isinstance(r, fakes.FakeService) and r.name == name for r in self.running):
             raise UsageError(f"service {name} is already replaced by a fake in this test")
         self.before_first_start()
         self.events_bus()
         extra = self._env(name, env, database)
-        self._handlers.pop(name, None)  # its package is imported afresh: `deliver` imports it again too
+        self._handlers.pop(name, None)  # `deliver` finds them again, with this start's environment
         if conf.app is None and conf.command is None:  # consumers only
             return self._consumers(name, extra, timeout)
         if mode == "inprocess":
             started = inprocess.InProcessService(self.project, name, self._inprocess_env(name, extra))
+            self.imported.add(name)
             self.running.append(started)
             if conf.events and (self.uses_events if consumers is None else consumers):
                 started.consumer_pids = self._consumers(name, extra, timeout).pids
@@ -86,13 +90,6 @@ class TestStack:
                                                timeout)
             self.running.append(started)
         self._wait_routed(name)
-        return started
-
-    def _consumers(self, name: str, extra: Mapping[str, str], timeout: float) -> processes.ConsumerProcesses:
-        """The consumers of service `name` alone, as processes (the test serves its HTTP side, if any)."""
-        started = processes.ConsumerProcesses(self.project, name, self.project.conf.services[name].consumers,
-                                              self.project.consumers_config(name, extra), timeout)
-        self.running.append(started)
         return started
 
     def events_bus(self) -> bus.TestBus:
@@ -174,9 +171,17 @@ class TestStack:
         return {"MICROKIT_ROUTE": conf.app_route, "MICROKIT_PROJECT_ROOT": str(self.project.root), **conf.env,
                 "MICROKIT_GATEWAY_URL": self.gateway_url, **extra}
 
+    def _consumers(self, name: str, extra: Mapping[str, str], timeout: float) -> processes.ConsumerProcesses:
+        """The consumers of service `name` alone, as processes (the test serves its HTTP side, if any)."""
+        started = processes.ConsumerProcesses(self.project, name, self.project.conf.services[name].consumers,
+                                              self.project.consumers_config(name, extra), timeout)
+        self.running.append(started)
+        return started
+
     def _handlers_of(self, name: str) -> list:
         """The handlers of service `name`, imported into this process with the environment the service got in
-        this test (its database), else with one as `service(name)` would give it."""
+        this test (its database; beside its in-process app, if it runs here), else with one as
+        `service(name)` would give it."""
         from microkit import events
 
         conf = self._known(name)
@@ -186,7 +191,9 @@ class TestStack:
             extra = self.service_env.get(name)
             if extra is None:
                 extra = self._env(name, None, DEFAULT)
-            module = inprocess.load_module(self.project.source.root, conf.events, self._inprocess_env(name, extra))
+            module = inprocess.load_module(self.project.source.root, conf.events, self._inprocess_env(name, extra),
+                                           fresh=name not in self.imported)
+            self.imported.add(name)
             self._handlers[name] = [h for h in events.handlers() if h.function.__module__ == conf.events
                                     and getattr(module, h.function.__name__, None) is h.function]
         return self._handlers[name]

@@ -42,3 +42,12 @@ def test_an_order_is_paid_when_its_payment_completes(service, fake_service, even
     paid = events.wait_for("orders.paid")
     assert paid.payload == {"order_id": order["id"], "user_id": 3, "payment_id": 9}
     assert orders.get(f"/orders/{order['id']}", expect=200).json()["status"] == "paid"
+
+
+def test_a_handler_called_here_works_on_the_services_database(service, fake_service, events):
+    fake_service("users", lambda request: {"id": 3, "name": "ada"})
+    orders = service("orders", consumers=False)  # no consumer process: the handler runs here
+    order = orders.post("/orders/", json={"user_id": 3, "item": "book", "quantity": 1}, expect=201).json()
+    events.deliver("orders.mark_paid", {"order_id": order["id"], "payment_id": 5})
+    assert orders.get(f"/orders/{order['id']}", expect=200).json()["status"] == "paid"
+    assert [e.payload["payment_id"] for e in events.published("orders.paid")] == [5]

@@ -116,7 +116,8 @@ def scaffold(folder: Path) -> Path:
     (root / "services" / "notes" / "app.py").write_text(APP)
     (root / "services" / "notes" / "handlers.py").write_text(HANDLERS)
     toml = root / "microkit.toml"
-    toml.write_text(toml.read_text().replace("[services.notes]\n", '[services.notes]\nevents = "services.notes.handlers"\n'))
+    handlers = '[services.notes]\nevents = "services.notes.handlers"\n'
+    toml.write_text(toml.read_text().replace("[services.notes]\n", handlers))
     return root
 
 
@@ -259,7 +260,8 @@ def test_errors_are_one_clear_line(runner, project):
                 pass
         """)
     result.assert_outcomes(failed=5, errors=2)
-    for line in ["*microkit.testing: service notes has no handler named 'nope' in services.notes.handlers (known: index)",
+    for line in ["*microkit.testing: service notes has no handler named 'nope' in services.notes.handlers "
+                 "(known: index)",
                  "*microkit.testing: deliver('worker'): expected a handler function or \"SERVICE.FUNCTION\" with "
                  "SERVICE one of worker, notes",
                  "*microkit.testing: <function not_a_handler at *> is not decorated with @events.handler(\"TYPE\")",
@@ -277,7 +279,7 @@ def test_errors_are_one_clear_line(runner, project):
 def test_the_readme_example_against_the_shop(pytester, monkeypatch):
     for name in CLEAN:
         monkeypatch.delenv(name, raising=False)
-    section = (REPO / "README.md").read_text().split("\n### Events\n", 1)[1].split("\n### ", 1)[0]
+    section = (REPO / "README.md").read_text().split("\n### Events in tests\n", 1)[1].split("\n### ", 1)[0]
     [example] = re.findall(r"```python\n(.*?)```", section, re.S)
     pytester.makepyfile(test_readme_events=example)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--microkit-config", str(REPO / "microkit.toml"),

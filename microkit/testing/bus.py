@@ -130,7 +130,6 @@ class TestBus:
     def __init__(self, project: TestProject, server_url: str | None,
                  handlers_of: Callable[[str], list[events.Handler]], record: bool = True) -> None:
         from microkit import storage
-        from microkit.testing.databases import redacted
 
         self.project = project
         self.handlers_of = handlers_of
@@ -140,7 +139,7 @@ class TestBus:
             if "://" not in server_url or storage.scheme(server_url) not in (*storage.REDIS_SCHEMES, *AMQP_SCHEMES):
                 known = ", ".join(f"{s}://" for s in (*storage.REDIS_SCHEMES, *AMQP_SCHEMES))
                 raise UsageError(f"microkit test events: expected a server URL ({known}), or none for an embedded "
-                                 f"store per test, got {redacted(server_url)!r}")
+                                 f"store per test, got {storage.redacted(server_url)!r}")
             if storage.scheme(server_url) in storage.REDIS_SCHEMES:
                 self.own_redis = server_url if server_url != project.registry_url else None
             else:

@@ -150,13 +150,19 @@ class TestBus:
         try:
             project.set_events_url(self.vhost.url if self.vhost else server_url)
             self.settings = resolve(project.conf, SOURCE)
-            if record:  # only for tests that read it: a test that merely starts services pays nothing
-                recorder = _AmqpRecorder if self.settings.scheme in AMQP_SCHEMES else _LogRecorder
-                self.recorder = recorder(self.settings.url, self.settings.namespace)
+            if record:
+                self.record()
             events.configure(self.settings)
         except BaseException:
             self.close()
             raise
+
+    def record(self) -> None:
+        """Record what is published from now on (only tests that read it pay for it: a test that merely
+        starts services imports nothing more and opens no connection)."""
+        if self.recorder is None:
+            recorder = _AmqpRecorder if self.settings.scheme in AMQP_SCHEMES else _LogRecorder
+            self.recorder = recorder(self.settings.url, self.settings.namespace)
 
     def __repr__(self) -> str:
         return f"<TestBus {self.url}>"

@@ -189,4 +189,5 @@ def events(microkit_test):
     `published(type=None)` (in order), `wait_for(type, timeout=10, where=None)` (the event, or a failure
     listing what was published), and `deliver(handler, event_or_payload)` (a handler called here, as a
     consumer calls it; `handler` is the function or "SERVICE.FUNCTION")."""
+    microkit_test.uses_events = True  # also when requested with getfixturevalue
     return _Clearly(_fail_clearly(microkit_test.events_bus)())

@@ -96,6 +96,8 @@ class TestStack:
         """This test's events bus, made on first use (by `service` or the `events` fixture)."""
         if self.bus is None:
             self.bus = bus.TestBus(self.project, self.events_server, self._handlers_of, record=self.uses_events)
+        elif self.uses_events:
+            self.bus.record()
         return self.bus
 
     def fake(self, name: str, target: Callable) -> fakes.FakeService:

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import contextvars
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +32,7 @@ from microkit.metrics import events as meter
 from microkit.storage import PerProcess
 
 __all__ = ["Event", "EventsUnavailable", "Handler", "MODES", "backend", "configure", "current", "handler",
-           "handlers", "once", "publish"]
+           "handlers", "once", "publish", "publishing_as", "reset"]
 
 ONCE_TTL = 7 * 86400
 
@@ -56,6 +57,7 @@ _backend: PerProcess[Backend] = PerProcess(lambda: _connect(settings()))
 _once_backend: PerProcess[Backend] = PerProcess(lambda: _connect(settings(), settings().once_url))
 _current: contextvars.ContextVar[tuple[Event, list[tuple[str, float]], str] | None] = contextvars.ContextVar(
     "microkit_event", default=None)
+_source: contextvars.ContextVar[str | None] = contextvars.ContextVar("microkit_event_source", default=None)
 
 
 def _connect(found: Settings, url: str | None = None) -> Backend:
@@ -68,12 +70,32 @@ def _connect(found: Settings, url: str | None = None) -> Backend:
 def configure(found: Settings | None = None) -> Settings:
     """Use `found` (default: from the environment `microkit up` set, else microkit.toml) from now on."""
     global _settings
+    reset()
+    _settings = found or from_environ()
+    return _settings
+
+
+def reset() -> Settings | None:
+    """Close this process's connections and forget the settings (returned, None if there were none): the
+    next use reads them again."""
+    global _settings
     for holder in (_backend, _once_backend):
         old = holder.drop()
         if old is not None:
             old.close()
-    _settings = found or from_environ()
-    return _settings
+    forgotten, _settings = _settings, None
+    return forgotten
+
+
+@contextmanager
+def publishing_as(service: str) -> Iterator[None]:
+    """Events published in this context come from `service` rather than this process's own: microkit.testing
+    serves several services in one test process."""
+    token = _source.set(service)
+    try:
+        yield
+    finally:
+        _source.reset(token)
 
 
 def settings() -> Settings:
@@ -100,10 +122,10 @@ def publish(event_type: str, payload: Any = None, *, request_id: str | None = No
         found_id, found_trace = _from_request()
         request_id = found_id if request_id is None else request_id
         current = current or found_trace
-    event = make(event_type, payload, source=settings().source, request_id=request_id,
+    event = make(event_type, payload, source=_source.get() or settings().source, request_id=request_id,
                  traceparent=tracing.outgoing(current))
     backend().publish(event)
-    meter.published(settings().source, event_type)
+    meter.published(event.source, event_type)
     return event
 
 

@@ -11,10 +11,13 @@ import importlib
 import logging
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from microkit import events, tracing
 from microkit.errors import UsageError
 from microkit.events.backends.base import Backend, Delivery, Runner, Subscription
+from microkit.events.envelope import Event
 from microkit.events.settings import Settings
 from microkit.metrics import events as meter
 
@@ -45,6 +48,28 @@ def subscriptions(handlers: list[events.Handler], service: str, consumer: str) -
         seen[key] = h
         found[sub] = h
     return found
+
+
+@contextmanager
+def handling(event: Event, group: str) -> Iterator[list[tuple[str, float]]]:
+    """What a handler runs in: `events.current()` is the event, its trace carries on into publishes and client
+    calls, and `events.once` collects its marks (the list yielded) for `record_once` after the handler returned.
+    Consumers run every attempt in it, and microkit.testing's `events.deliver` too."""
+    marks: list[tuple[str, float]] = []
+    token = events._current.set((event, marks, group))
+    trace = tracing.handling(event.traceparent)
+    try:
+        yield marks
+    finally:
+        tracing.restore(trace)
+        events._current.reset(token)
+
+
+def record_once(marks: list[tuple[str, float]]) -> None:
+    """Record the ids `events.once` saw during an attempt that succeeded."""
+    store = events._once_store() if marks else None
+    for key, ttl in marks:
+        store.once_mark(key, ttl)
 
 
 class Consumer:
@@ -96,32 +121,25 @@ class Consumer:
             handler = self.subs[sub]
             error = ""
             for attempt in range(sub.retries + 1):
-                marks: list[tuple[str, float]] = []
-                token = events._current.set((event, marks, sub.group_name))
-                trace = tracing.handling(event.traceparent)  # publishes and client calls carry it on
-                started = time.monotonic()
-                try:
-                    handler.function(event)
-                except Exception as exc:
-                    if cells is not None:
-                        cells.attempt(False, time.monotonic() - started)
-                        if attempt < sub.retries:
-                            cells.count(cells.retried)
-                    error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-                    last = attempt == sub.retries
-                    log.warning("%s %s: %s raised %s (attempt %d of %d)%s", event.type, event.id, handler.name,
-                                error, attempt + 1, sub.retries + 1, " -> dead letters" if last else "")
-                else:
-                    if cells is not None:
-                        cells.attempt(True, time.monotonic() - started)
-                    store = events._once_store() if marks else None
-                    for key, ttl in marks:
-                        store.once_mark(key, ttl)
-                    delivery.ack()
-                    return
-                finally:
-                    tracing.restore(trace)
-                    events._current.reset(token)
+                with handling(event, sub.group_name) as marks:
+                    started = time.monotonic()
+                    try:
+                        handler.function(event)
+                    except Exception as exc:
+                        if cells is not None:
+                            cells.attempt(False, time.monotonic() - started)
+                            if attempt < sub.retries:
+                                cells.count(cells.retried)
+                        error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+                        last = attempt == sub.retries
+                        log.warning("%s %s: %s raised %s (attempt %d of %d)%s", event.type, event.id, handler.name,
+                                    error, attempt + 1, sub.retries + 1, " -> dead letters" if last else "")
+                    else:
+                        if cells is not None:
+                            cells.attempt(True, time.monotonic() - started)
+                        record_once(marks)
+                        delivery.ack()
+                        return
                 if attempt < sub.retries:
                     gevent.sleep(sub.retry_delay * 2 ** attempt)
             self.backend.dead_letter(sub, delivery, error)

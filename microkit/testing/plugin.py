@@ -6,8 +6,9 @@
 
 Fixtures: `service` (start a service of the project), `gateway` (the project's gateway in front of them),
 `fake_service` (a WSGI app or a function in a service's place), `database` (a per-test database),
-`jwt_token` and `api_key` (credentials for secured routes), and `microkit_test` (the per-test copy
-of the project all of them share). Options: --microkit-config, --microkit-registry, --microkit-database,
+`events` (the per-test events bus: publish, published, wait_for, deliver), `jwt_token` and `api_key`
+(credentials for secured routes), and `microkit_test` (the per-test copy of the project all of them
+share). Options: --microkit-config, --microkit-registry, --microkit-database, --microkit-events,
 --microkit-mode. Only the standard library and pytest are imported until a fixture is used, so the
 plugin costs nothing to tests that do not use it.
 """
@@ -24,10 +25,11 @@ import pytest
 ENV_REGISTRY = "MICROKIT_TEST_REGISTRY_URL"
 ENV_DATABASE = "MICROKIT_TEST_DATABASE_URL"
 ENV_MODE = "MICROKIT_TEST_MODE"
+ENV_EVENTS = "MICROKIT_TEST_EVENTS_URL"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("microkit", "microkit.testing (services, gateway, databases, fakes, tokens)")
+    group = parser.getgroup("microkit", "microkit.testing (services, gateway, databases, events, fakes, tokens)")
     group.addoption("--microkit-config", metavar="FILE", default=None,
                     help="microkit.toml of the project under test (default: $MICROKIT_CONFIG, else the nearest "
                          "microkit.toml above each test file).")
@@ -37,6 +39,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--microkit-database", metavar="URL", default=None,
                     help="PostgreSQL or MariaDB server URL on which each service gets a database created for the "
                          f"test and dropped after it (default: ${ENV_DATABASE}, else an SQLite file per service).")
+    group.addoption("--microkit-events", metavar="URL", default=None,
+                    help="redis:// URL (one key prefix per test) or amqp:// server URL (one vhost per test, made and "
+                         f"deleted with rabbitmqctl) for per-test events buses (default: ${ENV_EVENTS}, else the "
+                         "registry's Redis, else an embedded store in each test's folder).")
     group.addoption("--microkit-mode", choices=("inprocess", "process"), default=None,
                     help=f"how `service(...)` runs services by default (default: ${ENV_MODE}, else inprocess).")
 
@@ -44,10 +50,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def _fail_clearly(function: Callable) -> Callable:
     """microkit.testing's own errors fail the test with their one-line message, not a traceback."""
     from microkit.errors import MicrokitError
-    from microkit.testing import databases, servers, stack, tokens
+    from microkit.testing import bus, databases, servers, stack, tokens
 
     expected = (MicrokitError, stack.UsageError, servers.StartError, databases.DatabaseError,
-                tokens.CredentialError)
+                tokens.CredentialError, bus.BusError)
 
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -86,8 +92,16 @@ def microkit_database_url(request: pytest.FixtureRequest) -> str | None:
 
 
 @pytest.fixture
+def microkit_events_url(request: pytest.FixtureRequest) -> str | None:
+    """The events server for per-test buses (None: the registry's Redis, else an embedded store); override
+    it (or parametrize it) to choose per test."""
+    return request.config.getoption("--microkit-events") or os.environ.get(ENV_EVENTS) or None
+
+
+@pytest.fixture
 def microkit_test(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-                  microkit_config: Path, microkit_registry_url: str | None, microkit_database_url: str | None):
+                  microkit_config: Path, microkit_registry_url: str | None, microkit_database_url: str | None,
+                  microkit_events_url: str | None):
     """This test's copy of the project (its folder, registry namespace and microkit.toml), and everything
     the other fixtures start in it, stopped and cleaned when the test ends. While the test runs,
     MICROKIT_GATEWAY_URL in this process is the test's gateway (or an address that refuses), so that an
@@ -97,7 +111,7 @@ def microkit_test(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatc
 
     mode = request.config.getoption("--microkit-mode") or os.environ.get(ENV_MODE) or "inprocess"
     project = _fail_clearly(TestProject)(microkit_config, tmp_path / "microkit", microkit_registry_url)
-    stack = _fail_clearly(TestStack)(project, microkit_database_url, mode)
+    stack = _fail_clearly(TestStack)(project, microkit_database_url, mode, events_server=microkit_events_url)
 
     def before_first_start() -> None:
         """Services call each other through the gateway, whose address they read as they start: when the
@@ -107,6 +121,7 @@ def microkit_test(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatc
             request.getfixturevalue("gateway")
 
     stack.before_first_start = before_first_start
+    stack.uses_events = "events" in request.fixturenames
     stack.on_gateway_url = lambda url: monkeypatch.setenv("MICROKIT_GATEWAY_URL", url)
     monkeypatch.setenv("MICROKIT_GATEWAY_URL", stack.gateway_url)
     yield stack
@@ -115,8 +130,9 @@ def microkit_test(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatc
 
 @pytest.fixture
 def service(microkit_test) -> Callable[..., Any]:
-    """`service(name, mode="inprocess"|"process", workers=1, env={}, database=...)`: start one service of
-    the project and get a client pointed at it (`.get`, `.post(..., json=..., expect=201)`, `.url`)."""
+    """`service(name, mode="inprocess"|"process", workers=1, env={}, database=..., consumers=None)`: start one
+    service of the project and get a client pointed at it (`.get`, `.post(..., json=..., expect=201)`,
+    `.url`); its events handlers run in consumer processes (in-process mode: when the test uses `events`)."""
     return _fail_clearly(microkit_test.service)
 
 
@@ -151,3 +167,27 @@ def jwt_token(microkit_test) -> Callable[..., str]:
 def api_key(microkit_test) -> Callable[..., str]:
     """`api_key(name="test", scopes=())`: a new API key in the test's key store."""
     return _fail_clearly(microkit_test.api_key)
+
+
+class _Clearly:
+    """An object whose methods fail the test with microkit.testing's one-line messages (see _fail_clearly)."""
+
+    def __init__(self, target: Any) -> None:
+        self._target = target
+
+    def __repr__(self) -> str:
+        return repr(self._target)
+
+    def __getattr__(self, name: str) -> Any:
+        found = getattr(self._target, name)
+        return _fail_clearly(found) if callable(found) else found
+
+
+@pytest.fixture
+def events(microkit_test):
+    """This test's events bus, where the services it starts publish and consume: `publish(type, payload)`,
+    `published(type=None)` (in order), `wait_for(type, timeout=10, where=None)` (the event, or a failure
+    listing what was published), and `deliver(handler, event_or_payload)` (a handler called here, as a
+    consumer calls it; `handler` is the function or "SERVICE.FUNCTION")."""
+    microkit_test.uses_events = True  # also when requested with getfixturevalue
+    return _Clearly(_fail_clearly(microkit_test.events_bus)())

@@ -86,22 +86,31 @@ class Process:
                 self.proc.wait()
 
 
+def consuming(log: str, name: str) -> list[int]:
+    """The pids of the consumer processes of service `name` that said they are subscribed."""
+    line = re.escape(name) + r"\.events\.\d+\s*\| consuming .* \(pid (\d+)\)"
+    return sorted({int(pid) for pid in re.findall(line, log)})
+
+
 class ProcessService(Running):
     """A service run by the real CLI, `microkit run NAME`: its supervisor binds the socket (port 0) and
-    forks `workers` gevent workers, which register in the test's registry once healthy; the service is
-    ready when all of them are listed there."""
+    forks `workers` gevent workers, which register in the test's registry once healthy, and `consumers`
+    consumer processes for its events handlers; the service is ready when all of the workers are listed
+    there and every consumer is subscribed (so that nothing published from then on passes it by)."""
 
-    def __init__(self, project: TestProject, name: str, workers: int, timeout: float = START_TIMEOUT) -> None:
+    def __init__(self, project: TestProject, name: str, workers: int, consumers: int = 0,
+                 timeout: float = START_TIMEOUT) -> None:
         before = {i.instance_id for i in project.registry.instances(name)}
         self.process = Process(project, ["run", name, "-c", str(project.path)], name)
         self.project = project
 
-        def registered() -> list:
+        def ready() -> list:
             found = [i for i in project.registry.instances(name) if i.instance_id not in before]
-            return found if len(found) >= workers else []
+            subscribed = len(consuming(self.process.log(), name)) >= consumers
+            return found if len(found) >= workers and subscribed else []
 
         try:
-            self.instances = wait_for(registered, timeout, f"service {name} (`microkit run {name}`)",
+            self.instances = wait_for(ready, timeout, f"service {name} (`microkit run {name}`)",
                                       self.process.check_alive, self.process.output)
         except BaseException:
             self.process.stop()
@@ -109,9 +118,46 @@ class ProcessService(Running):
         first = self.instances[0]
         super().__init__(name, f"http://{first.host}:{first.port}")
         self.pids = sorted({i.pid for i in self.instances})
+        self.consumer_pids = consuming(self.process.log(), name)
 
     def log(self) -> str:
         """Everything the service's supervisor and workers printed so far."""
+        return self.process.log()
+
+    def terminate(self) -> None:
+        self.process.terminate()
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+class ConsumerProcesses:
+    """A service's consumer processes alone, `microkit run NAME` on a microkit.toml in which the service has
+    no HTTP side (a consumers-only service, or one whose app the test serves in-process); ready once every
+    consumer is subscribed."""
+
+    def __init__(self, project: TestProject, name: str, consumers: int, config_path: Path,
+                 timeout: float = START_TIMEOUT) -> None:
+        self.name = name
+        self.process = Process(project, ["run", name, "-c", str(config_path)], f"{name}-consumers")
+
+        def subscribed() -> list[int]:
+            pids = consuming(self.process.log(), name)
+            return pids if len(pids) >= consumers else []
+
+        try:
+            self.consumer_pids = wait_for(subscribed, timeout, f"the consumers of {name} (`microkit run {name}`)",
+                                          self.process.check_alive, self.process.output)
+        except BaseException:
+            self.process.stop()
+            raise
+        self.pids = self.consumer_pids
+
+    def __repr__(self) -> str:
+        return f"<ConsumerProcesses {self.name} {self.pids}>"
+
+    def log(self) -> str:
+        """Everything the consumers and their supervisor printed so far."""
         return self.process.log()
 
     def terminate(self) -> None:

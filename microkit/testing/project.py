@@ -25,7 +25,8 @@ OWN = ".microkit-testing"  # the plugin's own files in the copy: logs/, keys/, t
 SKIPPED = {".microkit", "data", OWN, config.CONFIG_NAME, "__pycache__", ".pytest_cache"}
 KEY_FILES = ("public_key", "jwks_file")
 TEST_KID = "microkit-testing"
-NOT_INHERITED = ("MICROKIT_CONFIG", "MICROKIT_REGISTRY_URL", "MICROKIT_ADVERTISE_HOST", "MICROKIT_GATEWAY_URL")
+NOT_INHERITED = ("MICROKIT_CONFIG", "MICROKIT_REGISTRY_URL", "MICROKIT_ADVERTISE_HOST", "MICROKIT_GATEWAY_URL",
+                 "MICROKIT_EVENTS_URL", "MICROKIT_EVENTS_NAMESPACE", "MICROKIT_EVENTS_ONCE_URL", "MICROKIT_SERVICE")
 
 
 class TestProject:
@@ -73,6 +74,7 @@ class TestProject:
         doc.pop("registry", None)
         if self.registry_url is not None:
             doc["registry"] = {"url": self.registry_url}
+        doc.get("events", {}).pop("url", None)  # the test's bus decides (`set_events_url`)
         gateway = doc.setdefault("gateway", tomlkit.table())
         gateway["listen"] = "127.0.0.1:0"
         jwt = gateway.get("auth", {}).get("jwt", {})
@@ -134,6 +136,29 @@ class TestProject:
         self.conf = config.load(self.path, environ={})
         return self.conf
 
+    def set_events_url(self, url: str | None) -> None:
+        """Where this test's events go (None: the registry's Redis, else the embedded store in the folder)."""
+        if url is None:
+            self.document.get("events", {}).pop("url", None)
+        else:
+            self.document.setdefault("events", tomlkit.table())["url"] = url
+        self.write()
+
+    def consumers_config(self, name: str, env: Mapping[str, str]) -> Path:
+        """A copy of microkit.toml in which service `name` is its consumers alone (no app, command or route),
+        with `env`: `microkit run NAME -c` on it runs the handlers of a service whose HTTP side the test
+        serves in-process."""
+        doc = tomlkit.parse(tomlkit.dumps(self.document))
+        doc["project"]["root"] = str(self.root)  # the file is in .microkit-testing/: the project is its folder
+        table = doc["services"][name]
+        for key in ("app", "command", "route", "workers"):
+            table.pop(key, None)
+        table["env"] = {**dict(table.get("env", {})), **env}
+        path = self.own / f"consumers-{name}.toml"
+        path.write_text(tomlkit.dumps(doc), encoding="utf-8")
+        config.load(path, environ={})
+        return path
+
     def set_gateway_address(self, address: str) -> None:
         """Where the test's gateway listens, so that services started afterwards call it."""
         self.document["gateway"]["listen"] = address
@@ -189,18 +214,23 @@ class TestProject:
             self._registry.close()
             self._registry = None
         if self.registry_url is not None:
-            import redis
+            delete_keys(self.registry_url, self.namespace)
 
-            from microkit.registry import RegistryUnavailable
-            from microkit.testing.databases import redacted
 
-            client = redis.Redis.from_url(self.registry_url, socket_timeout=5, socket_connect_timeout=5)
-            try:
-                keys = list(client.scan_iter(match=f"{self.namespace}:*", count=500))
-                for start in range(0, len(keys), 500):
-                    client.delete(*keys[start:start + 500])
-            except redis.RedisError as exc:
-                raise RegistryUnavailable(f"cannot delete this test's keys ({self.namespace}:*) on "
-                                          f"{redacted(self.registry_url)}: {exc}") from None
-            finally:
-                client.close()
+def delete_keys(url: str, namespace: str) -> None:
+    """Delete every key under `namespace:` on the Redis at `url`."""
+    import redis
+
+    from microkit.registry import RegistryUnavailable
+    from microkit.testing.databases import redacted
+
+    client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        keys = list(client.scan_iter(match=f"{namespace}:*", count=500))
+        for start in range(0, len(keys), 500):
+            client.delete(*keys[start:start + 500])
+    except redis.RedisError as exc:
+        raise RegistryUnavailable(f"cannot delete this test's keys ({namespace}:*) on {redacted(url)}: "
+                                  f"{exc}") from None
+    finally:
+        client.close()

@@ -72,6 +72,7 @@ class Running(Client):
         super().__init__(url)
         self.name = name
         self.url = url
+        self.consumer_pids: list[int] = []  # its consumer processes, for a service with events handlers
 
     def terminate(self) -> None:
         """Begin stopping without waiting (processes stop side by side at the end of a test)."""

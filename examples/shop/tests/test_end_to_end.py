@@ -1,12 +1,11 @@
 """The shop end to end: users, orders and payments as real worker processes behind the project's own
-gateway, registered in a real Redis registry (a key prefix of this test's own, deleted after it). The
-order is paid a moment after the payment, by the orders service's consumer of payments.completed."""
+gateway, registered in a real Redis registry (a key prefix of this test's own, deleted after it), where
+their events go too. The order is paid a moment after the payment, by the orders service's consumer of
+payments.completed, which announces orders.paid."""
 
 import os
 
 import pytest
-
-from microkit.testing import eventually
 
 REDIS = "redis://127.0.0.1:6379/0"
 
@@ -25,7 +24,7 @@ def microkit_registry_url(request):
     return url
 
 
-def test_a_user_orders_and_pays_and_the_order_is_paid(service, gateway, microkit_test):
+def test_a_user_orders_and_pays_and_the_order_is_paid(service, gateway, events, microkit_test):
     import redis
 
     project = microkit_test.project
@@ -37,8 +36,11 @@ def test_a_user_orders_and_pays_and_the_order_is_paid(service, gateway, microkit
     ada = gateway.post("/users/", json={"name": "ada"}, expect=201).json()
     order = gateway.post("/orders/", json={"user_id": ada["id"], "item": "book", "quantity": 2}, expect=201).json()
     assert order["status"] == "new"
-    gateway.post("/payments/", json={"order_id": order["id"], "amount_cents": 1250}, expect=201)
-    eventually(lambda: gateway.get(f"/orders/{order['id']}", expect=200).json()["status"] == "paid",
-               timeout=20, what="the order marked paid by orders' consumer of payments.completed")
+    payment = gateway.post("/payments/", json={"order_id": order["id"], "amount_cents": 1250}, expect=201).json()
+    paid = events.wait_for("orders.paid", timeout=20)
+    assert paid.payload == {"order_id": order["id"], "user_id": ada["id"], "payment_id": payment["id"]}
+    assert gateway.get(f"/orders/{order['id']}", expect=200).json()["status"] == "paid"
+    assert [e.type for e in events.published()] == ["payments.completed", "orders.paid"]
+    assert events.url.startswith("redis://"), "on the registry's Redis, in this test's prefix"
     gateway.post("/payments/", json={"order_id": order["id"], "amount_cents": 1250}, expect=409)
     gateway.post("/orders/", json={"user_id": ada["id"] + 1000, "item": "book", "quantity": 1}, expect=400)

@@ -1,36 +1,25 @@
-"""The {{service}} handlers, called in-process with real events on a throwaway embedded store."""
+"""The {{service}} handlers on a throwaway events bus from microkit.testing (`events`): called here as a
+consumer calls them (`events.deliver`), and run by the service's own consumer process (`service`)."""
 
 import pytest
 
-from microkit import events
-from microkit.events.settings import Settings
 from services.{{service}} import handlers
 
 
-@pytest.fixture(autouse=True)
-def published(tmp_path):
-    """Events go to an embedded store in tmp_path; `published()` returns those published since the last call."""
-    url = f"sqlite:///{tmp_path / 'events.db'}"
-    events.configure(Settings(url=url, namespace="test", source="{{service}}", once_url=url))
-    store = events.backend().store()
-    position: dict = {}
-    store.tail(None, position, 0)
-
-    def read():
-        return [events.Event.from_json(entry.body) for entry in store.tail(None, position, 0.01)]
-    yield read
-    events.backend().close()
+def test_a_request_is_handled_once_and_answered(events):
+    request = events.deliver(handlers.requested, {"name": "ada"})
+    events.deliver(handlers.requested, request)  # a redelivery of the same event: answered once
+    [done] = events.published("{{service}}.done")
+    assert (done.payload, done.source) == ({"name": "ada", "for": request.id}, "{{service}}")
 
 
-def test_a_request_is_handled_once_and_answered(published):
-    event = events.Event("{{service}}.requested", {"name": "ada"}, source="tests")
-    handlers.requested(event)
-    handlers.requested(event)  # a redelivery of the same event
-    [done] = published()
-    assert (done.type, done.payload, done.source) == ("{{service}}.done", {"name": "ada", "for": event.id},
-                                                      "{{service}}")
-
-
-def test_a_bad_payload_raises_so_it_is_retried_then_dead_lettered():
+def test_a_bad_payload_raises_so_it_is_retried_then_dead_lettered(events):
     with pytest.raises(ValueError, match='needs a "name" string'):
-        handlers.requested(events.Event("{{service}}.requested", {}))
+        events.deliver(handlers.requested, {})
+    assert events.published() == []
+
+
+def test_its_consumer_answers_a_published_request(service, events):
+    service("{{service}}")
+    request = events.publish("{{service}}.requested", {"name": "ada"})
+    assert events.wait_for("{{service}}.done").payload == {"name": "ada", "for": request.id}

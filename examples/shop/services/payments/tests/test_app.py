@@ -1,30 +1,16 @@
 """The payments service's endpoints, served in-process by microkit.testing's `service` fixture and called
 over HTTP with its JSON client; each test on a database of its own. The orders service it calls (through
-the gateway) is a fake from `fake_service`: orders 1 and 2 exist, unpaid. Its events go to a real embedded
-store in the test's folder, read back by `published()`."""
+the gateway) is a fake from `fake_service`: orders 1 and 2 exist, unpaid. Its events go to the test's own
+bus (`events`)."""
 
 import socket
 
 import pytest
 
-from microkit import events
+import microkit.events
 from microkit.events.settings import Settings
 
 ROUTE = "/payments"
-
-
-@pytest.fixture(autouse=True)
-def published(tmp_path):
-    """Events go to a real embedded store in tmp_path; `published()` returns those published since the last call."""
-    events.configure(Settings(url=f"sqlite:///{tmp_path / 'events.db'}", namespace="test", source="payments"))
-    store = events.backend().store()
-    position: dict = {}
-    store.tail(None, position, 0)
-
-    def read():
-        return [events.Event.from_json(entry.body) for entry in store.tail(None, position, 0.01)]
-    yield read
-    events.backend().close()
 
 
 def unpaid_orders(request):
@@ -49,12 +35,12 @@ def test_healthz(payments):
     payments.get("/healthz", expect=200)
 
 
-def test_paying_an_order_publishes_payments_completed(orders, payments, published):
+def test_paying_an_order_publishes_payments_completed(orders, payments, events):
     response = payments.post(ROUTE + "/", json={"order_id": 1, "amount_cents": 1250}, expect=201)
     payment = response.json()
     assert response.headers["Location"] == f"{ROUTE}/{payment['id']}"
     assert (payment["order_id"], payment["amount_cents"]) == (1, 1250)
-    [event] = published()
+    [event] = events.published()
     assert (event.type, event.source) == ("payments.completed", "payments")
     assert event.payload == {"order_id": 1, "payment_id": payment["id"], "amount_cents": 1250}
     assert payments.get(f"{ROUTE}/{payment['id']}", expect=200).json() == payment
@@ -83,8 +69,8 @@ def test_an_unpublished_payment_is_removed(orders, payments):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]  # nothing listens there: the events store is down
-    events.configure(Settings(url=f"redis://127.0.0.1:{port}/0", namespace="test", source="payments",
-                              publish_timeout=0.2))
+    microkit.events.configure(Settings(url=f"redis://127.0.0.1:{port}/0", namespace="test", source="payments",
+                                       publish_timeout=0.2))  # until the test ends
     error = payments.post(ROUTE, json={"order_id": 2, "amount_cents": 100}, expect=503).json()
     assert "cannot publish payments.completed" in error["error"]
     assert payments.get(ROUTE, expect=200).json() == []

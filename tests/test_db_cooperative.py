@@ -142,6 +142,8 @@ GREEN_SCRIPT = textwrap.dedent("""
 
     tick = gevent.spawn(ticker)
     gevent.joinall([gevent.spawn(client, n) for n in range(10)], raise_error=True)
+    gevent.get_hub().threadpool.apply(client, (7,))  # another thread, another hub, the same socket numbers
+    client(8)
 
     victim = psycopg2.connect(url)
     backend = victim.info.backend_pid
@@ -166,8 +168,8 @@ GREEN_SCRIPT = textwrap.dedent("""
 
 def test_queries_on_reused_sockets_and_a_lost_connection_never_stall_the_hub(postgres_url):
     """The wait callback keeps one watcher per socket: sockets closed and their numbers reused by new
-    connections, 10 clients at once, and a backend terminated mid-query (an error, not a hang), while a
-    greenlet ticking every 5 ms is never held up long."""
+    connections, 10 clients at once, then in a thread of its own hub and back, and a backend terminated
+    mid-query (an error, not a hang), while a greenlet ticking every 5 ms is never held up long."""
     result = subprocess.run([sys.executable, "-c", GREEN_SCRIPT, postgres_url], capture_output=True, text=True,
                             timeout=60, cwd=REPO)
     assert result.returncode == 0, result.stderr

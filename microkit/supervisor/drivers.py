@@ -37,7 +37,7 @@ def psycopg2_wait(connection: Any) -> None:
     """psycopg2's wait callback: poll the connection and, while libpq would block, wait on the hub for its
     socket. A socket's watcher is kept for its next wait (a query waits once, a connect four or five times):
     a new one each time cost an allocation, an fcntl() and an epoll_ctl() per wait, and more Python than
-    the wait itself. A blocked connect or query therefore never holds up the worker's other requests."""
+    the wait itself."""
     while True:
         state = connection.poll()
         if state == POLL_OK:

@@ -63,12 +63,18 @@ class DatabaseUnavailable(OperationalError, bottle.HTTPResponse):
         return str(self.args[0]) if self.args else "database unavailable"
 
 
+_poll_class: Any = None
+
+
 def _poll() -> Any:
     """A poll object of the OS's own, even under gevent's monkey-patching: a check with no timeout needs no
-    hub. gevent is imported only where it already is (a worker), so plain importers never load it."""
-    if "gevent.monkey" in sys.modules:
-        return sys.modules["gevent.monkey"].get_original("select", "poll")()
-    return select.poll()
+    hub. gevent is imported only where it already is (a worker), so plain importers never load it. The class
+    is looked up once: gevent's get_original() costs more than the check itself, at every checkout."""
+    global _poll_class
+    if _poll_class is None:
+        monkey = sys.modules.get("gevent.monkey")
+        _poll_class = monkey.get_original("select", "poll") if monkey is not None else select.poll
+    return _poll_class()
 
 
 _POLL_MASK = 0x001 | 0x002  # POLLIN | POLLPRI; POLLHUP and POLLERR are always reported

@@ -20,21 +20,37 @@ from types import ModuleType
 from typing import Any, Callable
 
 
-def psycopg2_wait(connection: Any, timeout: float | None = None) -> None:
-    """psycopg2's wait callback: poll the connection, and wait on the hub for what libpq needs."""
-    from gevent.socket import wait_read, wait_write
-    from psycopg2 import OperationalError, extensions
+POLL_OK, POLL_READ, POLL_WRITE = 0, 1, 2  # psycopg2.extensions' values; READ and WRITE are also libev's events
 
+_watchers: dict[int, Any] = {}  # (socket << 2 | event) -> the hub's watcher, kept for the next wait
+
+
+def _get_hub() -> Any:
+    """gevent's get_hub(), imported on the first wait (a worker has patched by then) and bound from then on."""
+    global _get_hub
+    from gevent import get_hub
+    _get_hub = get_hub
+    return get_hub()
+
+
+def psycopg2_wait(connection: Any) -> None:
+    """psycopg2's wait callback: poll the connection and, while libpq would block, wait on the hub for its
+    socket. A socket's watcher is kept for its next wait (a query waits once, a connect four or five times):
+    a new one each time cost an allocation, an fcntl() and an epoll_ctl() per wait, and more Python than
+    the wait itself."""
     while True:
         state = connection.poll()
-        if state == extensions.POLL_OK:
+        if state == POLL_OK:
             return
-        if state == extensions.POLL_READ:
-            wait_read(connection.fileno(), timeout=timeout)
-        elif state == extensions.POLL_WRITE:
-            wait_write(connection.fileno(), timeout=timeout)
-        else:
+        if state != POLL_READ and state != POLL_WRITE:
+            from psycopg2 import OperationalError
             raise OperationalError(f"unexpected state from poll(): {state!r}")
+        hub = _get_hub()
+        key = connection.fileno() << 2 | state
+        watcher = _watchers.get(key)
+        if watcher is None or watcher.loop is not hub.loop:  # new socket, or another thread's hub
+            watcher = _watchers[key] = hub.loop.io(key >> 2, state)
+        hub.wait(watcher)
 
 
 def patch_psycopg2(module: ModuleType) -> None:

@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from helpers import PrivatePostgres, PrivateRedis, server_missing
+from support.servers import PrivatePostgres, PrivateRedis, server_missing
 
 POSTGRES = os.environ.get("MICROKIT_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 MYSQL = os.environ.get("MICROKIT_TEST_MYSQL", "mysql://root@127.0.0.1:3306/test")

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from support.cli import run_cli
 from support.servers import server_missing
-from support.up import Up, run_cli
-from integration.test_metrics import request
-from integration.test_openapi import shop
+from support.up import Up, demo_shop, request
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -24,9 +23,9 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
 
 @pytest.fixture(scope="module")
 def running(tmp_path_factory):
-    root = shop(tmp_path_factory.mktemp("dash"))
-    admin = run_cli(root, "keys", "create", "ops", "--scope", "microkit:admin")
-    user = run_cli(root, "keys", "create", "app")
+    root = demo_shop(tmp_path_factory.mktemp("dash"))
+    admin = run_cli("keys", "create", "ops", "--scope", "microkit:admin", cwd=root)
+    user = run_cli("keys", "create", "app", cwd=root)
     assert admin.returncode == 0 and user.returncode == 0, admin.stderr + user.stderr
     up = Up(root, gateway=True)
     try:
@@ -70,10 +69,6 @@ def log_in(page, running, key: str) -> None:
     page.goto(running["gateway"] + "/__microkit/")
     page.fill("#key", key)
     page.click("button[type=submit]")
-
-
-def service_state(page, name: str) -> str:
-    return page.inner_text(f'#services tr[data-service="{name}"] td.state')
 
 
 def test_a_wrong_key_is_refused(page, running, shots):
@@ -155,7 +150,7 @@ def test_gateways_sharing_a_redis_show_on_each_others_dashboard(tmp_path, privat
 
     from microkit.supervisor import control
     from support.up import make_project
-    from integration.test_metrics import wait_until
+    from microkit.testing import eventually
 
     root = make_project(tmp_path / "proj", {"users": {"app": "services.users.app:app", "route": "/users"},
                                             "limited": {"app": "services.limited.app:app", "route": "/limited",
@@ -163,7 +158,7 @@ def test_gateways_sharing_a_redis_show_on_each_others_dashboard(tmp_path, privat
                         {"users": "routed_app.py", "limited": "routed_app.py"})
     (root / "microkit.toml").write_text((root / "microkit.toml").read_text()
                                         + f'\n[registry]\nurl = "{private_redis.url}"\n')
-    admin = run_cli(root, "keys", "create", "ops", "--scope", "microkit:admin").stdout.strip()
+    admin = run_cli("keys", "create", "ops", "--scope", "microkit:admin", cwd=root).stdout.strip()
     up = Up(root, gateway=True)
     second = subprocess.Popen([sys.executable, "-m", "microkit.cli", "gateway"], cwd=root, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)
@@ -177,7 +172,7 @@ def test_gateways_sharing_a_redis_show_on_each_others_dashboard(tmp_path, privat
                 return None
             ready = [i for i in group["instances"] if i["state"] == "ready"]
             return ready and ready[0]["port"]
-        other = f"http://127.0.0.1:{wait_until(second_port, 20, 'the second gateway')}"
+        other = f"http://127.0.0.1:{eventually(second_port, 20, 'the second gateway')}"
         host, port = first.split("//")[1].split(":")
         connection = http.client.HTTPConnection(host, int(port), timeout=10)
         connection.request("POST", "/__microkit/login", body=f"key={admin}",
@@ -186,13 +181,13 @@ def test_gateways_sharing_a_redis_show_on_each_others_dashboard(tmp_path, privat
         reply.read()
         assert reply.status == 303
         cookie = reply.getheader("Set-Cookie").split(";")[0]
-        wait_until(lambda: request(other, "GET", "/users/pid")[0] == 200, 20, "the second gateway routes")
+        eventually(lambda: request(other, "GET", "/users/pid")[0] == 200, 20, "the second gateway routes")
         for _ in range(30):
             assert request(other, "GET", "/users/pid")[0] == 200
         def knows_limited():
             status, _, body = request(other, "GET", "/__microkit/instances", {"X-API-Key": admin})
             return status == 200 and json.loads(body)["services"]["limited"]
-        wait_until(knows_limited, 20, "the second gateway knows the limited route's instance")
+        eventually(knows_limited, 20, "the second gateway knows the limited route's instance")
         assert request(other, "GET", "/limited/pid")[0] == 200
         status, headers, _ = request(other, "GET", "/limited/pid")
         assert status == 429
@@ -206,7 +201,7 @@ def test_gateways_sharing_a_redis_show_on_each_others_dashboard(tmp_path, privat
             pids = {g["pid"] for g in data["gateways"]}
             refused = [r for r in data["recent"] if r["request_id"] == refused_id]
             return len(pids) == 2 and users and users[0]["requests"] >= 31 and refused and data
-        data = wait_until(seen, 20, "both gateways, their traffic and the refusal")
+        data = eventually(seen, 20, "both gateways, their traffic and the refusal")
         assert [s["name"] for s in data["services"]] == ["users", "limited"]
         [refused] = [r for r in data["recent"] if r["request_id"] == refused_id]
         assert refused["status"] == 429 and refused["route"] == "/limited" and len(refused["trace_id"]) == 32

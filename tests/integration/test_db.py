@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -18,9 +16,12 @@ import bottle
 import pytest
 from peewee import OperationalError, SqliteDatabase
 
-from support.servers import REPO, free_port
+from support.cli import REPO
+from support.servers import free_port
+from support.up import PROGRAMS, make_project
+
 from microkit import db as pooled
-from support.up import Up, eventually, make_project
+from microkit.testing import eventually
 
 DB_APP = "services.dbs.app:app"
 
@@ -210,28 +211,8 @@ def test_pool_is_bounded_and_a_request_waits_then_gets_503(postgres_url):
         database.close_all()
 
 
-FORK_SCRIPT = textwrap.dedent('''
-    import gc, json, os, sys
-    from microkit import db
-    database = db.connect(sys.argv[1])
-    backend = "SELECT pg_backend_pid()" if sys.argv[1].startswith("postgres") else "SELECT CONNECTION_ID()"
-    database.connect()
-    parent = database.execute_sql(backend).fetchone()[0]
-    child = os.fork()
-    if child == 0:
-        database.connect(reuse_if_open=True)
-        mine = database.execute_sql(backend).fetchone()[0]
-        database.close_all()
-        print(json.dumps({"child": mine}), flush=True)
-        gc.collect()
-        sys.exit(0)  # a normal exit: inherited connections are released, and must say goodbye to /dev/null
-    os.waitpid(child, 0)
-    print(json.dumps({"parent": parent, "after": database.execute_sql(backend).fetchone()[0]}), flush=True)
-''')
-
-
 def test_a_forked_child_never_uses_or_ends_its_parents_connection(database_url):
-    result = subprocess.run([sys.executable, "-c", FORK_SCRIPT, database_url], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, str(PROGRAMS / "db_fork.py"), database_url], capture_output=True, text=True,
                             timeout=30, cwd=REPO)
     assert result.returncode == 0, result.stderr
     child, parent = (json.loads(line) for line in result.stdout.splitlines())
@@ -239,48 +220,14 @@ def test_a_forked_child_never_uses_or_ends_its_parents_connection(database_url):
     assert parent["after"] == parent["parent"], "the parent's session outlived the child"
 
 
-DRIVERS_SCRIPT = textwrap.dedent('''
-    import sys
-    from gevent import monkey
-    monkey.patch_all()
-    from microkit.supervisor import drivers
-    drivers.install()
-    assert not {"psycopg2", "psycopg"} & set(sys.modules), "install() imports no driver"
-    import psycopg2.extensions
-    assert psycopg2.extensions.get_wait_callback() is drivers.psycopg2_wait, "patched as it was imported"
-    import psycopg
-    assert drivers.is_cooperative("psycopg") and drivers.is_cooperative("pymysql")
-    drivers.install()
-    assert sum(isinstance(f, drivers.PatchOnImport) for f in sys.meta_path) == 1, "installed once"
-''')
-
-
-RECLAIM_SCRIPT = textwrap.dedent('''
-    import sys, time
-    from gevent import monkey
-    monkey.patch_all()
-    import gevent
-    from microkit import db
-    database = db.connect(sys.argv[1] + "?max_connections=2&timeout=5")
-    leaks = [gevent.spawn(database.connect) for _ in range(2)]  # each ends holding its connection
-    gevent.joinall(leaks, raise_error=True)
-    started = time.monotonic()
-    database.connect()
-    assert time.monotonic() - started < 1, "a full pool took back what ended greenlets held"
-    assert database.execute_sql("SELECT 1").fetchone() == (1,)
-    database.close()
-    assert len(database._in_use) == 0
-''')
-
-
 def test_connections_of_greenlets_that_ended_without_giving_them_back_are_reclaimed(database_url):
-    result = subprocess.run([sys.executable, "-c", RECLAIM_SCRIPT, database_url], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, str(PROGRAMS / "db_reclaim.py"), database_url], capture_output=True, text=True,
                             timeout=60, cwd=REPO)
     assert result.returncode == 0, result.stderr
 
 
 def test_drivers_are_patched_when_imported_and_not_loaded_before():
-    result = subprocess.run([sys.executable, "-c", DRIVERS_SCRIPT], capture_output=True, text=True, timeout=60,
+    result = subprocess.run([sys.executable, str(PROGRAMS / "db_drivers.py")], capture_output=True, text=True, timeout=60,
                             cwd=REPO)
     assert result.returncode == 0, result.stderr
 
@@ -310,25 +257,11 @@ def concurrent(url: str, count: int) -> tuple[float, list]:
     return time.monotonic() - started, answers
 
 
-@pytest.fixture
-def up_with():
-    running: list[Up] = []
-
-    def start(root) -> Up:
-        up = Up(root)
-        running.append(up)
-        return up
-
-    yield start
-    for up in running:
-        up.close()
-
-
-def test_worker_makes_every_driver_cooperative(tmp_path, postgres_url, mysql_url, up_with):
+def test_worker_makes_every_driver_cooperative(tmp_path, postgres_url, mysql_url, ups):
     """One worker, 10 requests at once, each a 0.3 s query: about 0.3 s in all when the loop is never blocked,
     3 s when each query blocks it (as psycopg2 did)."""
     root = make_db_project(tmp_path / "proj", {"PG_URL": postgres_url, "MYSQL_URL": mysql_url})  # no microkit.db
-    up = up_with(root)
+    up = ups(root)
     base = up.ready()["dbs"]
     import urllib.request
     with urllib.request.urlopen(base + "/drivers", timeout=10) as reply:
@@ -340,8 +273,8 @@ def test_worker_makes_every_driver_cooperative(tmp_path, postgres_url, mysql_url
         assert elapsed < 1.5, f"{route}: 10 concurrent 0.3 s queries took {elapsed:.2f}s on one worker"
 
 
-def test_pooled_database_is_cooperative_in_a_worker(tmp_path, database_url, up_with):
-    up = up_with(make_db_project(tmp_path / "proj", {"DATABASE_URL": database_url}))
+def test_pooled_database_is_cooperative_in_a_worker(tmp_path, database_url, ups):
+    up = ups(make_db_project(tmp_path / "proj", {"DATABASE_URL": database_url}))
     base = up.ready()["dbs"]
     elapsed, answers = concurrent(f"{base}/pooled?0.3", 10)
     assert all(status == 200 for status, _ in answers) and elapsed < 1.5, (elapsed, answers)
@@ -349,7 +282,7 @@ def test_pooled_database_is_cooperative_in_a_worker(tmp_path, database_url, up_w
     assert {b["backend"] for _, b in again} <= {b["backend"] for _, b in answers}, "pooled: no new connection"
 
 
-def test_pooled_service_answers_503_during_a_database_restart_then_recovers(tmp_path, private_postgres, up_with):
+def test_pooled_service_answers_503_during_a_database_restart_then_recovers(tmp_path, private_postgres, ups):
     import urllib.error
     import urllib.request
 
@@ -360,7 +293,7 @@ def test_pooled_service_answers_503_during_a_database_restart_then_recovers(tmp_
         except urllib.error.HTTPError as error:
             return error.code, dict(error.headers), json.load(error)
 
-    up = up_with(make_db_project(tmp_path / "proj", {"DATABASE_URL": private_postgres.url}))
+    up = ups(make_db_project(tmp_path / "proj", {"DATABASE_URL": private_postgres.url}))
     base = up.ready()["dbs"]
     status, _, first = get("/pooled")
     assert status == 200 and get("/pooled")[2]["backend"] == first["backend"]
@@ -384,12 +317,12 @@ def test_pooled_service_answers_503_during_a_database_restart_then_recovers(tmp_
     up.wait_for(r"database postgres is reachable again", 5)
 
 
-def test_rest_template_service_pools_and_answers_503_during_a_database_restart(tmp_path, private_postgres, up_with):
+def test_rest_template_service_pools_and_answers_503_during_a_database_restart(tmp_path, private_postgres, ups):
     """The generated `rest` service, unchanged, through the real CLI: its models.py uses microkit.db."""
     import urllib.error
     import urllib.request
 
-    from support.servers import run_cli
+    from support.cli import run_cli
     assert run_cli("new", "project", "shop", cwd=tmp_path).returncode == 0
     root = tmp_path / "shop"
     assert run_cli("new", "service", "users", cwd=root).returncode == 0
@@ -405,7 +338,7 @@ def test_rest_template_service_pools_and_answers_503_during_a_database_restart(t
         except urllib.error.HTTPError as error:
             return error.code, json.load(error)
 
-    up = up_with(root)
+    up = ups(root)
     base = up.ready()["users"]
     assert call("POST", "/users/", {"name": "ada"})[0] == 201
     private_postgres.stop()

@@ -17,7 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from support.up import CLI, Up, eventually, make_project, run_cli
+from microkit.testing import eventually
+
+from support.cli import CLI, run_cli
+from support.up import Up, make_project
+
 
 ROUTED = {"users": {"app": "services.users.app:app", "route": "/users", "workers": 2}}
 APPS = {"users": "routed_app.py"}
@@ -33,19 +37,6 @@ def project(tmp_path):
             (root / "microkit.toml").write_text(text.replace("[gateway]", f'[registry]\nurl = "{registry}"\n\n[gateway]'))
         return root
     return make
-
-
-@pytest.fixture
-def running():
-    ups: list[Up] = []
-
-    def start(root: Path, *args: str) -> Up:
-        up = Up(root, *args, gateway=True)
-        ups.append(up)
-        return up
-    yield start
-    for up in ups:
-        up.close()
 
 
 class Loop:
@@ -96,20 +87,20 @@ def worker_pids(up: Up, service: str) -> list[int]:
 
 
 def registered_pids(root: Path, service: str) -> set[int]:
-    result = run_cli(root, "status", "--json")
+    result = run_cli("status", "--json", cwd=root)
     assert result.returncode == 0, result.stderr
     return {i["pid"] for i in json.loads(result.stdout)["services"].get(service, [])}
 
 
-def test_up_prints_the_gateway_and_routes_through_it(project, running):
+def test_up_prints_the_gateway_and_routes_through_it(project, ups):
     root = project()
-    up = running(root)
+    up = ups(root, gateway=True)
     url = gateway_url(up)
     assert up.wait_for(r"^services: users http://127\.0\.0\.1:\d+").string
     pids = {int(Loop_get(url + "/users/pid")) for _ in range(6)}
     assert pids <= set(worker_pids(up, "users"))
     assert registered_pids(root, "users") == set(worker_pids(up, "users"))
-    routes = run_cli(root, "routes")
+    routes = run_cli("routes", cwd=root)
     assert routes.returncode == 0 and re.search(r"/users\s+users\s+30s\s+round_robin\s+2", routes.stdout)
     status, body = get_status(url + "/nothing")
     assert status == 404 and json.loads(body)["error"] == "no route for this path"
@@ -132,8 +123,8 @@ def get_status(url: str) -> tuple[int, str]:
         connection.close()
 
 
-def test_kill_9_of_one_of_two_instances_under_a_get_loop_fails_nothing(project, running):
-    up = running(project())
+def test_kill_9_of_one_of_two_instances_under_a_get_loop_fails_nothing(project, ups):
+    up = ups(project(), gateway=True)
     url = gateway_url(up)
     victim = worker_pids(up, "users")[0]
     with Loop(url + "/users/pid") as loop:
@@ -143,8 +134,8 @@ def test_kill_9_of_one_of_two_instances_under_a_get_loop_fails_nothing(project, 
     assert len(loop.statuses) > 50 and loop.failures() == []
 
 
-def test_sigterm_of_an_instance_under_load_gives_no_5xx(project, running):
-    up = running(project())
+def test_sigterm_of_an_instance_under_load_gives_no_5xx(project, ups):
+    up = ups(project(), gateway=True)
     url = gateway_url(up)
     victim = worker_pids(up, "users")[0]
     with Loop(url + "/users/pid") as loop, Loop(url + "/users/echo", "POST") as posts:
@@ -155,9 +146,9 @@ def test_sigterm_of_an_instance_under_load_gives_no_5xx(project, running):
     assert len(posts.statuses) > 50 and posts.failures() == []
 
 
-def test_a_killed_instance_leaves_the_registry_within_3_seconds(project, running):
+def test_a_killed_instance_leaves_the_registry_within_3_seconds(project, ups):
     root = project({"users": {**ROUTED["users"], "workers": 1}})
-    up = running(root)
+    up = ups(root, gateway=True)
     gateway_url(up)
     victim = worker_pids(up, "users")[0]
     os.kill(victim, signal.SIGKILL)
@@ -176,7 +167,7 @@ def test_gateway_and_run_as_separate_processes(project, tmp_path):
             procs.append(subprocess.Popen([*CLI, *args], cwd=root, stdout=subprocess.PIPE,
                                           stderr=subprocess.STDOUT, text=True, start_new_session=True))
         eventually(lambda: len(registered_pids(root, "users")) == 2, 15, 0.2)
-        routes = json.loads(run_cli(root, "routes", "--json").stdout)
+        routes = json.loads(run_cli("routes", "--json", cwd=root).stdout)
         assert routes == [{"prefix": "/users", "service": "users", "timeout": 30.0, "balance": "round_robin",
                            "instances": 2}]
         state = json.loads((root / ".microkit" / f"gateway-{procs[2].pid}.json").read_text())
@@ -208,9 +199,9 @@ def gateway_port(root: Path, name: str) -> int:
     return eventually(port, 15, 0.2)
 
 
-def test_a_redis_outage_of_10_seconds_fails_no_request(project, running, private_redis):
+def test_a_redis_outage_of_10_seconds_fails_no_request(project, ups, private_redis):
     root = project(registry=f"redis://127.0.0.1:{private_redis.port}/0")
-    up = running(root)
+    up = ups(root, gateway=True)
     url = gateway_url(up)
     with Loop(url + "/users/pid") as loop:
         time.sleep(1.0)
@@ -242,14 +233,14 @@ def test_registry_url_from_the_environment(project, tmp_path, private_redis):
         proc.stdout.close()
 
 
-def test_a_command_service_is_registered_and_routed(project, running):
+def test_a_command_service_is_registered_and_routed(project, ups):
     """An asyncio server run as a command service: registered once healthy, reached through the gateway,
     and deregistered when it stops."""
     import sys
 
     root = project({"clock": {"command": f"{sys.executable} services/clock/command_server.py", "route": "/clock",
                               "workers": 2}}, apps={"clock": "command_server.py"})
-    up = running(root)
+    up = ups(root, gateway=True)
     url = gateway_url(up)
     eventually(lambda: len({Loop_get(url + "/clock/now").split()[1] for _ in range(6)}) == 2, 5, 0.1)
     eventually(lambda: registered_pids(root, "clock") == set(worker_pids(up, "clock")), 5, 0.1)
@@ -270,7 +261,7 @@ def test_the_advertised_host_is_what_gets_registered(project):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         def hosts():
-            result = run_cli(root, "status", "--json")
+            result = run_cli("status", "--json", cwd=root)
             return {i["host"] for i in json.loads(result.stdout)["services"].get("users", [])}
         assert eventually(hosts, 15, 0.2) == {"127.0.0.2"}
     finally:

@@ -11,9 +11,10 @@ import time
 
 import pytest
 
-from support.events import EventsProject, PersistentRedis, REDIS, Vhost, redis_cleanup, redis_reachable
-from support.servers import free_port, run_cli
-from support.up import eventually
+from support.cli import run_cli
+from support.events import EventsProject, Vhost, persistent_redis
+from support.servers import REDIS_URL, delete_namespace, free_port, require_redis
+from microkit.testing import eventually
 
 KINDS = ["amqp", "redis", "embedded"]
 
@@ -29,8 +30,8 @@ def make(tmp_path, request):
             store = Vhost()
             url = store.url
         elif url is None and kind == "redis":
-            redis_reachable(REDIS)
-            url = REDIS
+            require_redis(REDIS_URL)
+            url = REDIS_URL
         project = EventsProject(tmp_path / f"p{len(made)}", url, services, handlers=handlers, events=events)
         project.store = store
         made.append((project, kind, store))
@@ -41,8 +42,8 @@ def make(tmp_path, request):
         project.close()
         if isinstance(store, Vhost):
             store.delete()
-        elif kind == "redis" and project.url == REDIS:
-            redis_cleanup(REDIS, project.namespace)
+        elif kind == "redis" and project.url == REDIS_URL:
+            delete_namespace(REDIS_URL, project.namespace)
 
 
 def pool(kind="pool", **options) -> str:
@@ -181,7 +182,7 @@ def test_pending_events_of_a_dead_consumer_are_claimed_after_claim_after(make, k
 
 
 def test_redis_restart_keeps_acknowledged_events_and_consumers_reconnect(make, tmp_path):
-    server = PersistentRedis(tmp_path)
+    server = persistent_redis(tmp_path)
     server.start()
     try:
         project = make("redis", {"orders": {}}, {"orders": [pool()]}, url=server.url)
@@ -342,7 +343,7 @@ def test_consumers_are_supervised_like_workers_status_reload_scale_and_graceful_
 
 
 def test_a_consumer_started_while_redis_is_down_subscribes_once_it_is_back(make, tmp_path):
-    server = PersistentRedis(tmp_path)
+    server = persistent_redis(tmp_path)
     try:
         project = make("redis", {"orders": {}}, {"orders": [pool()]}, url=server.url)
         up = project.up()

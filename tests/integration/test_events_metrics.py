@@ -12,58 +12,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from microkit.metrics import events as meter
 from microkit.metrics.exposition import document, render_tables
-from support.events import REDIS, Vhost, redis_cleanup, redis_reachable
-from support.up import Up
-from integration.test_metrics import request, samples, value, wait_until
-
-SHOP = '''
-import json
-from microkit import events
-
-
-def app(environ, start_response):
-    kind = environ["PATH_INFO"].rstrip("/").rsplit("/", 1)[-1]
-    event = events.publish("order." + kind, {"sleep": 3} if kind == "slow" else {})
-    body = json.dumps({"id": event.id, "traceparent": event.traceparent}).encode()
-    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
-    return [body]
-'''
-
-BILLING = '''
-import json, os, time
-from microkit import events, tracing
-
-RECORDS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "records.jsonl")
-
-
-def record(event, **extra):
-    line = json.dumps({"type": event.type, "id": event.id, "traceparent": event.traceparent,
-                       "current": tracing.current(), "outgoing": tracing.outgoing(), **extra})
-    with open(RECORDS, "a") as out:
-        out.write(line + "\\n")
-
-
-@events.handler("order.placed", retries=0)
-def placed(event):
-    billed = events.publish("order.billed", {"from": event.id})
-    record(event, published=billed.traceparent)
-
-
-@events.handler("order.billed", retries=0)
-def billed(event):
-    record(event)
-
-
-@events.handler("order.bad", retries=2, retry_delay=0.01)
-def bad(event):
-    raise RuntimeError("failing on purpose")
-
-
-@events.handler("order.slow", retries=0)
-def slow(event):
-    time.sleep(event.payload["sleep"])
-    record(event)
-'''
+from support.events import Vhost
+from support.metrics import samples, value
+from support.servers import REDIS_URL, delete_namespace, require_redis
+from support.up import PROGRAMS, Up, request
+from microkit.testing import eventually
 
 TOML = '''[project]
 name = "{name}"
@@ -92,9 +45,9 @@ def store(request):
     if kind == "embedded":
         yield kind, None, name
     elif kind == "redis":
-        redis_reachable(REDIS)
-        yield kind, REDIS, name
-        redis_cleanup(REDIS, name)
+        require_redis(REDIS_URL)
+        yield kind, REDIS_URL, name
+        delete_namespace(REDIS_URL, name)
     else:
         vhost = Vhost()
         yield kind, vhost.url, name
@@ -106,8 +59,8 @@ def test_event_metrics_in_the_scrape_and_the_trace_through_two_hops(tmp_path, st
     kind, url, name = store
     root = tmp_path / "proj"
     root.mkdir()
-    (root / "shop.py").write_text(SHOP)
-    (root / "billing.py").write_text(BILLING)
+    (root / "shop.py").write_text((PROGRAMS / "events_shop.py").read_text())
+    (root / "billing.py").write_text((PROGRAMS / "events_billing.py").read_text())
     (root / "microkit.toml").write_text(TOML.format(name=name, events=f'\n[events]\nurl = "{url}"\n' if url else ""))
     records = root / "records.jsonl"
     up = Up(root, gateway=True)
@@ -129,7 +82,7 @@ def test_event_metrics_in_the_scrape_and_the_trace_through_two_hops(tmp_path, st
         def done(parsed):
             return (value(parsed, meter.HANDLED, service="billing", type="order.billed", outcome="ok") == 3
                     and value(parsed, meter.DEAD, service="billing", type="order.bad") == 1 and parsed)
-        parsed = wait_until(lambda: done(scraped()), 30, "events handled and counted")
+        parsed = eventually(lambda: done(scraped()), 30, "events handled and counted")
         # published: by the shop's two workers (added up) and by billing's consumers
         assert value(parsed, meter.PUBLISHED, service="shop", type="order.placed") == 3
         assert value(parsed, meter.PUBLISHED, service="shop", type="order.bad") == 1
@@ -146,13 +99,13 @@ def test_event_metrics_in_the_scrape_and_the_trace_through_two_hops(tmp_path, st
             up.signal(signal.SIGTERM)  # (the gateway goes too: read the queue as the scrape does)
             assert up.wait(20) == 0
         else:
-            wait_until(lambda: value(scraped(), meter.PENDING, group="billing", type="order.placed") == 0, 10,
+            eventually(lambda: value(scraped(), meter.PENDING, group="billing", type="order.placed") == 0, 10,
                        "nothing pending")
             # an event being handled shows as pending; once handled, neither pending nor waiting
             assert request(gateway, "GET", "/shop/slow")[0] == 200
-            wait_until(lambda: value(scraped(), meter.PENDING, group="billing", type="order.slow") == 1, 10,
+            eventually(lambda: value(scraped(), meter.PENDING, group="billing", type="order.slow") == 1, 10,
                        "one pending")
-            wait_until(lambda: (p := scraped()) and value(p, meter.HANDLED, type="order.slow", outcome="ok") == 1
+            eventually(lambda: (p := scraped()) and value(p, meter.HANDLED, type="order.slow", outcome="ok") == 1
                        and value(p, meter.PENDING, type="order.slow") == 0
                        and value(p, meter.LAG, type="order.slow") == 0, 15, "the slow one handled")
 
@@ -176,7 +129,7 @@ def test_event_metrics_in_the_scrape_and_the_trace_through_two_hops(tmp_path, st
             events.configure(events.Settings(url=url, namespace=name, source="test"))
             try:
                 events.publish("order.placed", {})
-                lag = wait_until(lambda: (found := backend.lag([("billing", "order.placed")]))
+                lag = eventually(lambda: (found := backend.lag([("billing", "order.placed")]))
                                  and found[("billing", "order.placed")][0] == 1 and found, 10, "one ready")
                 assert lag == {("billing", "order.placed"): (1, None)}
                 assert backend.lag([("billing", "order.nothing")]) == {}

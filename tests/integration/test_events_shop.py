@@ -11,9 +11,10 @@ import urllib.request
 
 import pytest
 
+from support.cli import REPO
 from support.events import Vhost
-from support.servers import REPO
-from support.up import Up, eventually
+from support.up import Up
+from microkit.testing import eventually
 
 
 def call(base: str, method: str, path: str, body: dict | None = None) -> dict:

@@ -5,9 +5,8 @@ import os
 import subprocess
 import sys
 
-from support.servers import REPO
-
-REDIS = os.environ.get("MICROKIT_TEST_REDIS", "redis://127.0.0.1:6379/0")
+from support.cli import REPO
+from support.servers import REDIS_URL
 
 
 def run_shop_tests(*args: str) -> str:
@@ -24,5 +23,5 @@ def test_the_shop_services_pass_their_own_tests():
 
 
 def test_the_shop_end_to_end_on_redis():
-    out = run_shop_tests("tests", "--microkit-registry", REDIS, "-rs")
+    out = run_shop_tests("tests", "--microkit-registry", REDIS_URL, "-rs")
     assert "1 passed" in out, out

@@ -19,9 +19,12 @@ from pathlib import Path
 import pytest
 import yaml as pyyaml
 
-from support.servers import free_port, microkit_executable, run_cli, server_missing, snapshot
+from support.cli import microkit_executable, run_cli, snapshot
+from support.netns import NetnsUnavailable, Network
+from support.servers import free_port, server_missing
+from support.up import PROGRAMS
+
 from microkit.export import plan, yaml
-from support.netns import Network, NetnsUnavailable
 
 BIN = Path(sys.executable).parent
 SECRET = "s3cr3t-in-toml"
@@ -311,17 +314,6 @@ def test_listen_option_is_checked(tmp_path):
         assert result.returncode == 2 and result.stderr.startswith("microkit: error: --listen: expected"), result.stderr
 
 
-ENV_APP = '''
-import os
-
-
-def app(environ, start_response):
-    body = os.environ.get("MICROKIT_GATEWAY_URL", "-").encode()
-    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
-    return [body]
-'''
-
-
 def test_run_listens_where_told_and_passes_the_deployments_gateway_url_on(tmp_path):
     """What the exported containers rely on: `microkit run NAME --listen 0.0.0.0:PORT`, and the gateway's
     address from MICROKIT_GATEWAY_URL when no gateway runs in the same process."""
@@ -329,7 +321,7 @@ def test_run_listens_where_told_and_passes_the_deployments_gateway_url_on(tmp_pa
     (root / "services" / "users").mkdir(parents=True)
     for init in ("services/__init__.py", "services/users/__init__.py"):
         (root / init).write_text("")
-    (root / "services" / "users" / "app.py").write_text(ENV_APP)
+    (root / "services" / "users" / "app.py").write_text((PROGRAMS / "gateway_url_app.py").read_text())
     (root / "microkit.toml").write_text('[project]\nname = "envtest"\n\n[services.users]\n'
                                         'app = "services.users.app:app"\nroute = "/users"\nhealth = "/"\n')
     port = free_port()
@@ -358,14 +350,6 @@ def test_run_listens_where_told_and_passes_the_deployments_gateway_url_on(tmp_pa
 
 # The exported container commands, run for real: each "container" is a network namespace of its own.
 
-WHERE_APP = '''
-def app(environ, start_response):
-    body = b"users here"
-    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
-    return [body]
-'''
-
-
 def test_the_exported_commands_and_healthchecks_work_as_containers_would_run_them(tmp_path):
     """compose.yaml's commands and healthchecks, and the Kubernetes probes, on three namespace hosts standing
     in for containers: the registry's Redis, users, the gateway. Only the registry's address differs (no
@@ -380,7 +364,7 @@ def test_the_exported_commands_and_healthchecks_work_as_containers_would_run_the
     (root / "services" / "users").mkdir(parents=True)
     for init in ("services/__init__.py", "services/users/__init__.py"):
         (root / init).write_text("")
-    (root / "services" / "users" / "app.py").write_text(WHERE_APP)
+    (root / "services" / "users" / "app.py").write_text((PROGRAMS / "users_here_app.py").read_text())
     (root / "microkit.toml").write_text('[project]\nname = "shop"\n\n[registry]\nurl = "redis://127.0.0.1:6379/0"\n\n'
                                         '[services.users]\napp = "services.users.app:app"\nroute = "/users"\n'
                                         'health = "/users/ok"\nworkers = 2\n')
@@ -462,7 +446,7 @@ def test_the_units_exec_start_runs_the_service_and_stops_it_within_timeout_stop_
     (root / "services" / "users").mkdir(parents=True)
     for init in ("services/__init__.py", "services/users/__init__.py"):
         (root / init).write_text("")
-    (root / "services" / "users" / "app.py").write_text(WHERE_APP)
+    (root / "services" / "users" / "app.py").write_text((PROGRAMS / "users_here_app.py").read_text())
     (root / "microkit.toml").write_text(f'[project]\nname = "shop"\n\n[registry]\nurl = "{private_redis.url}"\n\n'
                                         '[services.users]\napp = "services.users.app:app"\nroute = "/users"\n'
                                         'health = "/users/ok"\n')

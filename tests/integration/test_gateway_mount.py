@@ -4,7 +4,6 @@ give the same answers split behind the gateway and under `--monolith` as under D
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import sys
 import threading
@@ -12,7 +11,9 @@ import threading
 import pytest
 import requests
 
-from support.up import APPS, Up, eventually, make_project
+from microkit.testing import eventually
+
+from support.up import PROGRAMS, Up, make_project
 
 PATHS = ["/", "/3", "/order/", "/order/5", "/payment/", "/payment/9", "/order/x"]
 SERVICES = {
@@ -25,7 +26,7 @@ SERVICES = {
 def _flask_app(name: str):
     os.environ["MOUNT_NAME"] = name
     try:
-        spec = importlib.util.spec_from_file_location(f"mount_{name}", APPS / "flask_mount_app.py")
+        spec = importlib.util.spec_from_file_location(f"mount_{name}", PROGRAMS / "flask_mount_app.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     finally:

@@ -8,7 +8,9 @@ import time
 
 import requests
 
-from support.up import Up, eventually, make_project
+from microkit.testing import eventually
+
+from support.up import Up, make_project
 
 
 def _reached(log) -> list[int]:

@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 import requests
 
-from integration.test_gateway_proxy import Processes, get, read_response, request
+from support.gateway import Processes, get, read_response, request
 
 
 @pytest.fixture

@@ -10,135 +10,15 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-HARNESS = str(Path(__file__).resolve().parent.parent / "programs" / "gateway_harness.py")
-
-CONFIG = """
-[project]
-name = "gw"
-[gateway]
-max_body = "{max_body}"
-timeout = 5
-trusted_proxies = {trusted}
-[services.users]
-app = "x:app"
-route = "/users"
-[services.admin]
-app = "x:app"
-route = "/users/admin"
-[services.orders]
-app = "x:app"
-route = "/orders"
-route_timeout = 0.5
-[services.empty]
-app = "x:app"
-route = "/empty"
-"""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Processes:
-    """Starts harness processes and kills every one of them at teardown."""
-
-    def __init__(self, tmp_path: Path):
-        self.tmp_path = tmp_path
-        self.procs: list[subprocess.Popen] = []
-        self.output: dict[int, list[str]] = {}
-
-    def start(self, *args: str) -> tuple[subprocess.Popen, int]:
-        port = free_port()
-        proc = subprocess.Popen([sys.executable, HARNESS, args[0], str(port), *args[1:]],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.procs.append(proc)
-        deadline = time.monotonic() + 15
-        line = proc.stdout.readline()
-        if not line.startswith("listening") or time.monotonic() > deadline:
-            raise RuntimeError(f"{args[0]} did not start: {line}{proc.stdout.read() if proc.poll() else ''}")
-        lines = self.output[proc.pid] = []
-        threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
-        return proc, port
-
-    def backend(self, name: str) -> int:
-        return self.start("backend", name)[1]
-
-    def gateway(self, instances: list[str], max_body: str = "1MB", trusted: str = "[]", more: str = "",
-                settings: str = "") -> int:
-        """A gateway process; `settings` go into [gateway], `more` after the services."""
-        config = self.tmp_path / f"gw{len(self.procs)}.toml"
-        text = CONFIG.format(max_body=max_body, trusted=trusted)
-        config.write_text(text.replace("[services.users]", settings + "\n[services.users]", 1) + more)
-        proc, port = self.start("gateway", str(config), *instances)
-        self.last_gateway = proc
-        return port
-
-    def lines(self, proc: subprocess.Popen, containing: str, timeout: float = 5.0) -> list[str]:
-        """The output lines of `proc` holding `containing`, once there is one (or after `timeout`)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            found = [line for line in list(self.output[proc.pid]) if containing in line]
-            if found or time.monotonic() > deadline:
-                return found
-            time.sleep(0.02)
-
-    def close(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(5)
-
-
-@pytest.fixture
-def procs(tmp_path):
-    processes = Processes(tmp_path)
-    yield processes
-    processes.close()
-
-
-def request(port: int, raw: bytes, timeout: float = 10) -> tuple[int, dict[str, list[str]], bytes]:
-    """Send raw bytes, read one response (Content-Length framed); returns status, headers, body."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(raw)
-        return read_response(sock)
-
-
-def read_response(sock: socket.socket) -> tuple[int, dict[str, list[str]], bytes]:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError(f"closed before a response head: {data!r}")
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers: dict[str, list[str]] = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers.setdefault(name.strip().lower(), []).append(value.strip())
-    length = int(headers.get("content-length", ["0"])[0])
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        body += chunk
-    return int(lines[0].split()[1]), headers, body
-
-
-def get(port: int, path: str, headers: str = "", method: str = "GET", body: bytes = b"") -> tuple[int, dict, bytes]:
-    length = f"Content-Length: {len(body)}\r\n" if body or method in ("POST", "PUT") else ""
-    raw = f"{method} {path} HTTP/1.1\r\nHost: gw.test\r\n{headers}{length}Connection: close\r\n\r\n".encode()
-    return request(port, raw + body)
+from support.gateway import CONFIG, Processes, get, read_response, request
+from support.servers import free_port
+from support.up import PROGRAMS
 
 
 def test_routes_to_the_longest_prefix_and_forwards_the_request_unchanged(procs):
@@ -451,48 +331,12 @@ def test_bottle_serves_only_the_gateways_own_endpoints(tmp_path):
     assert {"/__microkit/health", "/__microkit/instances", "/__microkit/routes"} <= set(rules)
 
 
-OUTSTANDING = '''
-from gevent import monkey; monkey.patch_all()
-import json, socket, sys
-from pathlib import Path
-import gevent
-from microkit import config
-from microkit.gateway.app import Gateway
-from microkit.http import HTTPServer
-from microkit.registry import Instance
-
-def backend(environ, start_response):
-    size = str(len(environ["wsgi.input"].read())).encode()
-    start_response("200 OK", [("Content-Length", str(len(size)))])
-    return [size]
-
-def listen():
-    sock = socket.socket(); sock.bind(("127.0.0.1", 0)); sock.listen(64); return sock
-
-ports = []
-for _ in range(2):
-    sock = listen(); ports.append(sock.getsockname()[1]); HTTPServer(sock, backend).start()
-Path(sys.argv[1]).write_text('[project]\\nname="p"\\n[gateway]\\nbalance="least_outstanding"\\n'
-                             '[services.a]\\napp="x:app"\\nroute="/a"\\n')
-gateway = Gateway(config.load(Path(sys.argv[1])))
-gateway.update({"a": [Instance("a", "127.0.0.1", port, instance_id=f"i{n}") for n, port in enumerate(ports)]})
-sock = listen(); HTTPServer(sock, gateway).start()
-for _ in range(3):
-    client = socket.create_connection(sock.getsockname())
-    client.sendall(b"POST /a/x HTTP/1.1\\r\\nHost: h\\r\\nContent-Length: 200000\\r\\n\\r\\n" + b"x" * 70000)
-    gevent.sleep(0.2)
-    client.close()
-    gevent.sleep(0.2)
-print(json.dumps([u.outstanding for u in gateway.by_service["a"].balancer.upstreams]))
-'''
-
-
 def test_an_upload_the_client_abandons_is_not_left_in_flight(tmp_path):
     """A client that goes away mid-upload must not leave its instance counted as busy (least_outstanding)."""
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-c", OUTSTANDING, str(tmp_path / "microkit.toml")],
+    result = subprocess.run([sys.executable, str(PROGRAMS / "least_outstanding.py"), str(tmp_path / "microkit.toml")],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.strip().splitlines()[-1]) == [0, 0]

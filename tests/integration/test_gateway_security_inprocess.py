@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from support.http import Reader, ServerThread, connect
+from support.up import PROGRAMS
 from microkit import config
 from microkit.gateway.app import Gateway
 from microkit.registry import Instance
@@ -115,23 +116,8 @@ def test_access_lines_never_hold_a_token_or_key(gateway, version):
     assert secret_token not in line and key not in line
 
 
-WORKER = """
-import sys, time
-import gevent
-from microkit.gateway.accesslog import buffered_stdout, line_writer, start_flushing
-stream = buffered_stdout()
-start_flushing(stream, 0.1)
-log = line_writer(stream)
-log("first")
-sys.stderr.write("wrote\\n"); sys.stderr.flush()
-gevent.sleep(float(sys.argv[1]))
-log("last")
-sys.stdout.flush()  # what the worker's exit path does
-"""
-
-
 def test_the_access_log_is_buffered_and_flushed_within_the_interval_and_at_exit():
-    proc = subprocess.Popen([sys.executable, "-c", WORKER, "0.5"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, str(PROGRAMS / "accesslog_worker.py"), "0.5"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         os.set_blocking(proc.stdout.fileno(), True)
         assert proc.stderr.readline() == b"wrote\n"

@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import signal
 
-from support.up import Up, make_project, run_cli
+from support.cli import run_cli
+from support.up import Up, make_project, request
+
 
 SECURITY = """
 [gateway.auth]
@@ -18,27 +19,16 @@ secret_env = "MKTEST_UP_SECRET"
 """
 
 
-def request(url: str, method: str, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict, str]:
-    host, port = url.split("//")[1].split(":")
-    connection = http.client.HTTPConnection(host, int(port), timeout=10)
-    try:
-        connection.request(method, path, headers=headers or {})
-        response = connection.getresponse()
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read().decode()
-    finally:
-        connection.close()
-
-
 def test_keys_limits_admin_and_redacted_logs_under_microkit_up(tmp_path, monkeypatch):
     monkeypatch.setenv("MKTEST_UP_SECRET", "t" * 40)
     root = make_project(tmp_path / "proj", {"users": {"app": "services.users.app:app", "route": "/users",
                                                       "auth": "apikey", "rate_limit": "8/min"}},
                         {"users": "routed_app.py"})
     (root / "microkit.toml").write_text((root / "microkit.toml").read_text() + SECURITY)
-    created = run_cli(root, "keys", "create", "ops", "--scope", "ops")
+    created = run_cli("keys", "create", "ops", "--scope", "ops", cwd=root)
     assert created.returncode == 0, created.stderr
     admin = created.stdout.strip()
-    user = run_cli(root, "keys", "create", "app").stdout.strip()
+    user = run_cli("keys", "create", "app", cwd=root).stdout.strip()
     assert admin.startswith("mk_") and user.startswith("mk_") and admin != user
 
     up = Up(root, gateway=True)
@@ -71,5 +61,5 @@ def test_keys_limits_admin_and_redacted_logs_under_microkit_up(tmp_path, monkeyp
     assert "GET /users/pid?final=1 429" in output, "the last access line is flushed at stop"
     for secret in (admin, user, token):
         assert secret not in output
-    listed = run_cli(root, "keys", "list")
+    listed = run_cli("keys", "list", cwd=root)
     assert listed.returncode == 0 and "ops" in listed.stdout and admin not in listed.stdout

@@ -22,12 +22,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from support.servers import server_missing
+from support.cli import run_cli
 from support.http import Reader, ServerThread
+from support.servers import server_missing
+from support.up import Up, make_project
 from microkit import config
 from microkit.errors import ConfigError
 from microkit.tls import TLSFileError, redirect_to_https, server_context
-from support.up import Up, eventually, make_project, run_cli
+from microkit.testing import eventually
 
 
 def make_cert(folder: Path, name: str = "server", common_name: str = "microkit test") -> tuple[Path, Path]:
@@ -233,7 +235,7 @@ def test_cli_exits_2_with_one_line_for_a_bad_certificate(tmp_path):
     (tmp_path / "bad.pem").write_text("hello\n")
     make_cert(tmp_path)
     write_config(tmp_path, 'tls_cert = "bad.pem"\ntls_key = "server.key"')
-    result = run_cli(tmp_path, "gateway", timeout=30)
+    result = run_cli("gateway", timeout=30, cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "gateway.tls_cert" in lines[0] and "bad.pem" in lines[0], result.stderr
@@ -296,14 +298,14 @@ def test_up_serves_https_redirects_plain_http_and_rereads_certificates_on_reload
         first = served_serial(port)
         make_cert(root / "certs")  # a new certificate and key in the same files
         new_cert = root / "certs" / "server.pem"
-        reloaded = run_cli(root, "reload", "gateway", timeout=30)
+        reloaded = run_cli("reload", "gateway", timeout=30, cwd=root)
         assert reloaded.returncode == 0, reloaded.stderr
         assert eventually(lambda: served_serial(port) != first, 20)
         assert json.loads(curl("--cacert", str(new_cert), f"{url}/echo/").stdout)["HTTP_X_FORWARDED_PROTO"] == "https"
 
         second = served_serial(port)
         (root / "certs" / "server.key").write_text("not a key\n")  # a broken renewal
-        refused = run_cli(root, "reload", "gateway", timeout=30)
+        refused = run_cli("reload", "gateway", timeout=30, cwd=root)
         assert refused.returncode == 2 and "gateway.tls_key" in refused.stderr and "certs/server.key" in refused.stderr
         start = len(up.lines)
         up.signal(signal.SIGHUP)  # a reload by signal re-reads microkit.toml too, and refuses the pair

@@ -13,7 +13,11 @@ import pytest
 import requests
 import websocket
 
-from support.up import Up, eventually, make_project, run_cli
+from microkit.testing import eventually
+
+from support.cli import run_cli
+from support.up import Up, make_project
+
 
 SECRET = "w" * 40
 
@@ -135,7 +139,7 @@ def test_a_tunnel_open_while_the_gateway_reloads_ends_with_1001(gateway):
     try:
         ws.send("before")
         assert ws.recv() == "before"
-        result = run_cli(up.root, "reload", "gateway", "--no-wait", timeout=30)
+        result = run_cli("reload", "gateway", "--no-wait", timeout=30, cwd=up.root)
         assert result.returncode == 0, result.stderr
         ws.send("during")
         assert ws.recv() == "during", "the tunnel keeps working through the graceful time"

@@ -3,50 +3,18 @@ figures of pre-forked workers added up, and a scrape that stays fast after 1,000
 
 from __future__ import annotations
 
-import http.client
 import os
 import signal
 import time
 
-import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from microkit.metrics.exposition import document, render_tables
 from microkit.metrics.table import Family, Layout, SlotTable, read_totals, tables
 from microkit.metrics.workers import REQUESTS, WorkerMeter, worker_layout
-from support.up import Up, make_project, run_cli
-
-
-def request(url: str, method: str, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict, str]:
-    host, port = url.split("//")[1].split(":")
-    connection = http.client.HTTPConnection(host, int(port), timeout=10)
-    try:
-        connection.request(method, path, headers=headers or {})
-        response = connection.getresponse()
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read().decode()
-    finally:
-        connection.close()
-
-
-def samples(text: str) -> dict[tuple[str, tuple], float]:
-    """Every sample of a scrape, parsed by prometheus_client: (name, sorted labels) -> value."""
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
-
-
-def value(parsed: dict, name: str, **labels: str) -> float:
-    return sum(v for (n, ls), v in parsed.items() if n == name and all((k, labels[k]) in ls for k in labels))
-
-
-def wait_until(condition, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout}s")
-        time.sleep(0.05)
+from microkit.testing import eventually
+from support.cli import run_cli
+from support.metrics import samples, value
+from support.up import Up, make_project, request
 
 
 def test_a_recycled_slot_keeps_adding_and_dead_rows_leave_gauges(tmp_path):
@@ -145,7 +113,7 @@ def test_metrics_under_microkit_up(tmp_path):
             status, headers, text = request(gateway, "GET", "/__microkit/metrics")
             assert status == 200 and headers["content-type"].startswith("text/plain; version=0.0.4")
             return samples(text)
-        parsed = wait_until(lambda: (p := scraped()) and value(
+        parsed = eventually(lambda: (p := scraped()) and value(
             p, "microkit_worker_requests_total", service="users") >= 21 and p, what="worker figures")
         assert value(parsed, "microkit_worker_requests_total", service="users", method="GET", code_class="2xx") == 20
         assert value(parsed, "microkit_worker_requests_total", service="users", code_class="4xx") == 1
@@ -161,9 +129,9 @@ def test_metrics_under_microkit_up(tmp_path):
         assert ("microkit_gateway_registry_age_seconds", ()) in parsed
 
         os.kill(pids.pop(), signal.SIGKILL)
-        wait_until(lambda: value(scraped(), "microkit_worker_restarts_total", service="users") == 1, 20,
+        eventually(lambda: value(scraped(), "microkit_worker_restarts_total", service="users") == 1, 20,
                    "a restart counted")
-        wait_until(lambda: value(scraped(), "microkit_workers_ready", service="users") == 2, 20, "two workers again")
+        eventually(lambda: value(scraped(), "microkit_workers_ready", service="users") == 2, 20, "two workers again")
         parsed = scraped()
         assert value(parsed, "microkit_worker_requests_total", service="users") >= 21, "the dead worker's figures stay"
         up.signal(signal.SIGTERM)
@@ -176,8 +144,8 @@ def test_metrics_need_the_admin_scope_outside_metrics_allow(tmp_path):
     root = make_project(tmp_path / "proj", {"users": {"app": "services.users.app:app", "route": "/users"}},
                         {"users": "routed_app.py"})
     (root / "microkit.toml").write_text((root / "microkit.toml").read_text() + '\n[gateway.auth]\nadmin_scope = "ops"\n')
-    admin = run_cli(root, "keys", "create", "ops", "--scope", "ops").stdout.strip()
-    user = run_cli(root, "keys", "create", "app").stdout.strip()
+    admin = run_cli("keys", "create", "ops", "--scope", "ops", cwd=root).stdout.strip()
+    user = run_cli("keys", "create", "app", cwd=root).stdout.strip()
     up = Up(root, gateway=True)
     try:
         gateway = up.ready(30)["gateway"]
@@ -204,7 +172,7 @@ def test_a_blocked_loop_kill_is_counted(tmp_path):
 
         def scraped():
             return samples(request(gateway, "GET", "/__microkit/metrics")[2])
-        parsed = wait_until(lambda: (p := scraped()) and value(p, "microkit_worker_blocked_kills_total",
+        parsed = eventually(lambda: (p := scraped()) and value(p, "microkit_worker_blocked_kills_total",
                                                                service="poison") == 1 and p, 20, "a blocked kill")
         assert value(parsed, "microkit_worker_restarts_total", service="poison") == 1
         assert value(parsed, "microkit_gateway_requests_total", route="/poison", code_class="5xx") == 1

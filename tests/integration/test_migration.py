@@ -15,8 +15,10 @@ import uuid
 import pytest
 import requests
 
+from support.cli import CLI, run_cli
 from support.servers import free_port
-from support.up import APPS, CLI, Up, eventually, make_project, run_cli
+from support.up import PROGRAMS, Up, make_project
+from microkit.testing import eventually
 
 MB = 1024 * 1024
 
@@ -70,13 +72,13 @@ def within_binomial(hits: int, n: int, p: float, sigmas: float = 4.5) -> bool:
 
 
 def diff_report(root, route="users") -> dict:
-    result = run_cli(root, "diff", route, "--json")
+    result = run_cli("diff", route, "--json", cwd=root)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)[route]
 
 
 def gateway_pid(root) -> int:
-    result = run_cli(root, "status", "--json")
+    result = run_cli("status", "--json", cwd=root)
     groups = json.loads(result.stdout)["supervisor"]["services"]
     return next(g for g in groups if g["name"] == "gateway")["instances"][0]["pid"]
 
@@ -115,7 +117,7 @@ def test_unmatched_paths_go_to_a_legacy_command_service_streaming_100mb_in_bound
 
 def test_a_legacy_url_gets_unmatched_paths(tmp_path):
     port = free_port()
-    legacy = subprocess.Popen([sys.executable, str(APPS / "legacy_server.py"), str(port)], stdout=subprocess.PIPE)
+    legacy = subprocess.Popen([sys.executable, str(PROGRAMS / "legacy_server.py"), str(port)], stdout=subprocess.PIPE)
     try:
         assert legacy.stdout.readline().startswith(b"legacy server")
         root = project(tmp_path, legacy=f"http://127.0.0.1:{port}", gateway="timeout = 1")
@@ -211,14 +213,14 @@ def test_a_live_split_change_reaches_two_gateways_on_one_redis(tmp_path, private
         with requests.Session() as session:
             for gateway in (first, second):
                 eventually(lambda: set(sides(session, f"{gateway}/users/1", 20)) == {"legacy"}, 20)
-            result = run_cli(root, "route", "users", "--split", "100")
+            result = run_cli("route", "users", "--split", "100", cwd=root)
             assert result.returncode == 0, result.stderr
             assert "split 100% to users" in result.stdout
             for gateway in (first, second):
                 eventually(lambda: set(sides(session, f"{gateway}/users/1", 20)) == {"service"}, 10)
         assert "route users: split 0% -> 100% to the service (from microkit route)" in up.output
-        assert "live" in run_cli(root, "route", "users").stdout
-        assert "100% (live)" in run_cli(root, "routes").stdout
+        assert "live" in run_cli("route", "users", cwd=root).stdout
+        assert "100% (live)" in run_cli("routes", cwd=root).stdout
         os.killpg(second_gateway.pid, signal.SIGKILL)  # one `microkit gateway` per project folder at a time
         second_gateway.wait(5)
         third_gateway, third = gateway_alone(root)  # started after the change: the store still has it
@@ -235,21 +237,21 @@ def test_a_live_split_change_reaches_two_gateways_on_one_redis(tmp_path, private
 
 def test_route_refuses_unknown_names_and_splits_without_legacy(tmp_path):
     root = project(tmp_path)
-    result = run_cli(root, "route", "nobody", "--split", "5")
+    result = run_cli("route", "nobody", "--split", "5", cwd=root)
     assert result.returncode == 2 and "not a routed service" in result.stderr
-    result = run_cli(root, "route", "users", "--split", "150")
+    result = run_cli("route", "users", "--split", "150", cwd=root)
     assert result.returncode == 2 and "--split" in result.stderr
-    result = run_cli(root, "diff", "orders")
+    result = run_cli("diff", "orders", cwd=root)
     assert result.returncode == 2 and "'orders' is not a routed service" in result.stderr
-    result = run_cli(root, "route", "/users")
+    result = run_cli("route", "/users", cwd=root)
     assert result.returncode == 0 and result.stdout.startswith("users: route /users, split none")
-    result = run_cli(root, "route", "users", "--split", "5", "--reset")
+    result = run_cli("route", "users", "--split", "5", "--reset", cwd=root)
     assert result.returncode == 2 and "exclude each other" in result.stderr
-    result = run_cli(root, "up", "--monolith")
+    result = run_cli("up", "--monolith", cwd=root)
     assert result.returncode == 2 and "gateway.legacy (and its splits, shadows and failover) needs the gateway" in result.stderr
     config = root / "microkit.toml"
     config.write_text(config.read_text().replace('legacy = "legacy"', ""))
-    result = run_cli(root, "route", "users", "--split", "5")
+    result = run_cli("route", "users", "--split", "5", cwd=root)
     assert result.returncode == 2 and "a split needs gateway.legacy" in result.stderr
 
 
@@ -274,7 +276,7 @@ def test_shadow_mismatches_are_found_with_and_without_ignore_rules(tmp_path, ign
             assert json.loads(record["shadow"]["body"])["name"] == "User 7"
         else:
             assert report["counts"]["mismatched"] == 10 and "$.created_at" in fields
-        text = run_cli(root, "diff", "users", "--last", "10").stdout  # kept in the order comparisons ended
+        text = run_cli("diff", "users", "--last", "10", cwd=root).stdout  # kept in the order comparisons ended
         assert "10 compared" in text and '$.name: users="user7" legacy="User 7"' in text
     finally:
         up.close()

@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from microkit.gateway.migration_store import connect_migration_store
-from integration.test_registry_contract import REDIS_URL, delete_namespace, require_redis
+from support.servers import REDIS_URL, delete_namespace, require_redis
 
 
 @pytest.fixture(params=["redis", "embedded"])

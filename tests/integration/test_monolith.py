@@ -11,25 +11,15 @@ import pytest
 
 from microkit import config
 from microkit.monolith import Monolith
-from support.up import Up, eventually, get, make_project
-
-APP = '''
-import os
-SEEN = os.environ.get("WHO", "nobody")
-
-def app(environ, start_response):
-    body = f"{SEEN} {environ['PATH_INFO']}".encode()
-    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
-    return [body]
-'''
-
+from microkit.testing import eventually
+from support.up import PROGRAMS, Up, get, make_project
 
 @pytest.fixture
 def project(tmp_path, monkeypatch):
     (tmp_path / "pkg").mkdir()
     (tmp_path / "pkg" / "__init__.py").write_text("")
     for name in ("users", "orders"):
-        (tmp_path / "pkg" / f"{name}.py").write_text(APP)
+        (tmp_path / "pkg" / f"{name}.py").write_text((PROGRAMS / "who_app.py").read_text())
     (tmp_path / "microkit.toml").write_text(
         '[project]\nname = "mono"\n'
         '[services.users]\napp = "pkg.users:app"\nroute = "/users"\nenv = { WHO = "users-env" }\n'

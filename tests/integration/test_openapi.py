@@ -4,7 +4,6 @@ merged document; schemathesis against it on the demo shop finds no server error.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +14,8 @@ import bottle
 from microkit.gateway.policy import Policy
 from microkit.gateway.security import Rate
 from microkit.openapi import document_for, merge, with_openapi
-from support.up import Up, run_cli
-from integration.test_metrics import request
+from support.cli import run_cli
+from support.up import Up, demo_shop, request
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -92,19 +91,9 @@ def test_the_merged_document_prefixes_deduplicates_and_adds_the_gateways_answers
         "$ref": "#/components/schemas/GatewayError"}
 
 
-def shop(tmp_path: Path) -> Path:
-    """A copy of the demo shop (its microkit.toml and services) on a free gateway port."""
-    root = tmp_path / "shop"
-    shutil.copytree(REPO / "examples", root / "examples", ignore=shutil.ignore_patterns(".microkit", "data", "*.db",
-                                                                                       "__pycache__"))
-    toml = (REPO / "microkit.toml").read_text().replace('listen = "127.0.0.1:8000"', 'listen = "127.0.0.1:0"')
-    (root / "microkit.toml").write_text(toml)
-    return root
-
-
 def test_schemathesis_finds_no_server_error_through_the_merged_document(tmp_path):
-    root = shop(tmp_path)
-    admin = run_cli(root, "keys", "create", "ops", "--scope", "microkit:admin")
+    root = demo_shop(tmp_path)
+    admin = run_cli("keys", "create", "ops", "--scope", "microkit:admin", cwd=root)
     assert admin.returncode == 0, admin.stderr
     key = admin.stdout.strip()
     up = Up(root, gateway=True)

@@ -9,8 +9,8 @@ import subprocess
 
 import pytest
 
-from support.servers import run_cli
-from support.up import CLI, Up, alive, get, make_project
+from support.cli import CLI, run_cli
+from support.up import Up, alive, get, make_project
 
 
 @pytest.fixture

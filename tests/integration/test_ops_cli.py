@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import signal
 
-from support.servers import REPO, run_cli
+from support.cli import REPO, run_cli
 from support.up import Up, make_project
 
 

@@ -8,7 +8,10 @@ import signal
 
 import pytest
 
-from support.up import Up, eventually, get, make_project, run_cli
+from microkit.testing import eventually
+
+from support.cli import run_cli
+from support.up import Up, get, make_project
 
 
 @pytest.fixture
@@ -39,7 +42,7 @@ def test_reload_waits_and_reports_the_outcome(up):
     running = up({"plain": {"app": "services.plain.app:app", "workers": 2}}, {"plain": "plain_app.py"})
     urls = running.ready()
     before = running.pids("plain")
-    result = run_cli(running.root, "reload", "plain")
+    result = run_cli("reload", "plain", cwd=running.root)
     assert result.returncode == 0, result.stderr
     match = re.fullmatch(r"reloaded plain: 2 workers, pids (\d+), (\d+)\n", result.stdout)
     assert match, result.stdout
@@ -47,7 +50,7 @@ def test_reload_waits_and_reports_the_outcome(up):
     assert not pids & before and pids == running.pids("plain")
 
     break_app(running.root)
-    failed = run_cli(running.root, "reload", "plain", timeout=30)
+    failed = run_cli("reload", "plain", timeout=30, cwd=running.root)
     assert failed.returncode == 1, failed.stdout
     lines = failed.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0] == (
@@ -55,27 +58,27 @@ def test_reload_waits_and_reports_the_outcome(up):
         "ModuleNotFoundError: No module named 'no_such_module_for_reload_tests'"), lines
     assert running.pids("plain") == pids and get(urls["plain"] + "/version") == (200, "v1")
 
-    quick = run_cli(running.root, "reload", "--no-wait", "plain")
+    quick = run_cli("reload", "--no-wait", "plain", cwd=running.root)
     assert quick.returncode == 0 and quick.stdout == "reloading plain\n"
 
 
 def test_scale_waits_and_reports_the_outcome(up):
     running = up({"plain": {"app": "services.plain.app:app"}}, {"plain": "plain_app.py"})
     running.ready()
-    result = run_cli(running.root, "scale", "plain=3")
+    result = run_cli("scale", "plain=3", cwd=running.root)
     assert result.returncode == 0, result.stderr
     match = re.fullmatch(r"scaled plain: 3 workers, pids (\d+), (\d+), (\d+)\n", result.stdout)
     assert match and {int(p) for p in match.groups()} == running.pids("plain")
     assert all(i["state"] == "ready" for i in running.service("plain")["instances"])
-    down = run_cli(running.root, "scale", "plain=1")
+    down = run_cli("scale", "plain=1", cwd=running.root)
     assert down.returncode == 0 and down.stdout.startswith("scaled plain: 1 worker, pid "), down.stdout
     assert len(running.service("plain")["instances"]) == 1
 
     break_app(running.root)
-    failed = run_cli(running.root, "scale", "plain=2", timeout=30)
+    failed = run_cli("scale", "plain=2", timeout=30, cwd=running.root)
     assert failed.returncode == 1
     assert "scale of plain failed: new workers do not boot; keeping the 1 that run: ModuleNotFoundError" in failed.stderr
-    quick = run_cli(running.root, "scale", "--no-wait", "plain=1")
+    quick = run_cli("scale", "--no-wait", "plain=1", cwd=running.root)
     assert quick.returncode == 0 and quick.stdout == "plain=1\n"
 
 
@@ -108,7 +111,7 @@ class GatewayProcess(Up):
     def __init__(self, root, config_file):
         import subprocess
         import threading
-        from support.up import CLI
+        from support.cli import CLI
         self.root = root
         self.process = subprocess.Popen([*CLI, "gateway", "-c", config_file], cwd=root, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -135,16 +138,16 @@ def test_status_and_routes_with_the_registry_down(up, redis_server):
     eventually(lambda: running.status()["services"].get("plain"), 5)
     pid = next(iter(running.pids("plain")))
     redis_server.stop()
-    status = run_cli(running.root, "status", timeout=20)
+    status = run_cli("status", timeout=20, cwd=running.root)
     assert status.returncode == 1, status.stdout
     assert "UNREACHABLE" in status.stdout and str(pid) in status.stdout and "plain.1" in status.stdout
     assert len(status.stderr.strip().splitlines()) == 1 and "cannot read the registry" in status.stderr
-    as_json = run_cli(running.root, "status", "--json", timeout=20)
+    as_json = run_cli("status", "--json", timeout=20, cwd=running.root)
     assert as_json.returncode == 1
     found = json.loads(as_json.stdout)
     assert "cannot read the registry" in found["registry_error"] and found["services"] is None
     assert [w["pid"] for g in found["supervisor"]["services"] for w in g["instances"]] == [pid]
-    routes = run_cli(running.root, "routes", timeout=20)
+    routes = run_cli("routes", timeout=20, cwd=running.root)
     assert routes.returncode == 1 and "?" not in routes.stdout and "unknown" in routes.stdout
     assert "cannot read the registry" in routes.stderr
 
@@ -157,9 +160,9 @@ def test_status_reads_the_registry_the_running_up_uses(up, redis_server):
     status = eventually(lambda: (lambda s: s if len(s["services"].get("plain", [])) == 2 else None)(running.status()), 5)
     assert status["registry"] == redis_server.url
     assert {i["pid"] for i in status["services"]["plain"]} == workers
-    table = run_cli(running.root, "status")
+    table = run_cli("status", cwd=running.root)
     assert table.returncode == 0 and "no instance" not in table.stdout and redis_server.url in table.stdout
-    created = run_cli(running.root, "keys", "create", "ops")
+    created = run_cli("keys", "create", "ops", cwd=running.root)
     assert created.returncode == 0
     import redis
     client = redis.Redis.from_url(redis_server.url)
@@ -172,11 +175,11 @@ def test_routes_and_status_under_monolith(up):
                  "--monolith", gateway=True)
     gateway = running.wait_for(r"^ready: gateway (http://\S+) \(monolith\)$", 15).group(1)
     assert get(gateway + "/plain/version")[1] in ("v1", "not found"), "the app itself answers"
-    routes = run_cli(running.root, "routes", "--json")
+    routes = run_cli("routes", "--json", cwd=running.root)
     assert routes.returncode == 0, routes.stderr
     (row,) = json.loads(routes.stdout)
     assert row["instances"] == 1 and row["served_by"] == "monolith"
-    table = run_cli(running.root, "status")
+    table = run_cli("status", cwd=running.root)
     assert "served by the monolith" in table.stdout and "no instance" not in table.stdout
 
 
@@ -187,7 +190,7 @@ def test_status_shows_a_fatal_service_reason_and_restarts(up):
     broken = running.service("broken")
     assert broken["state"] == "FATAL" and broken["restarts"] == 3
     assert "No module named 'no_such_module_for_microkit_tests'" in broken["error"]
-    table = run_cli(running.root, "status").stdout
+    table = run_cli("status", cwd=running.root).stdout
     assert re.search(r"^broken +app, 1 wanted +FATAL +3$", table, re.M), table
     assert "error: ModuleNotFoundError: No module named 'no_such_module_for_microkit_tests'" in table
 

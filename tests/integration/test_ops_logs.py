@@ -9,24 +9,16 @@ import signal
 
 import pytest
 
-from support.up import Up, eventually, get, make_project
+from microkit.testing import eventually
+
+from support.up import Up, get
 
 
 @pytest.fixture
-def up(tmp_path):
-    running: list[Up] = []
-
-    def start(*args: str, gateway: bool = False) -> Up:
-        root = tmp_path / "proj"
-        if not root.exists():
-            make_project(root, {"plain": {"app": "services.plain.app:app", "route": "/plain"}}, {"plain": "plain_app.py"})
-        process = Up(root, *args, gateway=gateway)
-        running.append(process)
-        return process
-
-    yield start
-    for process in running:
-        process.close()
+def up(start):
+    """up(*args, gateway=False): `microkit up` on a project with one plain service routed at /plain."""
+    return lambda *args, **options: start({"plain": {"app": "services.plain.app:app", "route": "/plain"}},
+                                          {"plain": "plain_app.py"}, *args, **options)
 
 
 def records(up: Up) -> list[dict]:

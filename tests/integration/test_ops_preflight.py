@@ -6,8 +6,10 @@ import socket
 import sys
 import time
 
-from support.servers import free_port, run_cli
+from support.cli import run_cli
+from support.servers import free_port
 from support.up import make_project
+
 
 SECRET = "s" * 40
 

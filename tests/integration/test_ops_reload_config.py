@@ -8,24 +8,11 @@ import re
 import signal
 import threading
 
-import pytest
 
-from support.up import Up, eventually, get, make_project, run_cli
+from microkit.testing import eventually
 
-
-@pytest.fixture
-def up(tmp_path):
-    running: list[Up] = []
-
-    def start(services: dict, apps: dict, *args: str, gateway: bool = False) -> Up:
-        root = make_project(tmp_path / "proj", services, apps)
-        process = Up(root, *args, gateway=gateway)
-        running.append(process)
-        return process
-
-    yield start
-    for process in running:
-        process.close()
+from support.cli import run_cli
+from support.up import Up, get
 
 
 def edit(root, old: str, new: str) -> None:
@@ -39,12 +26,12 @@ def groups(up: Up) -> dict:
     return {g["name"]: g for g in up.status()["supervisor"]["services"]}
 
 
-def test_reload_after_fixing_a_fatal_services_app_loads_the_new_one(up):
-    running = up({"plain": {"app": "services.plain.app:app"}, "broken": {"app": "services.broken.app:app"}},
+def test_reload_after_fixing_a_fatal_services_app_loads_the_new_one(start):
+    running = start({"plain": {"app": "services.plain.app:app"}, "broken": {"app": "services.broken.app:app"}},
                  {"plain": "plain_app.py", "broken": "broken_app.py"})
     running.wait_for(r"^broken +\| FATAL: gave up after 3 failed boots")
     edit(running.root, 'app = "services.broken.app:app"', 'app = "services.plain.app:app"')
-    result = run_cli(running.root, "reload", "broken", timeout=30)
+    result = run_cli("reload", "broken", timeout=30, cwd=running.root)
     assert result.returncode == 0, result.stderr
     assert re.fullmatch(r"reloaded broken: 1 worker, pid \d+\n", result.stdout), result.stdout
     running.wait_for(r"^microkit +\| microkit\.toml re-read: changed broken$")
@@ -52,8 +39,8 @@ def test_reload_after_fixing_a_fatal_services_app_loads_the_new_one(up):
     assert get(url + "/version") == (200, "v1")
 
 
-def test_reload_adds_and_removes_services_and_changes_workers(up):
-    running = up({"plain": {"app": "services.plain.app:app"}, "old": {"app": "services.old.app:app"}},
+def test_reload_adds_and_removes_services_and_changes_workers(start):
+    running = start({"plain": {"app": "services.plain.app:app"}, "old": {"app": "services.old.app:app"}},
                  {"plain": "plain_app.py", "old": "plain_app.py", "web": "bottle_app.py"})
     running.ready()
     plain = running.pids("plain")
@@ -62,7 +49,7 @@ def test_reload_adds_and_removes_services_and_changes_workers(up):
     text = toml.read_text().split("[services.old]")[0]
     toml.write_text(text.replace('app = "services.plain.app:app"', 'app = "services.plain.app:app"\nworkers = 2')
                     + '[services.web]\napp = "services.web.app:app"\n')
-    result = run_cli(running.root, "reload", timeout=30)
+    result = run_cli("reload", timeout=30, cwd=running.root)
     assert result.returncode == 0, result.stderr
     assert "reloaded web: 1 worker" in result.stdout and "reloaded plain: 2 workers" in result.stdout
     running.wait_for(r"microkit\.toml re-read: added web; removed old$")
@@ -73,12 +60,12 @@ def test_reload_adds_and_removes_services_and_changes_workers(up):
     assert len(now["plain"]["instances"]) == 2 and not plain & running.pids("plain")
 
 
-def test_an_invalid_file_is_refused_and_the_old_config_keeps_running(up):
-    running = up({"plain": {"app": "services.plain.app:app"}}, {"plain": "plain_app.py"})
+def test_an_invalid_file_is_refused_and_the_old_config_keeps_running(start):
+    running = start({"plain": {"app": "services.plain.app:app"}}, {"plain": "plain_app.py"})
     urls = running.ready()
     pids = running.pids("plain")
     edit(running.root, 'app = "services.plain.app:app"', 'app = "services.plain.app:app"\nworkers = 0')
-    result = run_cli(running.root, "reload", timeout=30)
+    result = run_cli("reload", timeout=30, cwd=running.root)
     assert result.returncode == 2
     assert result.stderr.strip() == ("microkit: error: microkit.toml: services.plain.workers: expected an integer "
                                      ">= 1, got 0 (not applied: the running config is kept)")
@@ -89,15 +76,15 @@ def test_an_invalid_file_is_refused_and_the_old_config_keeps_running(up):
     assert running.pids("plain") == pids, "nothing was restarted"
 
 
-def test_settings_that_need_a_restart_are_named(up):
-    running = up({"plain": {"app": "services.plain.app:app", "route": "/plain"}}, {"plain": "plain_app.py"},
+def test_settings_that_need_a_restart_are_named(start):
+    running = start({"plain": {"app": "services.plain.app:app", "route": "/plain"}}, {"plain": "plain_app.py"},
                  gateway=True)
     running.ready()
     pids = running.pids("plain")
     edit(running.root, 'listen = "127.0.0.1:0"', 'listen = "127.0.0.1:1"')
     (running.root / "microkit.toml").write_text((running.root / "microkit.toml").read_text()
                                                 + '\n[registry]\nurl = "redis://127.0.0.1:1/0"\n')
-    result = run_cli(running.root, "reload", timeout=30)
+    result = run_cli("reload", timeout=30, cwd=running.root)
     assert result.returncode == 1
     assert result.stderr.strip() == ("microkit: error: microkit.toml: registry.url, gateway.listen changed, which "
                                      "needs a restart of `microkit up` (not applied: the running config is kept)")
@@ -126,8 +113,8 @@ class Hammer(threading.Thread):
                 connection.close()
 
 
-def test_routes_policies_and_gateway_settings_are_applied_with_no_refused_request(up):
-    running = up({"plain": {"app": "services.plain.app:app", "route": "/plain"},
+def test_routes_policies_and_gateway_settings_are_applied_with_no_refused_request(start):
+    running = start({"plain": {"app": "services.plain.app:app", "route": "/plain"},
                   "web": {"app": "services.web.app:app", "route": "/web"}},
                  {"plain": "routed_app.py", "web": "routed_app.py"}, gateway=True)
     gateway = running.ready()["gateway"]
@@ -140,7 +127,7 @@ def test_routes_policies_and_gateway_settings_are_applied_with_no_refused_reques
         edit(running.root, 'route = "/plain"', 'route = "/other"')
         edit(running.root, 'route = "/web"', 'route = "/web"\nauth = "apikey"')
         edit(running.root, 'listen = "127.0.0.1:0"', 'listen = "127.0.0.1:0"\nworkers = 2')
-        result = run_cli(running.root, "reload", "--timeout", "60", timeout=70)
+        result = run_cli("reload", "--timeout", "60", timeout=70, cwd=running.root)
         assert result.returncode == 0, result.stderr
         assert re.search(r"^reloaded gateway: 2 workers, pids \d+, \d+$", result.stdout, re.M), result.stdout
     finally:

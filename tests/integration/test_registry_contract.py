@@ -16,48 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import redis
 
-from support.servers import server_missing
 from microkit.errors import ConfigError
 from microkit.registry import (
     EmbeddedRegistry, Heartbeat, Instance, RedisRegistry, Registry, Watcher, connect, embedded_path,
 )
-
-REDIS_URL = os.environ.get("MICROKIT_TEST_REDIS", "redis://127.0.0.1:6379/0")
-
-
-def require_redis(url: str) -> None:
-    """Skip (fail under CI=true) when no Redis answers at `url`."""
-    client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
-    try:
-        client.ping()
-    except redis.ConnectionError as exc:
-        server_missing(f"Redis at {url}", exc)
-    finally:
-        client.close()
-
-
-def delete_namespace(url: str, namespace: str) -> None:
-    """Remove every key a test left under `namespace`."""
-    client = redis.Redis.from_url(url)
-    try:
-        keys = list(client.scan_iter(match=f"{namespace}:*", count=500))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float) -> float:
-    """Seconds until `predicate()` held, checked every 10 ms; fails the test after `timeout`."""
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(0.01)
-    return time.monotonic() - start
-
+from microkit.testing import eventually
+from support.servers import REDIS_URL, delete_namespace, require_redis
 
 @dataclass
 class Store:
@@ -135,7 +100,7 @@ def test_heartbeat_keeps_an_instance_alive_and_needs_a_registration(store):
     assert seen.instance_id == instance.instance_id and seen.last_seen > instance.last_seen + 0.5
 
     heartbeat.stop()
-    wait_until(lambda: not registry.instances("users"), timeout=0.4 + 0.3)
+    eventually(lambda: not registry.instances("users"), 0.4 + 0.3, "the instance expired")
     with pytest.raises(LookupError):
         registry.heartbeat("not-registered-here")
     registry.deregister(instance)
@@ -147,9 +112,11 @@ def test_instance_without_heartbeats_expires_within_ttl_plus_poll_interval(store
     registry = store.open()
     watcher = store.watch(store.open(), interval=0.3)
     instance = registry.register(Instance("users", "127.0.0.1", 9001), ttl=0.5)
-    wait_until(lambda: watcher.instances("users"), timeout=1.0)
+    eventually(lambda: watcher.instances("users"), 1.0, "the watcher saw the instance")
 
-    elapsed = wait_until(lambda: not watcher.instances("users"), timeout=2.0)
+    started = time.monotonic()
+    eventually(lambda: not watcher.instances("users"), 2.0, "the watcher dropped the expired instance")
+    elapsed = time.monotonic() - started
     assert elapsed <= 0.5 + 0.3 + 0.2
     assert registry.instances("users") == [] and registry.services() == {}
     assert registry.registered() == [instance]
@@ -161,12 +128,12 @@ def test_watcher_sees_register_and_deregister_within_a_second(store):
     registry = store.open()
 
     instance = registry.register(Instance("users", "127.0.0.1", 9001))
-    assert wait_until(lambda: watcher.instances("users"), timeout=1.0) < 1.0
+    eventually(lambda: watcher.instances("users"), 1.0, "the watcher saw the instance")
     assert ids(watcher.instances("users")) == {instance.instance_id}
 
     registry.heartbeat(instance)
     registry.deregister(instance)
-    assert wait_until(lambda: not watcher.instances("users"), timeout=1.0) < 1.0
+    eventually(lambda: not watcher.instances("users"), 1.0, "the watcher dropped the deregistered instance")
     assert [list(s) for s in snapshots] == [["users"], []]
     assert watcher.age < 1.0 and watcher.error is None
 
@@ -185,7 +152,7 @@ def _child(registry: Registry, parent_id: str, report: multiprocessing.Queue) ->
     """Register from a forked process with the parent's registry object, then heartbeat until killed."""
     child = registry.register(Instance("orders", "127.0.0.1", 9100))
     Heartbeat(registry).start()
-    wait_until(lambda: parent_id in ids(registry.instances("users")), timeout=5.0)
+    eventually(lambda: parent_id in ids(registry.instances("users")), 5.0, "the parent registered")
     report.put((child.instance_id, registry.registered() == [child]))
     time.sleep(60)
 
@@ -203,10 +170,12 @@ def test_two_processes_see_each_other_and_a_killed_one_leaves_within_3s(store):
         child_id, child_owns_only_its_own = report.get(timeout=10)
         assert child_owns_only_its_own
         assert ids(registry.registered()) == {parent.instance_id}
-        wait_until(lambda: child_id in ids(watcher.instances("orders")), timeout=1.0)
+        eventually(lambda: child_id in ids(watcher.instances("orders")), 1.0, "the watcher saw the child")
 
         os.kill(process.pid, signal.SIGKILL)
-        gone = wait_until(lambda: child_id not in ids(watcher.instances("orders")), timeout=4.0)
+        killed = time.monotonic()
+        eventually(lambda: child_id not in ids(watcher.instances("orders")), 4.0, "the killed child left the snapshot")
+        gone = time.monotonic() - killed
         print(f"\n{type(registry).__name__}: kill -9'd instance left the watcher snapshot after {gone:.2f} s")
         assert gone <= 3.0 + 0.3
         assert ids(watcher.instances("users")) == {parent.instance_id}

@@ -5,16 +5,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import textwrap
 import time
 import uuid
 
 import pytest
 import redis
 
-from support.servers import REPO, free_port
+from support.cli import REPO
+from support.servers import REDIS_URL, delete_namespace, free_port, require_redis
+from support.up import PROGRAMS
+
 from microkit.registry import Heartbeat, Instance, RedisRegistry, RegistryUnavailable
-from integration.test_registry_contract import REDIS_URL, delete_namespace, require_redis, wait_until
+from microkit.testing import eventually
 
 
 def next_message(pubsub: redis.client.PubSub, timeout: float) -> dict | None:
@@ -108,24 +110,26 @@ def test_outage_keeps_the_last_snapshot_and_converges_after_restart(private_redi
     watcher = registry.watch()
     try:
         instance = registry.register(Instance("users", "127.0.0.1", 9001))
-        wait_until(lambda: watcher.instances("users"), timeout=1.0)
+        eventually(lambda: watcher.instances("users"), 1.0, "the watcher saw the instance")
 
         private_redis.stop()
         with pytest.raises(RegistryUnavailable):
             registry.instances("users")
-        time.sleep(2.5)
+        eventually(lambda: isinstance(watcher.error, RegistryUnavailable) and watcher.age > 2.0, 5,
+                   "the watcher's snapshot outlived two seconds of outage")
         assert [i.instance_id for i in watcher.instances("users")] == [instance.instance_id]
-        assert isinstance(watcher.error, RegistryUnavailable) and watcher.age > 2.0
         assert isinstance(heartbeat.error, RegistryUnavailable)
 
         private_redis.start()
-        converged = wait_until(lambda: watcher.error is None and watcher.age < 0.5, timeout=3.0)
+        restarted = time.monotonic()
+        eventually(lambda: watcher.error is None and watcher.age < 0.5, 3.0, "the watcher converged")
+        converged = time.monotonic() - restarted
         assert [i.instance_id for i in watcher.instances("users")] == [instance.instance_id]
         assert [i.instance_id for i in registry.instances("users")] == [instance.instance_id]
         print(f"\nwatcher converged {converged:.2f} s after redis-server came back")
 
         newcomer = registry.register(Instance("orders", "127.0.0.1", 9100))
-        assert wait_until(lambda: watcher.instances("orders") == [newcomer], timeout=1.0) < 1.0
+        eventually(lambda: watcher.instances("orders") == [newcomer], 1.0, "the watcher saw the newcomer")
         assert heartbeat.error is None
     finally:
         watcher.stop()
@@ -142,7 +146,7 @@ def test_a_redis_that_refuses_writes_does_not_kill_heartbeats_or_watchers(privat
     admin = redis.Redis.from_url(private_redis.url)
     try:
         instance = registry.register(Instance("users", "127.0.0.1", 9001), ttl=0.5)
-        wait_until(lambda: watcher.instances("users"), timeout=1.0)
+        eventually(lambda: watcher.instances("users"), 1.0, "the watcher saw the instance")
         admin.config_set("min-replicas-to-write", 1)
         with pytest.raises(RegistryUnavailable, match="NOREPLICAS"):
             registry.register(Instance("orders", "127.0.0.1", 9002))
@@ -150,8 +154,9 @@ def test_a_redis_that_refuses_writes_does_not_kill_heartbeats_or_watchers(privat
         assert heartbeat._thread.is_alive() and watcher._thread.is_alive()
         assert isinstance(heartbeat.error, RegistryUnavailable)
         admin.config_set("min-replicas-to-write", 0)
-        wait_until(lambda: [i.instance_id for i in registry.instances("users")] == [instance.instance_id], timeout=2.0)
-        wait_until(lambda: heartbeat.error is None and watcher.error is None, timeout=2.0)
+        eventually(lambda: [i.instance_id for i in registry.instances("users")] == [instance.instance_id], 2.0,
+                   "the heartbeat wrote the instance again")
+        eventually(lambda: heartbeat.error is None and watcher.error is None, 2.0, "heartbeat and watcher recovered")
     finally:
         admin.close()
         watcher.stop()
@@ -159,34 +164,9 @@ def test_a_redis_that_refuses_writes_does_not_kill_heartbeats_or_watchers(privat
         registry.close()
 
 
-GEVENT_WORKER = """
-from gevent import monkey
-monkey.patch_all()
-import json, sys, gevent
-from microkit.registry import Heartbeat, Instance, RedisRegistry
-
-registry = RedisRegistry(sys.argv[1], sys.argv[2])
-heartbeat = Heartbeat(registry, interval=0.1).start()
-watcher = registry.watch()
-instance = registry.register(Instance("users", "127.0.0.1", 9001), ttl=0.3)
-readers = [gevent.spawn(registry.instances, "users") for _ in range(50)]
-gevent.joinall(readers, timeout=5, raise_error=True)
-gevent.sleep(0.6)
-print(json.dumps({
-    "readers": [len(r.value) for r in readers],
-    "watched": [i.instance_id for i in watcher.instances("users")],
-    "alive": [i.instance_id for i in registry.instances("users")],
-    "mine": instance.instance_id,
-}))
-registry.deregister(instance)
-watcher.stop()
-heartbeat.stop()
-"""
-
-
 def test_usable_from_a_gevent_patched_worker(shared):
     registry, _ = shared
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(GEVENT_WORKER), REDIS_URL, registry.namespace],
+    result = subprocess.run([sys.executable, str(PROGRAMS / "registry_gevent_worker.py"), REDIS_URL, registry.namespace],
                             capture_output=True, text=True, timeout=20, cwd=REPO)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)

@@ -7,24 +7,9 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from support.servers import run_cli, snapshot, tree
+from support.cli import refused, run_cli, snapshot, tree
 from microkit import config, scaffold
 from microkit.errors import ScaffoldError
-
-
-@pytest.fixture
-def project(tmp_path) -> Path:
-    result = run_cli("new", "project", "shop", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    return tmp_path / "shop"
-
-
-def refused(result, message: str, code: int = 2) -> None:
-    """A refusal: the exit code, and exactly one line on stderr that contains the message."""
-    assert result.returncode == code, (result.stdout, result.stderr)
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    assert message in lines[0], lines[0]
 
 
 def test_new_project_layout(project):

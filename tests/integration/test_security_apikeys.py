@@ -16,7 +16,7 @@ from microkit.gateway.security.apikeys import ApiKeyAuth, KeyRecord, UnknownKey,
 from microkit.gateway.security.keystores import RedisKeyStore, SqliteKeyStore, connect_keystore
 from microkit.gateway.security.request import Denied, Identity, RequestInfo
 from microkit.registry import embedded_path
-from integration.test_registry_contract import REDIS_URL, delete_namespace, require_redis
+from support.servers import REDIS_URL, delete_namespace, require_redis
 
 
 @pytest.fixture(params=["sqlite", "redis"])

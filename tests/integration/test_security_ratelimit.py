@@ -12,12 +12,11 @@ import uuid
 import pytest
 import redis
 
-from support.servers import PrivateRedis, server_missing  # noqa: F401  (PrivateRedis: imported from here by other tests)
 from microkit.gateway.security.ratelimit import (
     GCRA_SHA, Decision, LocalLimiter, Rate, RedisLimiter, gcra, limit_key,
 )
 from microkit.gateway.security.request import Denied, Identity, RequestInfo
-from integration.test_registry_contract import REDIS_URL, delete_namespace, require_redis
+from support.servers import REDIS_URL, delete_namespace, require_redis
 
 PER_MINUTE = Rate.parse("100/min")
 

@@ -17,11 +17,13 @@ from pathlib import Path
 import pytest
 import redis
 
-from support.servers import free_port, run_cli, server_missing
+from support.cli import run_cli
+from support.servers import free_port, server_missing
+from support.up import Up, make_project
+
 from microkit import config, registry, storage
 from microkit.errors import ConfigError
 from microkit.storage.redis_urls import SentinelURL, client_from_url, parse_sentinel
-from support.up import Up, make_project
 
 SERVICE = "mymaster"
 

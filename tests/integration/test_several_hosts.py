@@ -17,30 +17,22 @@ import os
 import shutil
 import signal
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from support.servers import microkit_executable, server_missing
-from support.netns import Host, Network, NetnsUnavailable
+from microkit.testing import eventually
+from support.cli import microkit_executable
+from support.netns import Host, NetnsUnavailable, Network
+from support.servers import server_missing
+from support.up import PROGRAMS
+
 from microkit.registry import DEFAULT_TTL, POLL_INTERVAL
 
 GATEWAY_PORT = 8000          # inside each host's own namespace: nothing else listens there
 LIMIT = 6                    # requests a minute to /limited, shared by both gateways
 SLACK = 1.5                  # seconds for process start-up and a loaded machine
-
-APP = '''
-import os
-
-
-def app(environ, start_response):
-    body = f"{os.environ['HOST_NAME']} {os.getpid()}".encode()
-    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
-    return [body]
-'''
-
 
 def config(redis: str) -> str:
     return f'''[project]
@@ -72,7 +64,7 @@ def project(folder: Path, redis: str) -> Path:
     (folder / "services" / "users").mkdir(parents=True)
     (folder / "services" / "__init__.py").write_text("")
     (folder / "services" / "users" / "__init__.py").write_text("")
-    (folder / "services" / "users" / "app.py").write_text(APP)
+    (folder / "services" / "users" / "app.py").write_text((PROGRAMS / "host_name_app.py").read_text())
     (folder / "microkit.toml").write_text(config(redis))
     return folder
 
@@ -122,15 +114,15 @@ def request(address: str, path: str, timeout: float = 2.0) -> tuple[int, str]:
 
 
 def wait_until(check, timeout: float, what: str, output=lambda: ""):
-    """Poll `check` until it returns something truthy; the seconds it took, or a failure naming `what`."""
+    """`eventually`, timed: the seconds `check` took to hold; on a failure the processes' output is printed
+    (pytest shows it with the failure)."""
     started = time.monotonic()
-    while True:
-        value = check()
-        if value:
-            return time.monotonic() - started
-        if time.monotonic() - started > timeout:
-            pytest.fail(f"{what}: not within {timeout:.1f}s\n{output()}")
-        time.sleep(0.05)
+    try:
+        eventually(check, timeout, what)
+    except pytest.fail.Exception:
+        print(output())
+        raise
+    return time.monotonic() - started
 
 
 @pytest.fixture

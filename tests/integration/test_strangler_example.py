@@ -12,12 +12,13 @@ from pathlib import Path
 
 import requests
 
-from support.servers import REPO
-from support.up import Up, eventually, run_cli
+from support.cli import REPO, run_cli
+from support.up import Up
+from microkit.testing import eventually
 
 
 def diff(root: Path) -> dict:
-    result = run_cli(root, "diff", "users", "--json")
+    result = run_cli("diff", "users", "--json", cwd=root)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)["users"]
 
@@ -48,26 +49,26 @@ def test_the_strangler_walk_through(tmp_path, monkeypatch):
         report = eventually(lambda: (r := diff(root))["counts"]["compared"] == 2 and r, 10)
         assert report["counts"]["mismatched"] == 1
         assert report["mismatches"][0]["differences"] == [["$.error", "no such user", "user not found"]]
-        text = run_cli(root, "diff", "users").stdout
+        text = run_cli("diff", "users", cwd=root).stdout
         assert '$.error: monolith="no such user" users="user not found"' in text
 
         # 3. fix the service, reload it, compare again
         app = root / "services" / "users" / "app.py"
         app.write_text(app.read_text().replace('NOT_FOUND = "user not found"', 'NOT_FOUND = "no such user"'))
-        assert run_cli(root, "reload", "users").returncode == 0
-        assert "cleared" in run_cli(root, "diff", "users", "--clear").stdout
+        assert run_cli("reload", "users", cwd=root).returncode == 0
+        assert "cleared" in run_cli("diff", "users", "--clear", cwd=root).stdout
 
         def fixed() -> bool:
             requests.get(f"{gateway}/users/99", timeout=10)
             report = diff(root)
             if report["counts"]["mismatched"]:
-                run_cli(root, "diff", "users", "--clear")
+                run_cli("diff", "users", "--clear", cwd=root)
                 return False
             return report["counts"]["compared"] > 0
         eventually(fixed, 30, interval=0.5)
 
         # 4. half the sessions to the new service, each session sticking to its side
-        result = run_cli(root, "route", "users", "--split", "50")
+        result = run_cli("route", "users", "--split", "50", cwd=root)
         assert "split 50% to users, 50% to legacy" in result.stdout
         up.wait_for(r"route users: split 0% -> 50% to the service", 10)
         seen = {session: {served_by(gateway, "/users/1", session) for _ in range(3)}
@@ -76,7 +77,7 @@ def test_the_strangler_walk_through(tmp_path, monkeypatch):
         assert {side for sides in seen.values() for side in sides} == {"monolith", "users"}
 
         # 5. cut over: users answers every /users request, the monolith gets the copies
-        run_cli(root, "route", "users", "--split", "100")
+        run_cli("route", "users", "--split", "100", cwd=root)
         eventually(lambda: {served_by(gateway, "/users/2") for _ in range(10)} == {"users"}, 10)
         assert served_by(gateway, "/orders/") == "monolith"
         created = requests.post(f"{gateway}/users/", json={"name": "Barbara", "email": "b@example.com"}, timeout=10)
@@ -85,6 +86,6 @@ def test_the_strangler_walk_through(tmp_path, monkeypatch):
         requests.get(f"{gateway}/users/{created.json()['id']}", timeout=10)
         report = eventually(lambda: (r := diff(root))["counts"]["compared"] > before and r, 10)
         assert report["counts"]["mismatched"] == 0
-        assert "split 100% (live, set " in run_cli(root, "route", "users").stdout
+        assert "split 100% (live, set " in run_cli("route", "users", cwd=root).stdout
     finally:
         up.close()

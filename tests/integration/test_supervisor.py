@@ -13,25 +13,10 @@ import time
 
 import pytest
 
-from support.up import Up, alive, eventually, get, make_project, run_cli
+from microkit.testing import eventually
 
-
-@pytest.fixture
-def start(tmp_path):
-    """start(services, apps, *args): a project in tmp_path and a running `microkit up` on it."""
-    running: list[Up] = []
-
-    def start(services: dict, apps: dict, *args: str) -> Up:
-        root = tmp_path / "proj"
-        if not root.exists():
-            make_project(root, services, apps)
-        up = Up(root, *args)
-        running.append(up)
-        return up
-
-    yield start
-    for up in running:
-        up.close()
+from support.cli import run_cli
+from support.up import Up, alive, get, make_project
 
 
 def test_plain_wsgi_and_bottle_served_with_access_log_and_status(start):
@@ -58,13 +43,13 @@ def test_plain_wsgi_and_bottle_served_with_access_log_and_status(start):
         assert alive(worker["pid"])
         assert worker["port"] != shared and worker["port"] == registered_ports[worker["pid"]], "a port of its own"
         assert get(f"http://127.0.0.1:{worker['port']}/pid") == (200, str(worker["pid"]))
-    table = run_cli(up.root, "status")
+    table = run_cli("status", cwd=up.root)
     assert table.returncode == 0 and "plain.2" in table.stdout and "RESTARTS" in table.stdout
 
     up.signal(signal.SIGTERM)
     assert up.wait() == 0
     assert not any(alive(w["pid"]) for s in status["supervisor"]["services"] for w in s["instances"])
-    after = json.loads(run_cli(up.root, "status", "--json").stdout)
+    after = json.loads(run_cli("status", "--json", cwd=up.root).stdout)
     assert after["services"] == {} and after["supervisor"] is None, "workers deregistered on the way out"
 
 
@@ -101,14 +86,14 @@ def test_sigterm_lets_in_flight_requests_finish(start):
 
     def slow() -> None:
         try:
-            results.append(get(urls["plain"] + "/sleep?1.5", timeout=10))
+            results.append(get(urls["plain"] + "/nap?1.5", timeout=10))
         except OSError as exc:
             results.append(exc)
 
     threads = [threading.Thread(target=slow) for _ in range(4)]
     for thread in threads:
         thread.start()
-    time.sleep(0.4)
+    eventually(lambda: up.output.count("| napping") == 4, 10, "the four requests reached the app")
     up.signal(signal.SIGTERM)
     for thread in threads:
         thread.join(10)
@@ -147,11 +132,12 @@ def test_sighup_rolling_restart_loses_no_request_and_loads_new_code(start):
     for thread in threads:
         thread.start()
     try:
-        time.sleep(0.3)
+        eventually(lambda: len(versions) >= 25, 10, "answers from the old code")
         mark = len(up.lines)
         up.signal(signal.SIGHUP)
         up.wait_for(r"^plain +\| reloaded$", 15, start=mark)
-        time.sleep(0.3)
+        after = len(versions)
+        eventually(lambda: len(versions) >= after + 25 and versions[-1] == "v2", 10, "answers from the new code")
     finally:
         stop.set()
         for thread in threads:
@@ -166,12 +152,12 @@ def test_reload_command_reloads_one_service(start):
                {"plain": "plain_app.py", "web": "bottle_app.py"})
     up.ready()
     plain, web = up.pids("plain"), up.pids("web")
-    result = run_cli(up.root, "reload", "plain")
+    result = run_cli("reload", "plain", cwd=up.root)
     assert result.returncode == 0 and result.stdout.startswith("reloaded plain: 1 worker, pid ")
     up.wait_for(r"^plain +\| reloaded$")
     eventually(lambda: not plain & up.pids("plain"), 3)
     assert up.pids("web") == web
-    result = run_cli(up.root, "reload", "nope")
+    result = run_cli("reload", "nope", cwd=up.root)
     assert result.returncode == 2 and "no running service named 'nope'" in result.stderr
 
 
@@ -233,18 +219,18 @@ def test_blocked_loop_is_killed_after_timeout_but_a_long_request_is_not(start):
 def test_scale_up_and_down_at_run_time(start):
     up = start({"plain": {"app": "services.plain.app:app"}}, {"plain": "plain_app.py"})
     urls = up.ready()
-    result = run_cli(up.root, "scale", "plain=3")
+    result = run_cli("scale", "plain=3", cwd=up.root)
     assert result.returncode == 0 and result.stdout.startswith("scaled plain: 3 workers, pids "), result.stderr
     eventually(lambda: [i["state"] for i in up.service("plain")["instances"]] == ["ready"] * 3, 5)
     seen = {get(urls["plain"] + "/pid")[1] for _ in range(60)}
     assert len(seen) >= 2
-    assert run_cli(up.root, "scale", "plain=1").returncode == 0
+    assert run_cli("scale", "plain=1", cwd=up.root).returncode == 0
     eventually(lambda: len(up.service("plain")["instances"]) == 1, 5)
     up.signal(signal.SIGTTIN)
     eventually(lambda: [i["state"] for i in up.service("plain")["instances"]] == ["ready"] * 2, 5)
     up.signal(signal.SIGTTOU)
     eventually(lambda: len(up.service("plain")["instances"]) == 1, 5)
-    bad = run_cli(up.root, "scale", "plain=0")
+    bad = run_cli("scale", "plain=0", cwd=up.root)
     assert bad.returncode == 2 and "SERVICE=N" in bad.stderr
 
 
@@ -266,7 +252,7 @@ def test_command_service_gets_a_port_each_and_is_health_checked(start):
     eventually(lambda: [i["state"] for i in up.service("cmd")["instances"]] == ["ready"] * 2, 5)
     before = up.pids("cmd")
     mark = len(up.lines)
-    assert run_cli(up.root, "reload", "cmd").returncode == 0
+    assert run_cli("reload", "cmd", cwd=up.root).returncode == 0
     up.wait_for(r"^cmd +\| reloaded$", 10, start=mark)
     eventually(lambda: not before & up.pids("cmd") and len(up.pids("cmd")) == 2, 3)
     up.signal(signal.SIGTERM)
@@ -290,28 +276,28 @@ def test_reload_flag_reloads_the_service_whose_file_changed(start):
 def test_second_up_for_the_same_project_is_refused(start):
     up = start({"plain": {"app": "services.plain.app:app"}}, {"plain": "plain_app.py"})
     up.ready()
-    second = run_cli(up.root, "up", timeout=15)
+    second = run_cli("up", timeout=15, cwd=up.root)
     assert second.returncode == 1 and "already running" in second.stderr
     assert up.status()["supervisor"]["services"][0]["state"] == "running"
 
 
 def test_unknown_service_and_not_running(tmp_path):
     root = make_project(tmp_path / "proj", {"plain": {"app": "services.plain.app:app"}}, {"plain": "plain_app.py"})
-    result = run_cli(root, "up", "nope")
+    result = run_cli("up", "nope", cwd=root)
     assert result.returncode == 2 and "no service named 'nope'" in result.stderr
     for command in (["reload"], ["scale", "plain=2"]):
-        result = run_cli(root, *command)
+        result = run_cli(*command, cwd=root)
         assert result.returncode == 1
         assert result.stderr.startswith("microkit: error: no `microkit up` is running")
-    result = run_cli(root, "status")
+    result = run_cli("status", cwd=root)
     assert result.returncode == 0 and "no instance" in result.stdout and "no `microkit up` running" in result.stdout
 
 
 def test_scaffolded_project_is_served(tmp_path):
-    assert run_cli(tmp_path, "new", "project", "shop").returncode == 0
+    assert run_cli("new", "project", "shop", cwd=tmp_path).returncode == 0
     root = tmp_path / "shop"
-    assert run_cli(root, "new", "service", "users", "--workers", "2").returncode == 0
-    assert run_cli(root, "new", "service", "orders").returncode == 0
+    assert run_cli("new", "service", "users", "--workers", "2", cwd=root).returncode == 0
+    assert run_cli("new", "service", "orders", cwd=root).returncode == 0
     up = Up(root)
     try:
         urls = up.ready()
@@ -329,3 +315,10 @@ def test_scaffolded_project_is_served(tmp_path):
         assert up.wait() == 0
     finally:
         up.close()
+
+
+@pytest.mark.parametrize("argument", ["users", "users=x", "=2", "users=-1"])
+def test_scale_rejects_bad_counts(argument, tmp_path):
+    (tmp_path / "microkit.toml").write_text('[project]\nname = "p"\n')
+    result = run_cli("scale", argument, cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "SERVICE=N" in result.stderr

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from support.servers import run_cli
+from support.cli import run_cli
+from support.up import PROGRAMS, Up
 from microkit import scaffold
-from support.up import Up, eventually
+from microkit.testing import eventually
 
 SERVICES = {"rest": "users", "flask": "accounts", "soap": "directory", "aiohttp": "notes"}
 DATABASE_TEMPLATES = ("rest", "flask")
@@ -75,27 +76,6 @@ def test_database_templates_pass_on_mariadb(tmp_path, mysql_url):
     run_generated_tests(root, {"MICROKIT_TEST_DATABASE_URL": mysql_url})
 
 
-SIMULTANEOUS_START = """
-import os, sys
-sys.path.insert(0, os.getcwd())
-if sys.argv[1] == "rest":
-    from services.users import models
-    models.init_db()
-    start = models.create_tables
-else:
-    from services.accounts import models
-    engine = models.make_engine()
-    start = lambda: models.create_tables(engine)
-print("ready", flush=True)
-for line in sys.stdin:  # one line: start now
-    try:
-        start()
-        print("ok", flush=True)
-    except Exception as exc:
-        print(f"failed: {type(exc).__name__}: {exc}".replace(chr(10), " "), flush=True)
-"""
-
-
 @pytest.mark.parametrize("template", DATABASE_TEMPLATES)
 def test_workers_starting_at_once_on_postgresql_create_the_tables_once(tmp_path, postgres_url, template):
     """Concurrent CREATE TABLE IF NOT EXISTS fails on PostgreSQL (a unique violation in pg_type): 8
@@ -104,7 +84,7 @@ def test_workers_starting_at_once_on_postgresql_create_the_tables_once(tmp_path,
     import psycopg2
 
     root = new_project(tmp_path, {template: SERVICES[template]})
-    starts = [subprocess.Popen([sys.executable, "-c", SIMULTANEOUS_START, template], cwd=root, text=True,
+    starts = [subprocess.Popen([sys.executable, str(PROGRAMS / "simultaneous_start.py"), template], cwd=root, text=True,
                                env={**os.environ, "DATABASE_URL": postgres_url},
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE) for _ in range(8)]
     try:

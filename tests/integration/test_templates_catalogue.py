@@ -4,22 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from support.servers import run_cli, snapshot
+from support.cli import refused, run_cli, snapshot
 from microkit import config, scaffold
-
-
-@pytest.fixture
-def project(tmp_path) -> Path:
-    result = run_cli("new", "project", "shop", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    return tmp_path / "shop"
-
-
-def refused(result, message: str, code: int = 2) -> None:
-    assert result.returncode == code, (result.stdout, result.stderr)
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    assert message in lines[0], lines[0]
 
 
 def test_list_prints_every_builtin_template_on_one_line(tmp_path):

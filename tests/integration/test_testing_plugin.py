@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from support.servers import run_cli
+from support.cli import run_cli
 
 pytest_plugins = ["pytester"]
 

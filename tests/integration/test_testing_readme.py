@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from support.servers import REPO
+from support.cli import REPO
 
 pytest_plugins = ["pytester"]
 

@@ -5,18 +5,16 @@ per-test databases on PostgreSQL and MariaDB, and pytest-xdist."""
 from __future__ import annotations
 
 import json
-import os
 import textwrap
 
 import pytest
 
-from conftest import MYSQL, POSTGRES
-from support.servers import REPO, server_missing
+from support.cli import REPO
+from support.servers import MYSQL, POSTGRES, REDIS_URL, require_redis, server_missing
 
 pytest_plugins = ["pytester"]
 
 SHOP = str(REPO / "microkit.toml")
-REDIS = os.environ.get("MICROKIT_TEST_REDIS", "redis://127.0.0.1:6379/0")
 CLEAN = ("MICROKIT_CONFIG", "MICROKIT_REGISTRY_URL", "DATABASE_URL", "MICROKIT_TEST_REGISTRY_URL",
          "MICROKIT_TEST_DATABASE_URL", "MICROKIT_TEST_MODE")
 
@@ -98,13 +96,10 @@ def test_the_whole_shop_through_the_gateway(runner):
 
 
 def redis_client():
-    redis = pytest.importorskip("redis")
-    client = redis.Redis.from_url(REDIS, socket_connect_timeout=3)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        server_missing(f"Redis at {REDIS}", exc)
-    return client
+    import redis
+
+    require_redis(REDIS_URL)
+    return redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3)
 
 
 def test_per_test_key_prefixes_on_redis_are_deleted_afterwards(runner):
@@ -125,7 +120,7 @@ def test_per_test_key_prefixes_on_redis_are_deleted_afterwards(runner):
             assert microkit_test.project.registry.instances("users") == []
             service("users")
             assert len(microkit_test.project.registry.instances("users")) == 1
-        """, "--microkit-registry", REDIS)
+        """, "--microkit-registry", REDIS_URL)
     result.assert_outcomes(passed=2)
     [fact] = facts(runner.out)
     assert client.keys(f"{fact['namespace']}:*") == []
@@ -177,7 +172,7 @@ def test_per_test_databases_on_postgresql_and_mariadb(runner):
 @pytest.mark.parametrize("registry", ["embedded", "redis"])
 def test_parallel_workers_never_share_a_port_a_registry_or_a_database(runner, registry):
     pytest.importorskip("xdist")
-    options = ["--microkit-registry", REDIS] if registry == "redis" else []
+    options = ["--microkit-registry", REDIS_URL] if registry == "redis" else []
     if options:
         redis_client()
     result = runner("""

@@ -12,7 +12,7 @@ import pytest
 
 from microkit import tracing
 from microkit.client import ServiceClient
-from integration.test_gateway_proxy import get, procs  # noqa: F401  (the fixture)
+from support.gateway import get
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT = "00f067aa0ba902b7"
@@ -125,7 +125,7 @@ class _Collector(BaseHTTPRequestHandler):
 def test_spans_are_exported_over_otlp_when_an_endpoint_is_set(procs):  # noqa: F811
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-    from integration.test_metrics import wait_until
+    from microkit.testing import eventually
     server = HTTPServer(("127.0.0.1", 0), _Collector)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
@@ -141,7 +141,7 @@ def test_spans_are_exported_over_otlp_when_an_endpoint_is_set(procs):  # noqa: F
                 request = ExportTraceServiceRequest.FromString(body)
                 found += [span for rs in request.resource_spans for ss in rs.scope_spans for span in ss.spans]
             return found
-        [span] = wait_until(spans, 10, "a span at the collector")
+        [span] = eventually(spans, 10, "a span at the collector")
         assert span.trace_id.hex() == TRACE and span.parent_span_id.hex() == PARENT
         assert span.span_id.hex() == sent["TRACEPARENT"].split("-")[2], "the span is the parent id sent upstream"
         assert span.name == "GET /users"

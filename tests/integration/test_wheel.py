@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from support.servers import REPO, run_cli
+from support.cli import REPO, run_cli
 
 SOURCES = ["setup.py", "README.md", "microkit", "templates"]
 

@@ -12,25 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from support.up import Up, eventually, get, make_project, run_cli
-
-
-@pytest.fixture
-def start(tmp_path):
-    """start(services, apps, *args, gateway=False): a project in tmp_path and a running `microkit up` on it."""
-    running: list[Up] = []
-
-    def start(services: dict, apps: dict, *args: str, gateway: bool = False) -> Up:
-        root = tmp_path / "proj"
-        if not root.exists():
-            make_project(root, services, apps)
-        up = Up(root, *args, gateway=gateway)
-        running.append(up)
-        return up
-
-    yield start
-    for up in running:
-        up.close()
+from microkit.testing import eventually
+from support.cli import run_cli
+from support.up import Up, get
 
 
 def pending(pid: int, signum: int) -> bool:
@@ -107,7 +91,7 @@ def test_ttin_ttou_hup_act_on_the_gateway_and_scale_changes_it_alone(start):
     eventually(lambda: settled(up, "gateway", 1, 1) and settled(up, "plain", 1, 1), 20, interval=0.2)
     assert not before & up.pids("gateway"), "the gateway's worker was replaced"
 
-    result = run_cli(up.root, "scale", "gateway=3")
+    result = run_cli("scale", "gateway=3", cwd=up.root)
     assert result.returncode == 0 and result.stdout.startswith("scaled gateway: 3 workers, pids "), result.stderr
     eventually(lambda: settled(up, "gateway", 3, 1), 20, interval=0.2)
     assert up.service("plain")["workers"] == 1 and len(up.pids("plain")) == 1

@@ -3,6 +3,7 @@
 /pid      the worker's pid        /sleep?S  sleeps S seconds (gevent, the loop stays responsive)
 /version  VERSION below           /block    a busy loop: blocks the worker's event loop for good
 /hold?S   blocks the event loop S seconds (the unpatched sleep), printing when it started
+/nap?S    as /sleep, printing "napping" first: a test can wait until its requests are in the app
 """
 
 import os
@@ -18,7 +19,9 @@ VERSION = "v1"
 def app(environ, start_response):
     path = environ["PATH_INFO"]
     query = environ.get("QUERY_STRING", "")
-    if path == "/sleep":
+    if path in ("/sleep", "/nap"):
+        if path == "/nap":
+            print("napping", flush=True)
         time.sleep(float(query or 1))
         body = b"slept"
     elif path == "/hold":

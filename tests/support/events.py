@@ -9,50 +9,13 @@ import os
 import shutil
 import socket
 import subprocess
-import time
 import uuid
 from pathlib import Path
 
-import pytest
+from support.servers import PrivateRedis, server_missing
+from support.up import PROGRAMS, Up
 
-from support.servers import PrivateRedis, free_port, server_missing
-from support.up import Up
-
-REDIS = os.environ.get("MICROKIT_TEST_REDIS", "redis://127.0.0.1:6379/0")
 RABBIT = os.environ.get("MICROKIT_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672/")
-
-HANDLERS = '''
-import json, os, time
-from microkit import events
-
-RECORDS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "records.jsonl")
-SERVICE = os.environ["MICROKIT_SERVICE"]
-
-
-def record(step, event, **extra):
-    line = json.dumps({"step": step, "service": SERVICE, "id": event.id, "type": event.type, "pid": os.getpid(),
-                       "payload": event.payload, "delivery": event.delivery, "source": event.source,
-                       "request_id": event.request_id, "time": time.time(), **extra})
-    fd = os.open(RECORDS, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-    os.write(fd, (line + "\\n").encode())
-    os.close(fd)
-
-
-def work(event):
-    payload = event.payload or {}
-    if payload.get("once") and not events.once(event):
-        record("duplicate", event)
-        return
-    record("start", event)
-    if payload.get("sleep"):
-        time.sleep(payload["sleep"])
-    if payload.get("fail_while") and os.path.exists(payload["fail_while"]):
-        record("fail", event)
-        raise RuntimeError("failing on purpose")
-    if payload.get("publish"):
-        events.publish(payload["publish"], {"from": event.id})
-    record("done", event)
-'''
 
 
 def rabbit_reachable() -> None:
@@ -89,37 +52,15 @@ class Vhost:
         rabbitmqctl("delete_vhost", self.name)
 
 
-class PersistentRedis(PrivateRedis):
-    """A private redis-server that fsyncs every write to its append-only file, so a restart keeps what
-    XADD acknowledged."""
-
-    def __init__(self, folder: Path) -> None:
-        super().__init__()
-        self.folder = folder
-
-    def start(self, timeout: float = 5.0) -> None:
-        self.process = subprocess.Popen(
-            [self.executable, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
-             "--appendfsync", "always", "--dir", str(self.folder)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
-        while not self.answers():
-            if time.monotonic() > deadline:
-                pytest.fail(f"private redis-server on port {self.port} did not start within {timeout}s")
-            time.sleep(0.02)
-
-
-def redis_reachable(url: str) -> None:
-    import redis
-
-    try:
-        redis.Redis.from_url(url, socket_timeout=2).ping()
-    except redis.RedisError as exc:
-        server_missing(f"Redis at {url}", exc)
+def persistent_redis(folder: Path) -> PrivateRedis:
+    """A private redis-server that fsyncs every write to its append-only file in `folder`, so a restart
+    keeps what XADD acknowledged."""
+    return PrivateRedis("--save", "", "--appendonly", "yes", "--appendfsync", "always", "--dir", str(folder))
 
 
 class EventsProject:
-    """A temp project whose services run the HANDLERS above; `up()` runs the real `microkit up`."""
+    """A temp project whose services' handlers run programs/events_work.py; `up()` runs the real
+    `microkit up`."""
 
     def __init__(self, root: Path, url: str | None, services: dict[str, dict], *, handlers: dict[str, list[str]],
                  events: dict | None = None) -> None:
@@ -141,10 +82,9 @@ class EventsProject:
             lines.append(f"[services.{name}]")
             lines += [f"{key} = {json.dumps(value)}" for key, value in {"events": f"{name}_handlers", **settings}.items()]
             lines.append("")
-            decorators = "\n".join(handlers[name])
-            (root / f"{name}_handlers.py").write_text(HANDLERS + f"\n\n{decorators}\ndef handle(event):\n    work(event)\n"
-                                                      if len(handlers[name]) == 1 else HANDLERS + "\n".join(
-                f"\n\n{d}\ndef handle_{i}(event):\n    work(event)\n" for i, d in enumerate(handlers[name])))
+            (root / f"{name}_handlers.py").write_text("from microkit import events\nfrom events_work import work\n" + "".join(
+                f"\n\n{decorator}\ndef handle_{i}(event):\n    work(event)\n" for i, decorator in enumerate(handlers[name])))
+        shutil.copy(PROGRAMS / "events_work.py", root / "events_work.py")
         (root / "microkit.toml").write_text("\n".join(lines))
 
     def up(self, *args: str, ready: bool = True) -> Up:
@@ -173,18 +113,6 @@ class EventsProject:
             up.close()
         from microkit import events
 
-        events.backend().close() if events._settings is not None else None
+        if events._settings is not None:
+            events.backend().close()
         events._settings = None
-
-
-def redis_cleanup(url: str, namespace: str) -> None:
-    import redis
-
-    client = redis.Redis.from_url(url)
-    keys = list(client.scan_iter(match=f"{namespace}:*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
-
-
-__all__ = ["EventsProject", "PersistentRedis", "REDIS", "Vhost", "free_port", "redis_cleanup", "redis_reachable"]

@@ -1,4 +1,5 @@
-"""Helpers for microkit's tests: the real CLI in a subprocess, folder snapshots, server checks."""
+"""Servers the tests need: a port check, the shared Redis (a namespace of the test's own), private
+redis-server and PostgreSQL processes; a missing server is a skip locally and a failure under CI=true."""
 
 from __future__ import annotations
 
@@ -7,13 +8,11 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
@@ -25,31 +24,35 @@ def server_missing(what: str, error: Exception) -> None:
     pytest.skip(message)
 
 
-
-def microkit_executable() -> str:
-    """The installed `microkit` console script beside this Python: the real executable users run."""
-    path = Path(sys.executable).parent / "microkit"
-    if not path.exists():
-        pytest.fail(f"{path} is missing: install the project first (pip install -e '.[test]')")
-    return str(path)
+REDIS_URL = os.environ.get("MICROKIT_TEST_REDIS", "redis://127.0.0.1:6379/0")
+POSTGRES = os.environ.get("MICROKIT_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+MYSQL = os.environ.get("MICROKIT_TEST_MYSQL", "mysql://root@127.0.0.1:3306/test")
 
 
-def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 60,
-            executable: str | None = None) -> subprocess.CompletedProcess:
-    """Run `microkit ARGS` in a subprocess, with a clean MICROKIT_* environment."""
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("MICROKIT_")}
-    environ.update(env or {})
-    return subprocess.run([executable or microkit_executable(), *args], cwd=cwd, env=environ,
-                          capture_output=True, text=True, timeout=timeout)
+def require_redis(url: str = REDIS_URL) -> None:
+    """Skip (fail under CI=true) when no Redis answers at `url`."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+    try:
+        client.ping()
+    except redis.ConnectionError as exc:
+        server_missing(f"Redis at {url}", exc)
+    finally:
+        client.close()
 
 
-def snapshot(folder: Path) -> dict[str, bytes]:
-    """Every file under a folder with its bytes: compared before and after a refusal."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+def delete_namespace(url: str, namespace: str) -> None:
+    """Remove every key a test left under `namespace`."""
+    import redis
 
-
-def tree(folder: Path) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=f"{namespace}:*", count=500))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
 
 
 def free_port() -> int:
@@ -60,20 +63,22 @@ def free_port() -> int:
 
 
 class PrivateRedis:
-    """A redis-server of one test's own on a free port, without persistence, that the test can stop and
-    start again (for outages). Missing redis-server: skipped locally, a failure under CI=true."""
+    """A redis-server of one test's own on a free port, without persistence unless `options` ask for it,
+    that the test can stop and start again (for outages). Missing redis-server: skipped locally, a
+    failure under CI=true."""
 
-    def __init__(self) -> None:
+    def __init__(self, *options: str) -> None:
         self.executable = shutil.which("redis-server")
         if self.executable is None:
             server_missing("redis-server", FileNotFoundError("redis-server is not on PATH"))
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.options = options or ("--save", "", "--appendonly", "no")
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 5.0) -> None:
         self.process = subprocess.Popen(
-            [self.executable, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            [self.executable, "--port", str(self.port), "--bind", "127.0.0.1", *self.options],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while not self.answers():

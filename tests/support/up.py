@@ -10,13 +10,13 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
-APPS = Path(__file__).resolve().parent.parent / "programs"
-CLI = [sys.executable, "-m", "microkit.cli"]
+from support.cli import CLI, REPO, run_cli
+
+PROGRAMS = Path(__file__).resolve().parent.parent / "programs"
 TIMESTAMP = re.compile(r"^\d\d:\d\d:\d\d ")
 
 
@@ -29,7 +29,7 @@ def make_project(root: Path, services: dict[str, dict], apps: dict[str, str]) ->
         folder = root / "services" / name
         folder.mkdir()
         (folder / "__init__.py").write_text("")
-        shutil.copy(APPS / source, folder / ("app.py" if source.endswith("_app.py") else source))
+        shutil.copy(PROGRAMS / source, folder / ("app.py" if source.endswith("_app.py") else source))
     lines = ['[project]', 'name = "suptest"', '', '[gateway]', 'listen = "127.0.0.1:0"', '']
     for name, settings in services.items():
         lines.append(f"[services.{name}]")
@@ -45,10 +45,6 @@ def toml_value(value) -> str:
     if isinstance(value, dict):
         return "{ " + ", ".join(f"{key} = {toml_value(item)}" for key, item in value.items()) + " }"
     return json.dumps(value)
-
-
-def run_cli(root: Path, *args: str, timeout: float = 10) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, *args], cwd=root, capture_output=True, text=True, timeout=timeout)
 
 
 class Up:
@@ -103,7 +99,7 @@ class Up:
         return {name: url for name, url in re.findall(r"(\w+) (http://[\d.:]+)", listed + " " + line)}
 
     def status(self) -> dict:
-        result = run_cli(self.root, "status", "--json")
+        result = run_cli("status", "--json", cwd=self.root)
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)
 
@@ -131,29 +127,35 @@ class Up:
         self.process.stdout.close()
 
 
-def get(url: str, timeout: float = 5) -> tuple[int, str]:
-    """GET on a fresh connection (no keep-alive): status and body."""
+def demo_shop(tmp_path: Path) -> Path:
+    """A copy of the demo shop (its microkit.toml and services) on a free gateway port."""
+    root = tmp_path / "shop"
+    shutil.copytree(REPO / "examples", root / "examples", ignore=shutil.ignore_patterns(".microkit", "data", "*.db",
+                                                                                       "__pycache__"))
+    toml = (REPO / "microkit.toml").read_text().replace('listen = "127.0.0.1:8000"', 'listen = "127.0.0.1:0"')
+    (root / "microkit.toml").write_text(toml)
+    return root
+
+
+def request(url: str, method: str, path: str, headers: dict[str, str] | None = None,
+            timeout: float = 10) -> tuple[int, dict, str]:
+    """One request on a fresh connection to `url` (scheme, host and port): status, headers with lower-case
+    names, and the body as text."""
     host, port = url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)
-    path = "/" + url.split("//", 1)[1].partition("/")[2]
     connection = http.client.HTTPConnection(host, int(port), timeout=timeout)
     try:
-        connection.request("GET", path, headers={"Connection": "close"})
+        connection.request(method, path, headers=headers or {})
         response = connection.getresponse()
-        return response.status, response.read().decode()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read().decode()
     finally:
         connection.close()
 
 
-def eventually(check, timeout: float, interval: float = 0.05):
-    """Call `check` until it returns something truthy; fail after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true within {timeout}s: {check}")
-        time.sleep(interval)
+def get(url: str, timeout: float = 5) -> tuple[int, str]:
+    """GET on a fresh connection (no keep-alive): status and body."""
+    base, _, path = url.partition("//")[2].partition("/")
+    status, _, body = request("http://" + base, "GET", "/" + path, {"Connection": "close"}, timeout)
+    return status, body
 
 
 def alive(pid: int) -> bool:

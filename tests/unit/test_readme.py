@@ -2,7 +2,7 @@
 
 import re
 
-from support.servers import REPO
+from support.cli import REPO
 from microkit import config
 
 

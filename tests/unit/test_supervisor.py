@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 from microkit.supervisor.group import ABORT_GRACE, FATAL, RELOADING, RUNNING, Backoff, Group
 from microkit.supervisor.printer import Printer
@@ -290,14 +289,6 @@ def test_importing_the_supervisor_does_not_import_gevent_or_patch_anything():
             "assert socket.socket.__module__ == 'socket' and time.sleep.__module__ == 'time'")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
-
-
-@pytest.mark.parametrize("argument", ["users", "users=x", "=2", "users=-1"])
-def test_scale_rejects_bad_counts(argument: str, tmp_path: Path):
-    (tmp_path / "microkit.toml").write_text('[project]\nname = "p"\n')
-    result = subprocess.run([sys.executable, "-m", "microkit.cli", "scale", argument], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=30)
-    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "SERVICE=N" in result.stderr
 
 
 def test_control_socket_falls_back_to_a_short_path_for_deep_projects(tmp_path: Path):

@@ -16,6 +16,8 @@ import pytest
 
 from support.servers import MYSQL, POSTGRES, PrivatePostgres, PrivateRedis, server_missing
 
+pytest_plugins = ["pytester"]  # the plugin tests run pytest inside pytest
+
 
 def _with_database(url: str, name: str) -> str:
     base, _, _ = url.rpartition("/")

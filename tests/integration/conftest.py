@@ -1,10 +1,12 @@
-"""Fixtures of the integration tests: running `microkit up`, gateway harness processes, a new project."""
+"""Fixtures of the integration tests: running `microkit up`, gateway harness processes, a new project,
+an inner pytest run."""
 
+import textwrap
 from pathlib import Path
 
 import pytest
 
-from support.cli import run_cli
+from support.cli import MICROKIT_ENVIRONMENT, run_cli
 from support.gateway import Processes
 from support.up import Up, make_project
 
@@ -52,3 +54,21 @@ def procs(tmp_path):
     processes = Processes(tmp_path)
     yield processes
     processes.close()
+
+
+@pytest.fixture
+def runner(pytester, monkeypatch, tmp_path):
+    """runner(source, *args): a test file run by pytest in a subprocess, with none of microkit's variables
+    set; `runner.out` is a folder the inner tests write facts to (MKT_OUT)."""
+    for name in MICROKIT_ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
+    out = tmp_path / "out"
+    out.mkdir()
+    monkeypatch.setenv("MKT_OUT", str(out))
+
+    def run(source: str, *args: str, timeout: float = 240):
+        pytester.makepyfile(test_inner=textwrap.dedent(source))
+        return pytester.runpytest_subprocess("-p", "no:cacheprovider", *args, timeout=timeout)
+
+    run.out = out
+    return run

@@ -243,7 +243,7 @@ def test_heartbeats_are_served_while_a_handler_is_slow(make):
         up = project.up()
         event = project.events().publish("t.pool", {"sleep": 4})
         eventually(lambda: project.read("done", id=event.id), 20)
-        time.sleep(1.5)
+        time.sleep(1.5)  # a redelivery, if the connection had been dropped, would have had time to land
         assert len(project.read("start", id=event.id)) == 1
         assert "connection lost" not in up.output
     finally:

@@ -4,7 +4,6 @@ Kubernetes JSON schemas (kubernetes-validate, strict)."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import shlex
@@ -12,7 +11,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -20,11 +18,12 @@ import pytest
 import yaml as pyyaml
 
 from support.cli import microkit_executable, run_cli, snapshot
-from support.netns import NetnsUnavailable, Network
+from support.netns import NetnsUnavailable, Network, http_get
 from support.servers import free_port, server_missing
 from support.up import PROGRAMS
 
 from microkit.export import plan, yaml
+from microkit.testing import eventually
 
 BIN = Path(sys.executable).parent
 SECRET = "s3cr3t-in-toml"
@@ -331,17 +330,15 @@ def test_run_listens_where_told_and_passes_the_deployments_gateway_url_on(tmp_pa
                                env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                start_new_session=True)
     try:
-        deadline = time.monotonic() + 20
-        while True:
+        def answer() -> str | None:
+            assert process.poll() is None, "microkit run exited"
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1) as response:
-                    body = response.read().decode()
-                break
+                    return response.read().decode()
             except OSError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    pytest.fail(f"microkit run did not answer on port {port}")
-                time.sleep(0.05)
-        assert body == "http://gateway.invalid:8000"
+                return None
+
+        assert eventually(answer, 20, f"microkit run answering on port {port}") == "http://gateway.invalid:8000"
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(5)
@@ -403,40 +400,20 @@ def test_the_exported_commands_and_healthchecks_work_as_containers_would_run_the
             return host.call(http_get, host.address, port, path)
 
         for name, host in (("users", users_host), ("gateway", gateway_host)):
-            deadline = time.monotonic() + 30
-            while healthcheck(name, host) != 0:
-                assert time.monotonic() < deadline, f"{name}'s healthcheck did not pass within 30s"
-                time.sleep(0.2)
+            eventually(lambda: healthcheck(name, host) == 0, 30, f"{name}'s healthcheck passing")
             assert probe(name, host)[0] == 200
-        deadline = time.monotonic() + 10
-        while gateway_host.call(http_get, gateway_host.address, 8000, "/users/x") != (200, "users here"):
-            assert time.monotonic() < deadline, "the gateway does not route to users"
-            time.sleep(0.1)
+        eventually(lambda: gateway_host.call(http_get, gateway_host.address, 8000, "/users/x") == (200, "users here"),
+                   10, "the gateway routing to users")
         # A healthcheck that can fail: with users stopped, its healthcheck fails.
         os.killpg(started[1].pid, signal.SIGKILL)
         started[1].wait(5)
-        deadline = time.monotonic() + 10
-        while healthcheck("users", users_host) == 0:
-            assert time.monotonic() < deadline, "users' healthcheck still passes with users stopped"
-            time.sleep(0.1)
+        eventually(lambda: healthcheck("users", users_host) != 0, 10, "users' healthcheck failing with users stopped")
     finally:
         for process in started:
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(5)
         network.destroy()
-
-
-def http_get(host: str, port: int, path: str) -> tuple[int, str]:
-    connection = http.client.HTTPConnection(host, port, timeout=2)
-    try:
-        connection.request("GET", path, headers={"Connection": "close"})
-        response = connection.getresponse()
-        return response.status, response.read().decode()
-    except OSError as exc:
-        return 0, str(exc)
-    finally:
-        connection.close()
 
 
 def test_the_units_exec_start_runs_the_service_and_stops_it_within_timeout_stop_sec(tmp_path, private_redis):
@@ -461,13 +438,12 @@ def test_the_units_exec_start_runs_the_service_and_stops_it_within_timeout_stop_
     process = subprocess.Popen(["unshare", "-m", "sh", "-c", script], env=environ, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        deadline = time.monotonic() + 30
-        while True:
+        def registered() -> bool:
+            assert process.poll() is None, "the unit's process exited"
             status = run_cli("status", "--json", cwd=root)
-            if status.returncode == 0 and json.loads(status.stdout)["services"].get("users"):
-                break
-            assert time.monotonic() < deadline and process.poll() is None, "the unit's service did not register"
-            time.sleep(0.2)
+            return status.returncode == 0 and bool(json.loads(status.stdout)["services"].get("users"))
+
+        eventually(registered, 30, "the unit's service registered")
         process.send_signal(signal.SIGTERM)
         assert process.wait(int(settings["TimeoutStopSec"])) == 0
     finally:

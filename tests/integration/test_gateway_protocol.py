@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 import requests
 
-from support.gateway import Processes, get, read_response, request
+from support.gateway import connections_to, Processes, get, read_response, request
 
 
 @pytest.fixture
@@ -132,29 +132,16 @@ def test_a_stalled_body_gets_408_and_releases_its_upstream_connection(procs):
 def test_a_trickled_small_body_opens_no_upstream_connection_until_it_is_complete(procs):
     backend = procs.backend("users")
     gw = procs.gateway([f"users=127.0.0.1:{backend}"], settings="body_timeout = 2")
-    before = _connections_to(backend)
+    before = connections_to(backend)
     with socket.create_connection(("127.0.0.1", gw), timeout=10) as sock:
         sock.sendall(b"POST /users/1 HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n\r\n")
         for byte in b"abc":
             sock.sendall(bytes([byte]))
             time.sleep(0.3)
-            assert _connections_to(backend) == before
+            assert connections_to(backend) == before
         sock.sendall(b"d")
         status, _, body = read_response(sock)
     assert status == 200 and json.loads(body)["body_bytes"] == 4
-
-
-def _connections_to(port: int) -> int:
-    """Established TCP connections to 127.0.0.1:port (from /proc/net/tcp)."""
-    count = 0
-    for name in ("/proc/net/tcp",):
-        with open(name) as table:
-            for line in list(table)[1:]:
-                fields = line.split()
-                local, state = fields[1], fields[3]
-                if state == "01" and local == f"0100007F:{port:04X}":
-                    count += 1
-    return count
 
 
 MORE = """

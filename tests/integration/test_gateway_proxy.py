@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from support.gateway import CONFIG, Processes, get, read_response, request
+from microkit.testing import eventually
+from support.gateway import CONFIG, Processes, connections_to, get, read_response, request
 from support.servers import free_port
 from support.up import PROGRAMS
 
@@ -154,10 +155,9 @@ def test_a_request_in_flight_on_an_instance_that_dies_is_never_sent_again(procs)
         results[name] = get(gw, "/users/slow?s=2", method=method, body=b"{}" if method == "POST" else b"")
 
     threads = [threading.Thread(target=call, args=(f"{m}{i}", m)) for i, m in enumerate(["GET", "GET", "POST", "POST"])]
-    for thread in threads:
+    for number, thread in enumerate(threads, 1):  # one at a time, so that the balancer alternates
         thread.start()
-        time.sleep(0.05)
-    time.sleep(0.5)
+        eventually(lambda: connections_to(victim) + connections_to(other) >= number, 5, f"request {number} upstream")
     victim_proc.send_signal(signal.SIGKILL)
     for thread in threads:
         thread.join(10)

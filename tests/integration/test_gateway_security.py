@@ -503,13 +503,8 @@ def test_the_redis_down_policy(tmp_path, policy):
             assert all(int(h["retry-after"][0]) >= 1 for _, h, _ in down)
         assert call(port, "GET", "/open/1")[0] == 200, "routes without a limit do not depend on Redis"
         server.start()
-        deadline = time.monotonic() + 5
-        while True:
-            status, answer, _ = call(port, "GET", "/limited/1")
-            if status == 200 and "ratelimit-limit" in answer:
-                break
-            assert time.monotonic() < deadline, "the limiter did not come back with Redis"
-            time.sleep(0.1)
+        eventually(lambda: (answer := call(port, "GET", "/limited/1"))[0] == 200 and "ratelimit-limit" in answer[1], 5,
+                   "the limiter back with Redis")
         assert any("unreachable" in line for line in gateways.output)
     finally:
         gateways.close()

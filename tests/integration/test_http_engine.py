@@ -12,6 +12,7 @@ import pytest
 
 from support.http import Reader, ServerThread, connect
 from microkit.http import HTTPServer, Limits
+from microkit.testing import eventually
 
 
 @pytest.fixture
@@ -395,9 +396,7 @@ def test_write_callable_and_close_always_called(serve):
         assert (headers["transfer-encoding"], body) == ("chunked", b"from write, then iterable")
         sock.sendall(H("HEAD / HTTP/1.1\nHost: x\n"))
         assert reader.response(head_only=True)[0] == 200
-    deadline = time.monotonic() + 2
-    while len(closed) < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    eventually(lambda: len(closed) == 2, 2, "both responses closed")
     assert closed == [True, True]
 
 
@@ -481,9 +480,7 @@ def test_access_log(serve):
         sock.sendall(H("GET /a?b=1 HTTP/1.1\nHost: x\n") + H("GET / HTTP/1.1\n"))
         reader.response()
         assert reader.response()[0] == 400
-    deadline = time.monotonic() + 2
-    while len(lines) < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    eventually(lambda: len(lines) >= 2, 2, "two access log lines")
     assert lines[0][:3] == ("GET", "/a?b=1", 200) and lines[0][3] >= 0
     assert lines[1][2] == 400
 
@@ -501,8 +498,7 @@ def test_drain_closes_idle_finishes_inflight_and_kills_stuck(serve):
         assert Reader(idle).response()[0] == 200
         inflight.sendall(H("GET /?0.3 HTTP/1.1\nHost: x\n"))
         stuck.sendall(H("GET /?30 HTTP/1.1\nHost: x\n"))
-        time.sleep(0.1)
-        assert st.call(lambda s: s.active_requests) == 2
+        eventually(lambda: st.call(lambda s: s.active_requests) == 2, 5, "two requests in the app")
         st.call(lambda s: s.stop_accepting())
         result = []
         drainer = threading.Thread(target=lambda: result.append(st.call(lambda s: (s.drain(0.8), s.active_requests))))

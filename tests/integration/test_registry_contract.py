@@ -23,6 +23,7 @@ from microkit.registry import (
 )
 from microkit.testing import eventually
 from support.servers import REDIS_URL, delete_namespace, require_redis
+from support.waiting import seconds_until
 
 @dataclass
 class Store:
@@ -95,9 +96,13 @@ def test_heartbeat_keeps_an_instance_alive_and_needs_a_registration(store):
     registry = store.open()
     instance = registry.register(Instance("users", "127.0.0.1", 9001), ttl=0.4)
     heartbeat = store.heartbeat(registry, interval=0.1)
-    time.sleep(1.0)
-    [seen] = registry.instances("users")
-    assert seen.instance_id == instance.instance_id and seen.last_seen > instance.last_seen + 0.5
+
+    def refreshed_past_its_ttl() -> bool:
+        [seen] = registry.instances("users")  # there all along
+        assert seen.instance_id == instance.instance_id
+        return seen.last_seen > instance.last_seen + 0.5
+
+    eventually(refreshed_past_its_ttl, 2.0, "the heartbeat kept the instance past its 0.4 s ttl")
 
     heartbeat.stop()
     eventually(lambda: not registry.instances("users"), 0.4 + 0.3, "the instance expired")
@@ -114,9 +119,7 @@ def test_instance_without_heartbeats_expires_within_ttl_plus_poll_interval(store
     instance = registry.register(Instance("users", "127.0.0.1", 9001), ttl=0.5)
     eventually(lambda: watcher.instances("users"), 1.0, "the watcher saw the instance")
 
-    started = time.monotonic()
-    eventually(lambda: not watcher.instances("users"), 2.0, "the watcher dropped the expired instance")
-    elapsed = time.monotonic() - started
+    elapsed = seconds_until(lambda: not watcher.instances("users"), 2.0, "the watcher dropped the expired instance")
     assert elapsed <= 0.5 + 0.3 + 0.2
     assert registry.instances("users") == [] and registry.services() == {}
     assert registry.registered() == [instance]
@@ -141,9 +144,11 @@ def test_watcher_sees_register_and_deregister_within_a_second(store):
 def test_namespaces_isolate(store):
     mine, theirs = store.open(), store.open(f"{store.namespace}-other")
     snapshots = []
-    store.watch(theirs, callback=snapshots.append, interval=0.2)
+    watcher = store.watch(theirs, callback=snapshots.append, interval=0.2)
     instance = mine.register(Instance("users", "127.0.0.1", 9001))
-    time.sleep(0.5)
+    registered = time.monotonic()
+    eventually(lambda: time.monotonic() - watcher.age > registered + 0.2, 2.0,
+               "the other namespace's watcher read its store after the registration")
     assert theirs.services() == {} and snapshots == []
     assert mine.instances("users") == [instance]
 
@@ -173,9 +178,8 @@ def test_two_processes_see_each_other_and_a_killed_one_leaves_within_3s(store):
         eventually(lambda: child_id in ids(watcher.instances("orders")), 1.0, "the watcher saw the child")
 
         os.kill(process.pid, signal.SIGKILL)
-        killed = time.monotonic()
-        eventually(lambda: child_id not in ids(watcher.instances("orders")), 4.0, "the killed child left the snapshot")
-        gone = time.monotonic() - killed
+        gone = seconds_until(lambda: child_id not in ids(watcher.instances("orders")), 4.0,
+                             "the killed child left the snapshot")
         print(f"\n{type(registry).__name__}: kill -9'd instance left the watcher snapshot after {gone:.2f} s")
         assert gone <= 3.0 + 0.3
         assert ids(watcher.instances("users")) == {parent.instance_id}

@@ -5,12 +5,10 @@ keys. The integration test starts a primary, a replica and three Sentinels of it
 from __future__ import annotations
 
 import gc
-import http.client
 import os
 import shutil
 import signal
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -19,7 +17,8 @@ import redis
 
 from support.cli import run_cli
 from support.servers import free_port, server_missing
-from support.up import Up, make_project
+from support.up import Loop, Up, make_project
+from support.waiting import seconds_until
 
 from microkit import config, registry, storage
 from microkit.errors import ConfigError
@@ -82,7 +81,7 @@ class Cluster:
         self._start("replica", "--port", str(self.replica_port), *common,
                     "--replicaof", "127.0.0.1", str(self.primary_port))
         replica = redis.Redis(port=self.replica_port, socket_timeout=1)
-        wait(lambda: _safe(lambda: replica.info("replication").get("master_link_status") == "up"), 15,
+        seconds_until(lambda: _safe(lambda: replica.info("replication").get("master_link_status") == "up"), 15,
              "the replica syncs with the primary")
         # Each Sentinel is told its id, the replica and the other Sentinels up front (what it would otherwise
         # learn from hello messages every 2 s), so that the set-up takes a moment instead of seconds.
@@ -100,7 +99,7 @@ class Cluster:
             self._start(f"sentinel{number}", str(conf), "--sentinel")
         for port in self.sentinel_ports:
             sentinel = redis.Redis(port=port, socket_timeout=1, decode_responses=True)
-            wait(lambda: _safe(lambda: len(sentinel.sentinel_sentinels(SERVICE)) == 2
+            seconds_until(lambda: _safe(lambda: len(sentinel.sentinel_sentinels(SERVICE)) == 2
                                and len(sentinel.sentinel_slaves(SERVICE)) == 1), 20,
                  f"the Sentinel on {port} knows the replica and the other Sentinels")
 
@@ -114,7 +113,7 @@ class Cluster:
         for process in self.processes.values():
             if process.poll() is None:
                 process.kill()
-                process.wait(5)
+                process.seconds_until(5)
 
 
 def _safe(check):
@@ -122,15 +121,6 @@ def _safe(check):
         return check()
     except (redis.RedisError, OSError):
         return None
-
-
-def wait(check, timeout: float, what: str) -> float:
-    started = time.monotonic()
-    while not check():
-        if time.monotonic() - started > timeout:
-            pytest.fail(f"{what}: not within {timeout}s")
-        time.sleep(0.05)
-    return time.monotonic() - started
 
 
 @pytest.fixture
@@ -141,39 +131,6 @@ def cluster(tmp_path):
         yield found
     finally:
         found.stop()
-
-
-class Loop:
-    """GETs through the gateway, one fresh connection each, until stopped (bounded by `limit` seconds)."""
-
-    def __init__(self, port: int, path: str, limit: float = 60):
-        self.port, self.path, self.limit = port, path, limit
-        self.results: list[tuple[int, bool]] = []   # (status, counted in Redis)
-        self.errors: list[str] = []
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
-
-    def run(self) -> None:
-        deadline = time.monotonic() + self.limit
-        while not self.stopping.is_set() and time.monotonic() < deadline:
-            connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-            try:
-                connection.request("GET", self.path, headers={"Connection": "close"})
-                response = connection.getresponse()
-                response.read()
-                self.results.append((response.status, response.getheader("RateLimit-Limit") is not None))
-            except OSError as exc:
-                self.errors.append(repr(exc))
-            finally:
-                connection.close()
-
-    def __enter__(self) -> "Loop":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stopping.set()
-        self.thread.join(15)
 
 
 def users(reader: registry.Registry) -> set[int] | None:
@@ -195,28 +152,28 @@ def test_a_failover_under_load_loses_no_request_and_no_registration_beyond_one_t
     reader = registry.connect(cluster.url, project_root=root, namespace="suptest")
     try:
         port = int(up.ready(30)["gateway"].rsplit(":", 1)[1])
-        wait(lambda: len(users(reader) or ()) == 2, 10, "both workers registered")
+        seconds_until(lambda: len(users(reader) or ()) == 2, 10, "both workers registered")
         before = users(reader)
-        with Loop(port, "/users/pid") as loop:
-            wait(lambda: len(loop.results) >= 20, 10, "requests flowing before the failover")
+        with Loop(f"http://127.0.0.1:{port}/users/pid") as loop:
+            seconds_until(lambda: len(loop.results) >= 20, 10, "requests flowing before the failover")
             old = cluster.primary_port
             if how == "SENTINEL FAILOVER":
                 redis.Redis(port=cluster.sentinel_ports[0], socket_timeout=2).execute_command("SENTINEL", "FAILOVER",
                                                                                               SERVICE)
             else:
                 cluster.processes["primary"].send_signal(signal.SIGKILL)
-            promoted = wait(lambda: cluster.primary() == cluster.replica_port, 20, "the replica is promoted")
+            promoted = seconds_until(lambda: cluster.primary() == cluster.replica_port, 20, "the replica is promoted")
             # From the promotion on, every registration is back within one TTL.
-            restored = wait(lambda: users(reader) == before, registry.DEFAULT_TTL, "both workers registered again")
+            restored = seconds_until(lambda: users(reader) == before, registry.DEFAULT_TTL, "both workers registered again")
             # and they stay: the heartbeats reach the new primary (replicated keys alone would expire by now)
             held_until = time.monotonic() + registry.DEFAULT_TTL + 0.5
             while time.monotonic() < held_until:
                 assert users(reader) == before
                 time.sleep(0.1)
             counted = len(loop.results)
-            wait(lambda: any(c for _, c in loop.results[counted:]), 10, "rate limits counted on the new primary")
-            wait(lambda: len(loop.results) >= counted + 50, 10, "requests after the failover")
-        failed = [status for status, _ in loop.results if status != 200]
+            seconds_until(lambda: any("ratelimit-limit" in headers for _, headers in loop.results[counted:]), 10, "rate limits counted on the new primary")
+            seconds_until(lambda: len(loop.results) >= counted + 50, 10, "requests after the failover")
+        failed = [status for status in loop.statuses if status != 200]
         assert failed == [] and loop.errors == [], (failed[:10], loop.errors[:5])
         print(f"{how}: promoted after {promoted:.2f}s, registrations complete {restored:.2f}s later; "
               f"{len(loop.results)} requests, none failed (old primary {old})")

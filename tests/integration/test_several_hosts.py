@@ -11,22 +11,20 @@ users listens on 0.0.0.0 and registers the address MICROKIT_ADVERTISE_HOST gives
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from microkit.testing import eventually
 from support.cli import microkit_executable
-from support.netns import Host, NetnsUnavailable, Network
+from support.netns import Host, NetnsUnavailable, Network, http_get
 from support.servers import server_missing
 from support.up import PROGRAMS
+from support.waiting import seconds_until
 
 from microkit.registry import DEFAULT_TTL, POLL_INTERVAL
 
@@ -100,29 +98,13 @@ class Processes:
         return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(self.logs.glob("*.log")))
 
 
-def request(address: str, path: str, timeout: float = 2.0) -> tuple[int, str]:
-    """One GET on a fresh connection; status 0 when nothing answered."""
-    connection = http.client.HTTPConnection(address, GATEWAY_PORT, timeout=timeout)
-    try:
-        connection.request("GET", path, headers={"Connection": "close"})
-        response = connection.getresponse()
-        return response.status, response.read().decode()
-    except OSError as exc:
-        return 0, str(exc)
-    finally:
-        connection.close()
-
-
 def wait_until(check, timeout: float, what: str, output=lambda: ""):
-    """`eventually`, timed: the seconds `check` took to hold; on a failure the processes' output is printed
-    (pytest shows it with the failure)."""
-    started = time.monotonic()
+    """`seconds_until`; on a failure the processes' output is printed (pytest shows it with the failure)."""
     try:
-        eventually(check, timeout, what)
+        return seconds_until(check, timeout, what)
     except pytest.fail.Exception:
         print(output())
         raise
-    return time.monotonic() - started
 
 
 @pytest.fixture
@@ -160,12 +142,12 @@ def test_three_hosts_share_one_registry_and_one_rate_limit(network, tmp_path):
 
 def healthy(client: Host, gateway: Host) -> int | None:
     """How many users instances `gateway` routes to, asked from the client host."""
-    status, body = client.call(request, gateway.address, "/__microkit/health", 1.0)
+    status, body = client.call(http_get, gateway.address, GATEWAY_PORT, "/__microkit/health", 1.0)
     return json.loads(body)["instances"]["users"] if status == 200 else None
 
 
 def answers(client: Host, gateway: Host, count: int) -> list[tuple[int, str]]:
-    return client.call(lambda: [request(gateway.address, "/users/where") for _ in range(count)])
+    return client.call(lambda: [http_get(gateway.address, GATEWAY_PORT, "/users/where") for _ in range(count)])
 
 
 def registered(client: Host, root: Path) -> dict[str, set]:
@@ -197,7 +179,7 @@ def run_checks(network: Network, processes: Processes, client: Host, second: Hos
         assert {body.split()[0] for _, body in seen} == {second.name, third.name}
 
     # One rate limit for both gateways: LIMIT requests a minute in all, not per gateway.
-    statuses = [client.call(request, gateways[i % 2].address, "/limited/x")[0] for i in range(2 * LIMIT)]
+    statuses = [client.call(http_get, gateways[i % 2].address, GATEWAY_PORT, "/limited/x")[0] for i in range(2 * LIMIT)]
     assert statuses.count(429) == LIMIT, statuses
     assert all(s != 429 for s in statuses[:LIMIT]), statuses
 

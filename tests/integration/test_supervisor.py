@@ -265,7 +265,6 @@ def test_reload_flag_reloads_the_service_whose_file_changed(start):
     urls = up.ready()
     web = up.pids("web")
     app_file = up.root / "services" / "plain" / "app.py"
-    time.sleep(0.1)
     app_file.write_text(app_file.read_text().replace('VERSION = "v1"', 'VERSION = "v3"'))
     up.wait_for(r"changed: services/plain/app\.py; reloading plain$", 5)
     up.wait_for(r"^plain +\| reloaded$", 10)

@@ -11,13 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from support.cli import run_cli
-
-pytest_plugins = ["pytester"]
-
-CLEAN = ("MICROKIT_CONFIG", "MICROKIT_REGISTRY_URL", "DATABASE_URL", "MICROKIT_TEST_REGISTRY_URL",
-         "MICROKIT_TEST_DATABASE_URL", "MICROKIT_TEST_MODE", "MICROKIT_JWT_SECRET")
-
+from microkit.testing import eventually
+from support.cli import MICROKIT_ENVIRONMENT, run_cli
 
 def scaffold(folder: Path, *services: str) -> Path:
     """`microkit new project shop` and `microkit new service NAME` for each name, through the real CLI."""
@@ -35,23 +30,6 @@ def add_settings(root: Path, service: str, lines: str, top: str = "") -> None:
     toml = root / "microkit.toml"
     text = toml.read_text().replace(f"[services.{service}]\n", f"[services.{service}]\n{lines}\n")
     toml.write_text(text + top)
-
-
-@pytest.fixture
-def runner(pytester, monkeypatch, tmp_path):
-    """Run a test file with pytest in a subprocess; `out` is a folder the inner tests write facts to."""
-    for name in CLEAN:
-        monkeypatch.delenv(name, raising=False)
-    out = tmp_path / "out"
-    out.mkdir()
-    monkeypatch.setenv("MKT_OUT", str(out))
-
-    def run(source: str, *args: str, timeout: float = 240):
-        pytester.makepyfile(test_inner=textwrap.dedent(source))
-        return pytester.runpytest_subprocess("-p", "no:cacheprovider", *args, timeout=timeout)
-
-    run.out = out
-    return run
 
 
 @pytest.fixture(scope="module")
@@ -320,9 +298,8 @@ def test_a_killed_test_run_leaves_no_process_behind(generated, tmp_path, monkeyp
     import signal
     import subprocess
     import sys
-    import time
 
-    for name in CLEAN:
+    for name in MICROKIT_ENVIRONMENT:
         monkeypatch.delenv(name, raising=False)
     facts = tmp_path / "pids.json"
     (tmp_path / "test_killed.py").write_text(textwrap.dedent(f"""
@@ -338,18 +315,16 @@ def test_a_killed_test_run_leaves_no_process_behind(generated, tmp_path, monkeyp
                             str(generated / "microkit.toml"), "test_killed.py"], cwd=tmp_path,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 60
-        while not facts.exists() or not facts.read_text():
-            assert run.poll() is None and time.monotonic() < deadline, "the inner test did not start its services"
-            time.sleep(0.05)
+        def started() -> bool:
+            assert run.poll() is None, "the inner pytest exited"
+            return facts.exists() and bool(facts.read_text())
+
+        eventually(started, 60, "the inner test's services started")
         pids = json.loads(facts.read_text())
         assert len(pids) == 4 and not any(gone(pid) for pid in pids)
         run.send_signal(signal.SIGKILL)
         run.wait()
-        deadline = time.monotonic() + 15
-        while not all(gone(pid) for pid in pids):
-            assert time.monotonic() < deadline, f"still running after pytest was killed: {pids}"
-            time.sleep(0.05)
+        eventually(lambda: all(gone(pid) for pid in pids), 15, f"every one of {pids} gone after pytest was killed")
     finally:
         if run.poll() is None:
             run.kill()

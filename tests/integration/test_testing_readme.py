@@ -8,8 +8,6 @@ import pytest
 
 from support.cli import REPO
 
-pytest_plugins = ["pytester"]
-
 
 def blocks(language: str) -> list[str]:
     readme = (REPO / "README.md").read_text()

@@ -5,36 +5,21 @@ per-test databases on PostgreSQL and MariaDB, and pytest-xdist."""
 from __future__ import annotations
 
 import json
-import textwrap
 
 import pytest
 
 from support.cli import REPO
 from support.servers import MYSQL, POSTGRES, REDIS_URL, require_redis, server_missing
 
-pytest_plugins = ["pytester"]
-
 SHOP = str(REPO / "microkit.toml")
-CLEAN = ("MICROKIT_CONFIG", "MICROKIT_REGISTRY_URL", "DATABASE_URL", "MICROKIT_TEST_REGISTRY_URL",
-         "MICROKIT_TEST_DATABASE_URL", "MICROKIT_TEST_MODE")
-
-
 @pytest.fixture
-def runner(pytester, monkeypatch, tmp_path):
-    for name in CLEAN:
-        monkeypatch.delenv(name, raising=False)
-    out = tmp_path / "out"
-    out.mkdir()
-    monkeypatch.setenv("MKT_OUT", str(out))
+def runner(runner):
+    """The inner pytest runs against the demo shop."""
+    def run(source: str, *args: str, **options):
+        return runner(source, "--microkit-config", SHOP, *args, **options)
 
-    def run(source: str, *args: str, timeout: float = 240):
-        pytester.makepyfile(test_inner=textwrap.dedent(source))
-        return pytester.runpytest_subprocess("-p", "no:cacheprovider", "--microkit-config", SHOP, *args,
-                                             timeout=timeout)
-
-    run.out = out
+    run.out = runner.out
     return run
-
 
 def facts(out) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]

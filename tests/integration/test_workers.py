@@ -51,7 +51,7 @@ def test_signal_storm_counts_every_ttin_ttou_and_hup(start):
     storm(pid, signal.SIGTTIN, 20)
     storm(pid, signal.SIGTTOU, 15)
     storm(pid, signal.SIGHUP, 3)
-    instances = eventually(lambda: settled(up, "plain", 6, 3), 60, interval=0.3)
+    instances = eventually(lambda: settled(up, "plain", 6, 3), 60)
     assert up.service("plain")["workers"] == 6
     assert len({i["pid"] for i in instances}) == 6
     assert get(urls["plain"] + "/version") == (200, "v1")
@@ -83,17 +83,17 @@ def test_ttin_ttou_hup_act_on_the_gateway_and_scale_changes_it_alone(start):
                gateway=True)
     urls = up.ready()
     up.signal(signal.SIGTTIN)
-    eventually(lambda: settled(up, "gateway", 2, 0) and settled(up, "plain", 2, 0), 20, interval=0.2)
+    eventually(lambda: settled(up, "gateway", 2, 0) and settled(up, "plain", 2, 0), 20)
     up.signal(signal.SIGTTOU)
-    eventually(lambda: settled(up, "gateway", 1, 0) and settled(up, "plain", 1, 0), 20, interval=0.2)
+    eventually(lambda: settled(up, "gateway", 1, 0) and settled(up, "plain", 1, 0), 20)
     before = up.pids("gateway")
     up.signal(signal.SIGHUP)
-    eventually(lambda: settled(up, "gateway", 1, 1) and settled(up, "plain", 1, 1), 20, interval=0.2)
+    eventually(lambda: settled(up, "gateway", 1, 1) and settled(up, "plain", 1, 1), 20)
     assert not before & up.pids("gateway"), "the gateway's worker was replaced"
 
     result = run_cli("scale", "gateway=3", cwd=up.root)
     assert result.returncode == 0 and result.stdout.startswith("scaled gateway: 3 workers, pids "), result.stderr
-    eventually(lambda: settled(up, "gateway", 3, 1), 20, interval=0.2)
+    eventually(lambda: settled(up, "gateway", 3, 1), 20)
     assert up.service("plain")["workers"] == 1 and len(up.pids("plain")) == 1
     assert all(get(urls["gateway"] + "/__microkit/health")[0] == 200 for _ in range(10))
 

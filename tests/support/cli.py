@@ -11,6 +11,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "microkit.cli"]  # for long-running commands the test starts with Popen
+# what microkit and its pytest plugin read from the environment: unset for an inner pytest run
+MICROKIT_ENVIRONMENT = ("MICROKIT_CONFIG", "MICROKIT_REGISTRY_URL", "DATABASE_URL", "MICROKIT_TEST_REGISTRY_URL",
+                        "MICROKIT_TEST_DATABASE_URL", "MICROKIT_TEST_MODE", "MICROKIT_JWT_SECRET")
 
 
 def microkit_executable() -> str:

@@ -8,8 +8,9 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
+
+from microkit.testing import eventually
 
 HARNESS = str(Path(__file__).resolve().parent.parent / "programs" / "gateway_harness.py")
 
@@ -75,13 +76,9 @@ class Processes:
         return port
 
     def lines(self, proc: subprocess.Popen, containing: str, timeout: float = 5.0) -> list[str]:
-        """The output lines of `proc` holding `containing`, once there is one (or after `timeout`)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            found = [line for line in list(self.output[proc.pid]) if containing in line]
-            if found or time.monotonic() > deadline:
-                return found
-            time.sleep(0.02)
+        """The output lines of `proc` holding `containing`, once there is one."""
+        return eventually(lambda: [line for line in list(self.output[proc.pid]) if containing in line], timeout,
+                          f"a line with {containing!r}")
 
     def close(self) -> None:
         for proc in self.procs:
@@ -123,3 +120,16 @@ def get(port: int, path: str, headers: str = "", method: str = "GET", body: byte
     length = f"Content-Length: {len(body)}\r\n" if body or method in ("POST", "PUT") else ""
     raw = f"{method} {path} HTTP/1.1\r\nHost: gw.test\r\n{headers}{length}Connection: close\r\n\r\n".encode()
     return request(port, raw + body)
+
+
+def connections_to(port: int) -> int:
+    """Established TCP connections to 127.0.0.1:port (from /proc/net/tcp)."""
+    count = 0
+    for name in ("/proc/net/tcp",):
+        with open(name) as table:
+            for line in list(table)[1:]:
+                fields = line.split()
+                local, state = fields[1], fields[3]
+                if state == "01" and local == f"0100007F:{port:04X}":
+                    count += 1
+    return count

@@ -7,6 +7,7 @@ Traffic stays inside these namespaces: nothing is added to the test machine's ow
 from __future__ import annotations
 
 import ctypes
+import http.client
 import os
 import shutil
 import subprocess
@@ -122,3 +123,16 @@ def remove_leftovers() -> None:
         pid = name[len(PREFIX):].split("-", 1)[0]
         if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
             ip("netns", "del", name, check=False)
+
+
+def http_get(host: str, port: int, path: str, timeout: float = 2.0) -> tuple[int, str]:
+    """One GET on a fresh connection (run it inside a host with `Host.call`); status 0 when nothing answered."""
+    connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        connection.request("GET", path, headers={"Connection": "close"})
+        response = connection.getresponse()
+        return response.status, response.read().decode()
+    except OSError as exc:
+        return 0, str(exc)
+    finally:
+        connection.close()

@@ -8,10 +8,11 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
+
+from microkit.testing import eventually
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -80,11 +81,7 @@ class PrivateRedis:
         self.process = subprocess.Popen(
             [self.executable, "--port", str(self.port), "--bind", "127.0.0.1", *self.options],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
-        while not self.answers():
-            if time.monotonic() > deadline:
-                pytest.fail(f"private redis-server on port {self.port} did not start within {timeout}s")
-            time.sleep(0.02)
+        eventually(self.answers, timeout, f"private redis-server on port {self.port} answering")
 
     def answers(self) -> bool:
         try:
@@ -137,11 +134,12 @@ class PrivatePostgres:
             [str(self.bin / "postgres"), "-D", str(self.data), "-p", str(self.port), "-k", str(self.folder),
              "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **self.as_postgres)
-        deadline = time.monotonic() + timeout
-        while not self.answers():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"private PostgreSQL on port {self.port} did not start within {timeout}s")
-            time.sleep(0.05)
+        def answers() -> bool:
+            if self.process.poll() is not None:
+                pytest.fail(f"private PostgreSQL on port {self.port} exited with {self.process.returncode}")
+            return self.answers()
+
+        eventually(answers, timeout, f"private PostgreSQL on port {self.port} answering")
 
     def answers(self) -> bool:
         import psycopg2

@@ -165,3 +165,48 @@ def alive(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+class Loop:
+    """Requests to `url` in a background thread, a fresh connection each, until the `with` block ends (or
+    `limit` seconds): each answer's status and headers (lower-case names) in `results`, errors in `errors`."""
+
+    def __init__(self, url: str, method: str = "GET", limit: float = 60):
+        base, _, path = url.partition("//")[2].partition("/")
+        host, port = base.rsplit(":", 1)
+        self.address, self.path, self.method, self.limit = (host, int(port)), "/" + path, method, limit
+        self.results: list[tuple[int, dict[str, str]]] = []
+        self.errors: list[str] = []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        deadline = time.monotonic() + self.limit
+        while not self.stopping.is_set() and time.monotonic() < deadline:
+            connection = http.client.HTTPConnection(*self.address, timeout=10)
+            try:
+                connection.request(self.method, self.path, body=b"{}" if self.method == "POST" else None,
+                                   headers={"Connection": "close"})
+                response = connection.getresponse()
+                response.read()
+                self.results.append((response.status, {k.lower(): v for k, v in response.getheaders()}))
+            except (OSError, http.client.HTTPException) as exc:
+                self.errors.append(repr(exc))
+            finally:
+                connection.close()
+
+    @property
+    def statuses(self) -> list[int]:
+        return [status for status, _ in self.results]
+
+    def failures(self) -> list:
+        """Every answer that was not a 200, and every error."""
+        return [s for s in self.statuses if s != 200] + self.errors
+
+    def __enter__(self) -> "Loop":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopping.set()
+        self.thread.join(15)

@@ -16,9 +16,9 @@ import bottle
 import pytest
 from peewee import OperationalError, SqliteDatabase
 
-from support.cli import REPO
+from support.cli import PROGRAMS, REPO
 from support.servers import free_port
-from support.up import PROGRAMS, make_project
+from support.up import make_project
 
 from microkit import db as pooled
 from microkit.testing import eventually

@@ -12,10 +12,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from microkit.metrics import events as meter
 from microkit.metrics.exposition import document, render_tables
+from support.cli import PROGRAMS
 from support.events import Vhost
 from support.metrics import samples, value
 from support.servers import REDIS_URL, delete_namespace, require_redis
-from support.up import PROGRAMS, Up, request
+from support.up import Up, request
 from microkit.testing import eventually
 
 TOML = '''[project]

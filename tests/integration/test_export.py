@@ -17,10 +17,9 @@ from pathlib import Path
 import pytest
 import yaml as pyyaml
 
-from support.cli import microkit_executable, run_cli, snapshot
+from support.cli import PROGRAMS, microkit_executable, run_cli, snapshot
 from support.netns import NetnsUnavailable, Network, http_get
 from support.servers import free_port, server_missing
-from support.up import PROGRAMS
 
 from microkit.export import plan, yaml
 from microkit.testing import eventually

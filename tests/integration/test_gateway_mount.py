@@ -13,7 +13,8 @@ import requests
 
 from microkit.testing import eventually
 
-from support.up import PROGRAMS, Up, make_project
+from support.cli import PROGRAMS
+from support.up import Up, make_project
 
 PATHS = ["/", "/3", "/order/", "/order/5", "/payment/", "/payment/9", "/order/x"]
 SERVICES = {

@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 import requests
 
-from support.gateway import connections_to, Processes, get, read_response, request
+from support.gateway import Processes, connections_to, get, read_response, request
 
 
 @pytest.fixture

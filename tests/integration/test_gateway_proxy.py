@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from microkit.testing import eventually
+from support.cli import PROGRAMS
 from support.gateway import CONFIG, Processes, connections_to, get, read_response, request
 from support.servers import free_port
-from support.up import PROGRAMS
 
 
 def test_routes_to_the_longest_prefix_and_forwards_the_request_unchanged(procs):

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
+from support.cli import PROGRAMS
 from support.http import Reader, ServerThread, connect
-from support.up import PROGRAMS
 from microkit import config
 from microkit.gateway.app import Gateway
 from microkit.registry import Instance

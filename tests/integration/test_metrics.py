@@ -14,9 +14,9 @@ from microkit.metrics.exposition import document, render_tables
 from microkit.metrics.table import Family, Layout, SlotTable, read_totals, tables
 from microkit.metrics.workers import REQUESTS, WorkerMeter, worker_layout
 from microkit.testing import eventually
-from support.cli import run_cli
+from support.cli import PROGRAMS, run_cli
 from support.metrics import samples, value
-from support.up import PROGRAMS, Up, make_project, request
+from support.up import Up, make_project, request
 
 
 def test_a_recycled_slot_keeps_adding_and_dead_rows_leave_gauges(tmp_path):

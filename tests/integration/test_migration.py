@@ -15,9 +15,9 @@ import uuid
 import pytest
 import requests
 
-from support.cli import CLI, run_cli
+from support.cli import CLI, PROGRAMS, run_cli
 from support.servers import free_port
-from support.up import PROGRAMS, Up, make_project
+from support.up import Up, make_project
 from microkit.testing import eventually
 
 MB = 1024 * 1024

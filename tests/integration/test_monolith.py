@@ -12,7 +12,8 @@ import pytest
 from microkit import config
 from microkit.monolith import Monolith
 from microkit.testing import eventually
-from support.up import PROGRAMS, Up, get, make_project
+from support.cli import PROGRAMS
+from support.up import Up, get, make_project
 
 @pytest.fixture
 def project(tmp_path, monkeypatch):

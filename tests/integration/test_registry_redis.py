@@ -11,9 +11,8 @@ import uuid
 import pytest
 import redis
 
-from support.cli import REPO
+from support.cli import PROGRAMS, REPO
 from support.servers import REDIS_URL, delete_namespace, free_port, require_redis
-from support.up import PROGRAMS
 from support.waiting import seconds_until
 
 from microkit.registry import Heartbeat, Instance, RedisRegistry, RegistryUnavailable

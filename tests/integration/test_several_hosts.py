@@ -20,10 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from support.cli import microkit_executable
+from support.cli import PROGRAMS, microkit_executable
 from support.netns import Host, NetnsUnavailable, Network, http_get
 from support.servers import server_missing
-from support.up import PROGRAMS
 from support.waiting import seconds_until
 
 from microkit.registry import DEFAULT_TTL, POLL_INTERVAL

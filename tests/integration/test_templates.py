@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from support.cli import run_cli
-from support.up import PROGRAMS, Up
+from support.cli import PROGRAMS, run_cli
+from support.up import Up
 from microkit import scaffold
 from microkit.testing import eventually
 

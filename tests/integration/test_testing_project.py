@@ -12,8 +12,7 @@ import pytest
 
 from microkit.errors import ConfigError
 from microkit.testing.project import TestProject
-from support.cli import run_cli, snapshot
-from support.up import PROGRAMS
+from support.cli import PROGRAMS, run_cli, snapshot
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+PROGRAMS = REPO / "tests" / "programs"  # the apps and scripts the tests run or copy
 CLI = [sys.executable, "-m", "microkit.cli"]  # for long-running commands the test starts with Popen
 # what microkit and its pytest plugin read from the environment: unset for an inner pytest run
 MICROKIT_ENVIRONMENT = ("MICROKIT_CONFIG", "MICROKIT_REGISTRY_URL", "DATABASE_URL", "MICROKIT_TEST_REGISTRY_URL",

@@ -12,8 +12,9 @@ import subprocess
 import uuid
 from pathlib import Path
 
+from support.cli import PROGRAMS
 from support.servers import PrivateRedis, server_missing
-from support.up import PROGRAMS, Up
+from support.up import Up
 
 RABBIT = os.environ.get("MICROKIT_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672/")
 

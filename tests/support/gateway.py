@@ -11,8 +11,9 @@ import threading
 from pathlib import Path
 
 from microkit.testing import eventually
+from support.cli import PROGRAMS
 
-HARNESS = str(Path(__file__).resolve().parent.parent / "programs" / "gateway_harness.py")
+HARNESS = str(PROGRAMS / "gateway_harness.py")
 
 CONFIG = """
 [project]

@@ -14,9 +14,8 @@ import threading
 import time
 from pathlib import Path
 
-from support.cli import CLI, REPO, run_cli
+from support.cli import CLI, PROGRAMS, REPO, run_cli
 
-PROGRAMS = Path(__file__).resolve().parent.parent / "programs"
 TIMESTAMP = re.compile(r"^\d\d:\d\d:\d\d ")
 
 

@@ -312,16 +312,22 @@ def test_listen_option_is_checked(tmp_path):
         assert result.returncode == 2 and result.stderr.startswith("microkit: error: --listen: expected"), result.stderr
 
 
-def test_run_listens_where_told_and_passes_the_deployments_gateway_url_on(tmp_path):
-    """What the exported containers rely on: `microkit run NAME --listen 0.0.0.0:PORT`, and the gateway's
-    address from MICROKIT_GATEWAY_URL when no gateway runs in the same process."""
-    root = tmp_path / "p"
+def users_project(root: Path, app: str, toml: str) -> Path:
+    """A project at `root` whose users service is programs/APP, with `toml` as its microkit.toml."""
     (root / "services" / "users").mkdir(parents=True)
     for init in ("services/__init__.py", "services/users/__init__.py"):
         (root / init).write_text("")
-    (root / "services" / "users" / "app.py").write_text((PROGRAMS / "gateway_url_app.py").read_text())
-    (root / "microkit.toml").write_text('[project]\nname = "envtest"\n\n[services.users]\n'
-                                        'app = "services.users.app:app"\nroute = "/users"\nhealth = "/"\n')
+    shutil.copy(PROGRAMS / app, root / "services" / "users" / "app.py")
+    (root / "microkit.toml").write_text(toml)
+    return root
+
+
+def test_run_listens_where_told_and_passes_the_deployments_gateway_url_on(tmp_path):
+    """What the exported containers rely on: `microkit run NAME --listen 0.0.0.0:PORT`, and the gateway's
+    address from MICROKIT_GATEWAY_URL when no gateway runs in the same process."""
+    root = users_project(tmp_path / "p", "gateway_url_app.py",
+                         '[project]\nname = "envtest"\n\n[services.users]\n'
+                         'app = "services.users.app:app"\nroute = "/users"\nhealth = "/"\n')
     port = free_port()
     environ = {k: v for k, v in os.environ.items() if not k.startswith("MICROKIT_")}
     environ["MICROKIT_GATEWAY_URL"] = "http://gateway.invalid:8000"
@@ -356,14 +362,10 @@ def test_the_exported_commands_and_healthchecks_work_as_containers_would_run_the
         network.build()
     except NetnsUnavailable as exc:
         server_missing("network namespaces", exc)
-    root = tmp_path / "app"
-    (root / "services" / "users").mkdir(parents=True)
-    for init in ("services/__init__.py", "services/users/__init__.py"):
-        (root / init).write_text("")
-    (root / "services" / "users" / "app.py").write_text((PROGRAMS / "users_here_app.py").read_text())
-    (root / "microkit.toml").write_text('[project]\nname = "shop"\n\n[registry]\nurl = "redis://127.0.0.1:6379/0"\n\n'
-                                        '[services.users]\napp = "services.users.app:app"\nroute = "/users"\n'
-                                        'health = "/users/ok"\nworkers = 2\n')
+    root = users_project(tmp_path / "app", "users_here_app.py",
+                         '[project]\nname = "shop"\n\n[registry]\nurl = "redis://127.0.0.1:6379/0"\n\n'
+                         '[services.users]\napp = "services.users.app:app"\nroute = "/users"\n'
+                         'health = "/users/ok"\nworkers = 2\n')
     assert export(root, "compose").returncode == 0
     assert export(root, "kubernetes").returncode == 0
     compose = pyyaml.safe_load((root / "deploy" / "compose" / "compose.yaml").read_text())["services"]
@@ -418,14 +420,10 @@ def test_the_exported_commands_and_healthchecks_work_as_containers_would_run_the
 def test_the_units_exec_start_runs_the_service_and_stops_it_within_timeout_stop_sec(tmp_path, private_redis):
     """The unit's ExecStart, run as systemd would (in WorkingDirectory, with the layout the unit expects at
     /srv/shop in a private mount namespace): the service registers, and SIGTERM stops it within TimeoutStopSec."""
-    root = tmp_path / "app"
-    (root / "services" / "users").mkdir(parents=True)
-    for init in ("services/__init__.py", "services/users/__init__.py"):
-        (root / init).write_text("")
-    (root / "services" / "users" / "app.py").write_text((PROGRAMS / "users_here_app.py").read_text())
-    (root / "microkit.toml").write_text(f'[project]\nname = "shop"\n\n[registry]\nurl = "{private_redis.url}"\n\n'
-                                        '[services.users]\napp = "services.users.app:app"\nroute = "/users"\n'
-                                        'health = "/users/ok"\n')
+    root = users_project(tmp_path / "app", "users_here_app.py",
+                         f'[project]\nname = "shop"\n\n[registry]\nurl = "{private_redis.url}"\n\n'
+                         '[services.users]\napp = "services.users.app:app"\nroute = "/users"\n'
+                         'health = "/users/ok"\n')
     (root / ".venv" / "bin").mkdir(parents=True)
     (root / ".venv" / "bin" / "microkit").symlink_to(BIN / "microkit")
     assert export(root, "systemd").returncode == 0

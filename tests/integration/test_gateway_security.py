@@ -474,10 +474,12 @@ def test_two_gateway_processes_share_one_limit(fresh):
     ports = [fresh.gateway(), fresh.gateway()]
     for port in ports:  # warm the upstream pools and the Redis connections without counting on /limited
         call(port, "GET", "/open/1")
+    started = time.monotonic()
     results = burst(ports, 300, "/limited/x")
+    refilled = int((time.monotonic() - started) * 100 / 60)  # 100/min: a request's worth every 0.6 s of the burst
     admitted = [headers for status, headers in results if status == 200]
     refused = [headers for status, headers in results if status == 429]
-    assert 95 <= len(admitted) <= 100, len(admitted)
+    assert 95 <= len(admitted) <= 100 + refilled, (len(admitted), refilled)
     assert len(admitted) + len(refused) == 300
     assert all(h["ratelimit-limit"] == ["100"] for h in admitted + refused)
     assert all(int(h["retry-after"][0]) >= 1 and h["ratelimit-remaining"] == ["0"] for h in refused)

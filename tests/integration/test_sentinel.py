@@ -113,7 +113,7 @@ class Cluster:
         for process in self.processes.values():
             if process.poll() is None:
                 process.kill()
-                process.seconds_until(5)
+                process.wait(5)
 
 
 def _safe(check):

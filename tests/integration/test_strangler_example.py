@@ -65,7 +65,7 @@ def test_the_strangler_walk_through(tmp_path, monkeypatch):
                 run_cli("diff", "users", "--clear", cwd=root)
                 return False
             return report["counts"]["compared"] > 0
-        eventually(fixed, 30, interval=0.5)
+        eventually(fixed, 30, "answers compared with no mismatch")
 
         # 4. half the sessions to the new service, each session sticking to its side
         result = run_cli("route", "users", "--split", "50", cwd=root)

@@ -6,7 +6,6 @@ is missing, a test that needs it is skipped, except under CI=true, where it fail
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import uuid
@@ -15,10 +14,9 @@ from urllib.parse import urlparse
 
 import pytest
 
-from helpers import PrivatePostgres, PrivateRedis, server_missing
+from support.servers import MYSQL, POSTGRES, PrivatePostgres, PrivateRedis, server_missing
 
-POSTGRES = os.environ.get("MICROKIT_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
-MYSQL = os.environ.get("MICROKIT_TEST_MYSQL", "mysql://root@127.0.0.1:3306/test")
+pytest_plugins = ["pytester"]  # the plugin tests run pytest inside pytest
 
 
 def _with_database(url: str, name: str) -> str:

@@ -144,10 +144,6 @@ class PerProcess(Generic[T]):
                     self._conn, self._made_in = self._connect(), _forks[0]
         return self._conn
 
-    def peek(self) -> T | None:
-        """This process's connection if one was made, without making one."""
-        return self._conn if self._made_in == _forks[0] else None
-
     def drop(self) -> T | None:
         """Forget the connection; returns it when this process made it (the caller closes it)."""
         conn, mine = self._conn, self._made_in == _forks[0]

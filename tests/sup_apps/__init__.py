@@ -1,1 +1,0 @@
-"""Tiny apps and a harness for the supervisor tests: the app sources are copied into a temp project."""

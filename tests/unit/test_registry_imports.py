@@ -3,7 +3,7 @@ view a Watcher reads) live in microkit/registry/contract.py, which imports none 
 
 from __future__ import annotations
 
-from test_gateway_imports import _cycle, _graph
+from unit.test_gateway_imports import _cycle, _graph
 
 
 def test_registry_modules_have_no_import_cycle():

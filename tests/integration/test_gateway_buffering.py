@@ -17,8 +17,8 @@ import pytest
 
 from microkit import config
 from microkit.errors import ConfigError
-from test_gateway_protocol import _connections_to
-from test_gateway_proxy import Processes, get, read_response
+from microkit.testing import eventually
+from support.gateway import Processes, connections_to, get, read_response
 
 ROUTES = """
 [services.uploads]
@@ -66,15 +66,6 @@ def _spool_files(pid: int, spool: Path) -> int:
     return count
 
 
-def _eventually(check, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
 def _peak_rss_kb(pid: int) -> int:
     with open(f"/proc/{pid}/status") as status:
         for line in status:
@@ -108,9 +99,9 @@ def test_trickling_clients_hold_no_upstream_connection_until_their_bodies_are_co
             for sock, body in zip(clients, bodies):
                 sock.sendall(body[round_ * step:(round_ + 1) * step])
             time.sleep(0.2)
-            assert _connections_to(backend) == 0, f"upstream connections while bodies trickle (round {round_})"
+            assert connections_to(backend) == 0, f"upstream connections while bodies trickle (round {round_})"
             if round_ == 7:  # past 128 KB: a piece of 64 KB was read beyond the 64 KB kept in memory
-                assert _eventually(lambda: _spool_files(pid, spool) == 50), "each body past 64 KB is in a file"
+                eventually(lambda: _spool_files(pid, spool) == 50, 5, "each body past 64 KB is in a file")
         for sock, body in zip(clients, bodies):
             sock.sendall(body[(pieces - 1) * step:])
         for sock, body in zip(clients, bodies):
@@ -121,7 +112,8 @@ def test_trickling_clients_hold_no_upstream_connection_until_their_bodies_are_co
     finally:
         for sock in clients:
             sock.close()
-    assert _eventually(lambda: _spool_files(pid, spool) == 0) and os.listdir(spool) == []
+    eventually(lambda: _spool_files(pid, spool) == 0, 5)
+    assert os.listdir(spool) == []
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
@@ -142,7 +134,8 @@ def test_a_20mb_upload_arrives_intact_with_bounded_gateway_memory(procs, spool, 
     assert seen["content_length"] == str(len(body)), "sent with Content-Length (the backend streams longer chunked bodies)"
     grown = _peak_rss_kb(pid) - before
     assert grown < 8 * 1024, f"the gateway's peak RSS grew {grown} KB for a 20 MB body"
-    assert _eventually(lambda: _spool_files(pid, spool) == 0) and os.listdir(spool) == []
+    eventually(lambda: _spool_files(pid, spool) == 0, 5)
+    assert os.listdir(spool) == []
 
 
 def _recording_backend() -> tuple[socket.socket, list[bytes]]:
@@ -193,17 +186,17 @@ def test_spool_files_are_gone_after_408_413_and_a_client_abort(procs, spool):
     pid = procs.last_gateway.pid
     with socket.create_connection(("127.0.0.1", gw), timeout=10) as sock:  # stalls: 408
         sock.sendall(_head("/uploads/1", BODY) + b"x" * 150_000)
-        assert _eventually(lambda: _spool_files(pid, spool) == 1)
+        eventually(lambda: _spool_files(pid, spool) == 1, 5)
         assert read_response(sock)[0] == 408
-    assert _eventually(lambda: _spool_files(pid, spool) == 0)
+    eventually(lambda: _spool_files(pid, spool) == 0, 5)
     with socket.create_connection(("127.0.0.1", gw), timeout=10) as sock:  # chunked past max_body (1MB): 413
         sock.sendall(_head("/users/1") + _chunked(b"x" * (2 * 1024 * 1024), 256 * 1024))
         assert read_response(sock)[0] == 413
-    assert _eventually(lambda: _spool_files(pid, spool) == 0)
+    eventually(lambda: _spool_files(pid, spool) == 0, 5)
     with socket.create_connection(("127.0.0.1", gw), timeout=10) as sock:  # the client goes away
         sock.sendall(_head("/uploads/1", BODY) + b"x" * 150_000)
-        assert _eventually(lambda: _spool_files(pid, spool) == 1)
-    assert _eventually(lambda: _spool_files(pid, spool) == 0)
+        eventually(lambda: _spool_files(pid, spool) == 1, 5)
+    eventually(lambda: _spool_files(pid, spool) == 0, 5)
     assert os.listdir(spool) == []
 
 
@@ -214,7 +207,7 @@ def test_with_request_buffering_false_uploads_stream(procs, spool):
     body = os.urandom(BODY)
     with socket.create_connection(("127.0.0.1", gw), timeout=10) as sock:
         sock.sendall(_head("/streamed/1", BODY) + body[:100_000])
-        assert _eventually(lambda: _connections_to(backend) == 1), "the upload goes upstream as it arrives"
+        eventually(lambda: connections_to(backend) == 1, 5, "the upload goes upstream as it arrives")
         assert _spool_files(pid, spool) == 0
         sock.sendall(body[100_000:])
         status, _, answer = read_response(sock)

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, run_cli, server_missing
+from support.cli import REPO, run_cli
+from support.servers import server_missing
 
 pytest_plugins = ["pytester"]
 

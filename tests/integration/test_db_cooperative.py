@@ -17,8 +17,8 @@ from urllib.parse import urlparse, urlunparse
 
 import pytest
 
-from helpers import REPO
-from sup_apps.harness import Up, make_project
+from support.cli import REPO
+from support.up import Up, make_project
 
 HANDSHAKE_DELAY = 0.5
 CONCURRENT = 8

@@ -1,4 +1,9 @@
-"""One client connection: llhttp parses requests into a queue, and they are answered strictly in order."""
+"""One client connection: requests are parsed into a queue and answered strictly in order.
+
+With the compiled hot path (microkit/http/native.py) whole heads of requests without a body are parsed
+in one call each; the first request with a body or a protocol switch hands the connection's bytes to
+llhttp, which parses everything from there on, as it parses everything in the pure-Python path.
+"""
 
 import sys
 import traceback
@@ -13,6 +18,7 @@ from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 from microkit.http.body import EMPTY, Input
 from microkit.http.errors import ERROR_RESPONSES, ClientDisconnected, HTTPError
 from microkit.http.io import recv_when_readable
+from microkit.http.native import speedups
 from microkit.http.request import Request
 from microkit.http.wsgi import Response, build_environ, environ_key
 
@@ -24,6 +30,7 @@ _UNIQUE = frozenset(("CONTENT_LENGTH", "HTTP_TRANSFER_ENCODING", "HTTP_HOST"))
 _TRACKED = _UNIQUE | {"HTTP_EXPECT", "HTTP_CONNECTION"}
 _METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")}
 _PROTOCOLS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0"}
+_parse_head = speedups.parse_head if speedups is not None else None
 
 
 class Connection:
@@ -42,7 +49,8 @@ class Connection:
         self._raw = getattr(sock, "_sock", sock)
         peer = address if isinstance(address, tuple) else ("", 0)
         self._base = {**server.environ, "REMOTE_ADDR": peer[0], "REMOTE_PORT": str(peer[1])}
-        self._parser = HttpRequestParser(self)
+        self._parser: HttpRequestParser | None = None if _parse_head is not None else HttpRequestParser(self)
+        self._buf = b""  # bytes of a head not yet complete, while the compiled parser reads the connection
         self._ready: deque = deque()
         self._headers: list[tuple[bytes, bytes]] | None = None
         self._keys: list[str] = []
@@ -186,6 +194,38 @@ class Connection:
         if self._stall > self._limits.max_header_bytes:
             self._reject(HTTPError(431, "header line too long"))
 
+    def _feed_heads(self, data: bytes) -> None:
+        """Parse bytes with the compiled parser: every whole head of a request without a body becomes a
+        Request; a head announcing a body or a protocol switch hands this and all later bytes to llhttp."""
+        buf = self._buf + data if self._buf else data
+        limits = self._limits
+        completed = False
+        while buf:
+            try:
+                head = _parse_head(buf, limits.max_request_line, limits.max_header_bytes, limits.max_headers)
+            except HTTPError as error:
+                self._buf = b""
+                self._url = _request_line(buf)[1]
+                self._reject(error)
+                return
+            if head is None:
+                break
+            if head is True:
+                self._buf = b""
+                self._parser = HttpRequestParser(self)
+                self._feed(buf)
+                return
+            consumed, method, target, version, headers, keys, special, keep_alive = head
+            self._ready.append((Request(method, target, version, headers, keys, special, None, False, EMPTY, keep_alive,
+                                        self._base, self._send, self._closing), None))
+            buf = buf[consumed:]
+            completed = True
+        self._buf = buf
+        if not buf:
+            self._deadline = None
+        elif completed:
+            self._deadline = monotonic() + limits.header_timeout
+
     def _fill(self) -> None:
         """Read more of a request body from the socket (wsgi.input calls this)."""
         sock = self._sock
@@ -249,7 +289,7 @@ class Connection:
                 sock.settimeout(timeout)
                 data = recv_when_readable(sock, self._raw, RECV_SIZE)
             except TimeoutError:
-                if self._headers is not None or self._stall:
+                if self._headers is not None or self._stall or self._buf:
                     self._refuse(HTTPError(408))
                 return None
             except OSError:
@@ -261,7 +301,10 @@ class Connection:
             if self._deadline is None:
                 # any byte starts the header clock: blank lines llhttp skips must not renew an idle wait forever
                 self._deadline = monotonic() + limits.header_timeout
-            self._feed(data)
+            if self._parser is None:
+                self._feed_heads(data)
+            else:
+                self._feed(data)
         return ready.popleft()
 
     def _send_error(self, error: HTTPError, request: Request | None = None) -> None:
@@ -270,6 +313,8 @@ class Connection:
         if self._refused is not None:
             if request is not None:
                 method, target = request.method, request.target
+            elif self._parser is None:
+                method, target = _request_line(self._buf)[0], self._url
             else:
                 method = self._parser.get_method().decode("latin-1") if self._headers is not None else "-"
                 target = self._url
@@ -381,7 +426,7 @@ class Connection:
         while True:
             item = self._next()
             if item is None:
-                unread = self._headers is not None or self._stall > 0
+                unread = self._headers is not None or self._stall > 0 or bool(self._buf)
                 break
             request, error = item
             if request is None:
@@ -395,7 +440,15 @@ class Connection:
             if not self._dispatch(request):
                 unread = not request.input.done
                 break
-            if self._headers is not None:
+            if self._headers is not None or self._buf:
                 self._deadline = monotonic() + self._limits.header_timeout
         if not self._eof:
             self._linger(unread)
+
+
+def _request_line(buf: bytes) -> tuple[str, bytes]:
+    """(method, target) as far as they can be read from the start of a refused head, for its log line."""
+    words = buf.lstrip(b"\r\n").partition(b"\r\n")[0].split(b" ", 2)
+    if len(words) < 2:
+        return "-", b""
+    return words[0].decode("latin-1"), words[1]

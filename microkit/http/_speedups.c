@@ -491,8 +491,8 @@ PyDoc_STRVAR(response_head_doc,
 "--\n\n"
 "Check a WSGI status and header list and serialise them: returns (head, code, content_length,\n"
 "has_date, close), where head is b\"HTTP/1.1 <status>\\r\\n\" plus every header line except Connection,\n"
-"content_length the last Content-Length as an int (None without one) and close whether a Connection\n"
-"header asked for close. The caller adds the framing lines and the blank line.");
+"content_length the last Content-Length value (None without one; the caller checks its digits) and\n"
+"close whether a Connection header asked for close. The caller adds the framing lines and the blank line.");
 
 static PyObject *
 response_head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -529,10 +529,17 @@ response_head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
         Py_ssize_t nn, nv;
         const Py_UCS1 *name = latin1(PyTuple_GET_ITEM(pair, 0), &nn);
-        const Py_UCS1 *value = name == NULL ? NULL : latin1(PyTuple_GET_ITEM(pair, 1), &nv);
+        if (name == NULL)
+            return NULL;
+        int is_length = str_is(name, nn, "content-length", 14);
+        if (is_length && !PyUnicode_Check(PyTuple_GET_ITEM(pair, 1))) {
+            PyErr_Format(PyExc_ValueError, "invalid Content-Length %R", PyTuple_GET_ITEM(pair, 1));
+            return NULL;
+        }
+        const Py_UCS1 *value = latin1(PyTuple_GET_ITEM(pair, 1), &nv);
         if (value == NULL)
             return NULL;
-        if (str_is(name, nn, "content-length", 14)) {
+        if (is_length) {
             length = PyTuple_GET_ITEM(pair, 1);
         } else if (str_is(name, nn, "date", 4)) {
             has_date = 1;
@@ -547,27 +554,11 @@ response_head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
         size += nn + 2 + nv + 2;
     }
-    PyObject *number = Py_NewRef(Py_None);
-    if (length != NULL) {
-        Py_ssize_t nl = PyUnicode_GET_LENGTH(length);
-        const Py_UCS1 *d = PyUnicode_1BYTE_DATA(length);
-        int digits = nl > 0;
-        for (Py_ssize_t j = 0; j < nl && digits; j++)
-            digits = d[j] >= '0' && d[j] <= '9';
-        Py_SETREF(number, digits ? PyLong_FromUnicodeObject(length, 10) : NULL);
-        if (number == NULL) {
-            if (!digits)
-                PyErr_Format(PyExc_ValueError, "invalid Content-Length %R", length);
-            return NULL;
-        }
-    }
 
     /* second pass: copy */
     PyObject *head = PyBytes_FromStringAndSize(NULL, size);
-    if (head == NULL) {
-        Py_DECREF(number);
+    if (head == NULL)
         return NULL;
-    }
     char *out = PyBytes_AS_STRING(head);
     memcpy(out, "HTTP/1.1 ", 9);
     out += 9;
@@ -590,7 +581,8 @@ response_head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         memcpy(out, "\r\n", 2);
         out += 2;
     }
-    return Py_BuildValue("(NiNOO)", head, code, number, has_date ? Py_True : Py_False, close ? Py_True : Py_False);
+    return Py_BuildValue("(NiOOO)", head, code, length != NULL ? length : Py_None, has_date ? Py_True : Py_False,
+                         close ? Py_True : Py_False);
 }
 
 static PyMethodDef methods[] = {

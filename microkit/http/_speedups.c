@@ -14,6 +14,7 @@
 #include <Python.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 static PyObject *HTTPError;   /* microkit.http.errors.HTTPError */
 static PyObject *key_cache;   /* header name (bytes) -> environ key (str), or None for names with "_" */
@@ -486,22 +487,49 @@ latin1(PyObject *s, Py_ssize_t *n)
     return data;
 }
 
+/* The Date header line, formatted at most once per second (by hand: strftime follows the locale). */
+static char date_line[64];
+static Py_ssize_t date_len;
+static time_t date_second = -1;
+
+static void
+refresh_date(void)
+{
+    static const char *days[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
+    static const char *months[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                   "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+    time_t now = time(NULL);
+    if (now == date_second)
+        return;
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    date_len = snprintf(date_line, sizeof(date_line), "Date: %s, %02d %s %04d %02d:%02d:%02d GMT\r\n",
+                        days[tm.tm_wday], tm.tm_mday, months[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour,
+                        tm.tm_min, tm.tm_sec);
+    date_second = now;
+}
+
 PyDoc_STRVAR(response_head_doc,
-"response_head(status, headers)\n"
+"response_head(status, headers, body_len, head_only, http10, keep_alive)\n"
 "--\n\n"
-"Check a WSGI status and header list and serialise them: returns (head, code, content_length,\n"
-"has_date, close), where head is b\"HTTP/1.1 <status>\\r\\n\" plus every header line except Connection,\n"
-"content_length the last Content-Length value (None without one; the caller checks its digits) and\n"
-"close whether a Connection header asked for close. The caller adds the framing lines and the blank line.");
+"The whole response head for a WSGI status and header list (checked as wsgi.scan_headers checks\n"
+"them), with the framing wsgi.Response._head chooses: the app's Content-Length, else body_len when\n"
+"known, else chunked (HTTP/1.1) or close-delimited (HTTP/1.0); a Date line unless the app sent one;\n"
+"Connection: close when keep_alive is false or the app asked for close. Returns (head, code,\n"
+"content_length, bodyless, chunked, keep_alive), content_length being the app's value (None without\n"
+"one; the caller checks its digits).");
 
 static PyObject *
 response_head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2 || !PyList_Check(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "response_head(status: str, headers: list)");
+    if (nargs != 6 || !PyList_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "response_head(status: str, headers: list, body_len, head_only, http10, keep_alive)");
         return NULL;
     }
-    PyObject *status = args[0], *headers = args[1];
+    PyObject *status = args[0], *headers = args[1], *body_len = args[2];
+    int head_only = PyObject_IsTrue(args[3]), http10 = PyObject_IsTrue(args[4]), keep_alive = PyObject_IsTrue(args[5]);
+    if (head_only < 0 || http10 < 0 || keep_alive < 0)
+        return NULL;
     if (!PyUnicode_Check(status) || !PyUnicode_IS_ASCII(status)) {
         PyErr_Format(PyExc_ValueError, "invalid WSGI status %R", status);
         return NULL;
@@ -516,11 +544,12 @@ response_head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     int code = (s[0] - '0') * 100 + (s[1] - '0') * 10 + (s[2] - '0');
+    int bodyless = head_only || code < 200 || code == 204 || code == 304;
 
     /* first pass: check every header and size the head; Connection lines are left out */
     Py_ssize_t n = PyList_GET_SIZE(headers), size = 9 + status_len + 2;
     PyObject *length = NULL;  /* borrowed: the last Content-Length value */
-    int has_date = 0, close = 0;
+    int has_date = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *pair = PyList_GET_ITEM(headers, i);
         if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
@@ -546,7 +575,7 @@ response_head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         } else if (str_is(name, nn, "connection", 10)) {
             for (Py_ssize_t j = 0; j + 5 <= nv; j++)
                 if (strncasecmp((const char *)value + j, "close", 5) == 0)
-                    close = 1;
+                    keep_alive = 0;
             continue;
         } else if (str_is(name, nn, "transfer-encoding", 17)) {
             PyErr_SetString(PyExc_ValueError, "a WSGI application must not set Transfer-Encoding");
@@ -555,34 +584,57 @@ response_head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         size += nn + 2 + nv + 2;
     }
 
+    /* framing, as wsgi.Response._head chooses it */
+    char framing[64];
+    Py_ssize_t framing_len = 0;
+    int chunked = 0;
+    if (length == NULL && !bodyless) {
+        if (body_len != Py_None) {
+            Py_ssize_t known = PyLong_AsSsize_t(body_len);
+            if (known < 0 && PyErr_Occurred())
+                return NULL;
+            framing_len = snprintf(framing, sizeof(framing), "Content-Length: %zd\r\n", known);
+        } else if (http10) {
+            keep_alive = 0;
+        } else {
+            framing_len = snprintf(framing, sizeof(framing), "Transfer-Encoding: chunked\r\n");
+            chunked = 1;
+        }
+    }
+    if (!has_date)
+        refresh_date();
+    const char *connection = !keep_alive ? "Connection: close\r\n" : http10 ? "Connection: keep-alive\r\n" : "";
+    Py_ssize_t connection_len = (Py_ssize_t)strlen(connection);
+    size += framing_len + (has_date ? 0 : date_len) + connection_len + 2;
+
     /* second pass: copy */
     PyObject *head = PyBytes_FromStringAndSize(NULL, size);
     if (head == NULL)
         return NULL;
     char *out = PyBytes_AS_STRING(head);
-    memcpy(out, "HTTP/1.1 ", 9);
-    out += 9;
-    memcpy(out, s, status_len);
-    out += status_len;
-    memcpy(out, "\r\n", 2);
-    out += 2;
+#define PUT(data, len) (memcpy(out, (data), (len)), out += (len))
+    PUT("HTTP/1.1 ", 9);
+    PUT(s, status_len);
+    PUT("\r\n", 2);
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *pair = PyList_GET_ITEM(headers, i);
         PyObject *name = PyTuple_GET_ITEM(pair, 0), *value = PyTuple_GET_ITEM(pair, 1);
         Py_ssize_t nn = PyUnicode_GET_LENGTH(name), nv = PyUnicode_GET_LENGTH(value);
         if (str_is(PyUnicode_1BYTE_DATA(name), nn, "connection", 10))
             continue;
-        memcpy(out, PyUnicode_1BYTE_DATA(name), nn);
-        out += nn;
-        memcpy(out, ": ", 2);
-        out += 2;
-        memcpy(out, PyUnicode_1BYTE_DATA(value), nv);
-        out += nv;
-        memcpy(out, "\r\n", 2);
-        out += 2;
+        PUT(PyUnicode_1BYTE_DATA(name), nn);
+        PUT(": ", 2);
+        PUT(PyUnicode_1BYTE_DATA(value), nv);
+        PUT("\r\n", 2);
     }
-    return Py_BuildValue("(NiOOO)", head, code, length != NULL ? length : Py_None, has_date ? Py_True : Py_False,
-                         close ? Py_True : Py_False);
+    PUT(framing, framing_len);
+    if (!has_date)
+        PUT(date_line, date_len);
+    PUT(connection, connection_len);
+    PUT("\r\n", 2);
+#undef PUT
+    return Py_BuildValue("(NiOOOO)", head, code, length != NULL ? length : Py_None, bodyless ? Py_True : Py_False,
+                         chunked ? Py_True : Py_False, keep_alive ? Py_True : Py_False);
 }
 
 static PyMethodDef methods[] = {

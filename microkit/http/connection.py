@@ -17,7 +17,7 @@ from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from microkit.http.body import EMPTY, Input
 from microkit.http.errors import ERROR_RESPONSES, ClientDisconnected, HTTPError
-from microkit.http.io import recv_when_readable
+from microkit.http.io import recv_when_readable, timeout_setter
 from microkit.http.native import speedups
 from microkit.http.request import Request
 from microkit.http.wsgi import Response, build_environ, environ_key
@@ -47,6 +47,7 @@ class Connection:
         self._body_timeout = limits.header_timeout if limits.body_timeout is None else limits.body_timeout
         self._sock = sock
         self._raw = getattr(sock, "_sock", sock)
+        self._settimeout = timeout_setter(sock)
         peer = address if isinstance(address, tuple) else ("", 0)
         self._base = {**server.environ, "REMOTE_ADDR": peer[0], "REMOTE_PORT": str(peer[1])}
         self._parser: HttpRequestParser | None = None if _parse_head is not None else HttpRequestParser(self)
@@ -286,7 +287,7 @@ class Connection:
             try:
                 if timeout <= 0:
                     raise TimeoutError
-                sock.settimeout(timeout)
+                self._settimeout(timeout)
                 data = recv_when_readable(sock, self._raw, RECV_SIZE)
             except TimeoutError:
                 if self._headers is not None or self._stall or self._buf:
@@ -344,7 +345,7 @@ class Connection:
         started = perf_counter() if log is not None else 0.0
         self.busy = True
         server.active_requests += 1
-        self._sock.settimeout(self._limits.header_timeout)
+        self._settimeout(self._limits.header_timeout)
         status = None
         try:
             if self._raw_handler is not None:

@@ -138,8 +138,8 @@ def _date_bytes() -> bytes:
 
 
 def scan_headers(status: str, headers: list) -> tuple[bytes, int, str | None, bool, bool]:
-    """Check a WSGI status and header list and serialise them (the pure-Python twin of
-    `_speedups.response_head`): (status line and header lines but Connection, code, the last
+    """Check a WSGI status and header list and serialise them (the pure-Python path; the compiled one
+    is `_speedups.response_head`, which also adds the framing): (status line and header lines but Connection, code, the last
     Content-Length value or None, whether a Date header is there, whether Connection asks to close)."""
     code = _STATUS_CODES.get(status) or int(status[:3])
     parts = ["HTTP/1.1 ", status, "\r\n"]
@@ -238,7 +238,18 @@ class Response:
         status = self.status
         if status is None:
             raise AssertionError("the application did not call start_response")
-        head, code, length, has_date, close = (_response_head or scan_headers)(status, self.headers)
+        if _response_head is not None:
+            head, code, length, bodyless, self._chunked, self.keep_alive = _response_head(
+                status, self.headers, body_len, self._head_only, self._http10, self.keep_alive and not self._closing())
+            self._bodyless = bodyless
+            if length is not None:
+                self._length = _content_length(length)
+            elif not bodyless and body_len is not None:
+                self._length = body_len
+            self.code = code
+            self.headers_sent = True
+            return head
+        head, code, length, has_date, close = scan_headers(status, self.headers)
         self._bodyless = self._head_only or code < 200 or code == 204 or code == 304
         if close:
             self.keep_alive = False

@@ -283,7 +283,7 @@ class Connection:
         if timer is None:
             timer = self._idle_timer = get_hub().loop.timer(self._limits.keepalive_timeout)
         self._settimeout(None)
-        timer.start(self.greenlet.throw, TimeoutError)
+        timer.start(self.greenlet.throw, TimeoutError, update=True)  # from now, not from the loop's last turn
         try:
             return recv_when_readable(self._sock, self._raw, RECV_SIZE)
         finally:

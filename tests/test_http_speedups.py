@@ -283,3 +283,15 @@ def test_the_keepalive_wait_counts_from_its_start_after_a_busy_loop():
         assert reader.response()[0] == 200
         sock.sendall(b"GET /fast HTTP/1.1\r\nHost: x\r\n\r\n")
         assert reader.response()[0] == 200
+
+
+def test_every_keepalive_wait_gets_the_whole_timeout():
+    """Requests 0.25 s apart with keepalive_timeout 0.6: the idle timer is re-armed in full each time."""
+    import time
+
+    with ServerThread(summary, limits=Limits(keepalive_timeout=0.6)) as st, connect(st.port) as sock:
+        reader = Reader(sock)
+        for _ in range(5):
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert reader.response()[0] == 200
+            time.sleep(0.25)

@@ -281,9 +281,13 @@ class Connection:
         watcher and eight Python calls, about 5% of a small request's instructions."""
         timer = self._idle_timer
         if timer is None:
-            timer = self._idle_timer = get_hub().loop.timer(self._limits.keepalive_timeout)
+            # priority -1, as gevent's Timeout: bytes that arrived in the same loop turn win over the timer
+            seconds = self._limits.keepalive_timeout
+            timer = self._idle_timer = get_hub().loop.timer(seconds, seconds, priority=-1)
         self._settimeout(None)
-        timer.start(self.greenlet.throw, TimeoutError, update=True)  # from now, not from the loop's last turn
+        # again(), not start(): libev's start() would resume the time left when the timer was last stopped;
+        # update: count from now, not from the loop turn's start, which a busy turn leaves far behind
+        timer.again(self.greenlet.throw, TimeoutError, update=True)
         try:
             return recv_when_readable(self._sock, self._raw, RECV_SIZE)
         finally:

@@ -295,3 +295,25 @@ def test_every_keepalive_wait_gets_the_whole_timeout():
             sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             assert reader.response()[0] == 200
             time.sleep(0.25)
+
+
+def test_a_raw_handler_renders_refusals_with_their_method_and_target(path):
+    """The `refused` hook (the gateway's JSON errors and access lines) sees what the refused head began with."""
+    seen = []
+
+    class Handler:
+        def __call__(self, request):
+            return None
+
+        def refused(self, status, message, request, method, target):
+            seen.append((status, method, target))
+            return b"HTTP/1.1 %d No\r\nContent-Length: 0\r\nConnection: close\r\n\r\n" % status
+
+    limits = Limits(max_header_bytes=1024)
+    with ServerThread(summary, limits=limits, raw_handler=Handler()) as st:
+        for data in (b"GET /big HTTP/1.1\r\nHost: x\r\nX-Big: " + b"v" * 2000 + b"\r\n\r\n",
+                     b"GET /two HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"):
+            with connect(st.port) as sock:
+                sock.sendall(data)
+                Reader(sock).response()
+    assert seen == [(431, "GET", b"/big"), (400, "GET", b"/two")]

@@ -206,7 +206,7 @@ class Connection:
             try:
                 head = _parse_head(buf, limits.max_request_line, limits.max_header_bytes, limits.max_headers)
             except HTTPError as error:
-                self._buf = b""
+                self._buf = buf  # kept for the refusal's log line; the connection ends after it
                 self._url = _request_line(buf)[1]
                 self._reject(error)
                 return
@@ -445,6 +445,14 @@ class Connection:
 
     def run(self) -> None:
         """Answer requests in order until the client, an error, a limit or a drain ends the connection."""
+        try:
+            self._serve()
+        finally:
+            if self._idle_timer is not None:
+                self._idle_timer.close()
+
+    def _serve(self) -> None:
+        """The request loop of run(), then the lingering close."""
         unread = False  # whether the client may still be sending a request we did not read
         while True:
             item = self._next()
@@ -465,8 +473,6 @@ class Connection:
                 break
             if self._headers is not None or self._buf:
                 self._deadline = monotonic() + self._limits.header_timeout
-        if self._idle_timer is not None:
-            self._idle_timer.close()
         if not self._eof:
             self._linger(unread)
 

@@ -317,3 +317,26 @@ def test_a_raw_handler_renders_refusals_with_their_method_and_target(path):
                 sock.sendall(data)
                 Reader(sock).response()
     assert seen == [(431, "GET", b"/big"), (400, "GET", b"/two")]
+
+
+@needs_speedups
+def test_a_head_trickled_in_tiny_pieces_is_not_parsed_again_for_each(monkeypatch):
+    """The compiled parser reads a head from its start: pieces without a blank line do not each cost a
+    parse (a slowloris client must not turn 32 KB of header into 32,000 parses of it)."""
+    import time
+
+    calls = []
+
+    def counting(*args):
+        calls.append(len(args[0]))
+        return speedups.parse_head(*args)
+
+    monkeypatch.setattr(connection, "_parse_head", counting)
+    with ServerThread(summary) as st, connect(st.port) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Long: ")
+        for _ in range(600):
+            sock.sendall(b"v")
+            time.sleep(0.0005)
+        sock.sendall(b"\r\n\r\n")
+        assert Reader(sock).response()[0] == 200
+    assert len(calls) < 20

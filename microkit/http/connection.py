@@ -52,6 +52,7 @@ class Connection:
         self._base = {**server.environ, "REMOTE_ADDR": peer[0], "REMOTE_PORT": str(peer[1])}
         self._parser: HttpRequestParser | None = None if _parse_head is not None else HttpRequestParser(self)
         self._buf = b""  # bytes of a head not yet complete, while the compiled parser reads the connection
+        self._parsed = 0  # len(self._buf) when it was last parsed
         self._ready: deque = deque()
         self._headers: list[tuple[bytes, bytes]] | None = None
         self._keys: list[str] = []
@@ -198,9 +199,26 @@ class Connection:
 
     def _feed_heads(self, data: bytes) -> None:
         """Parse bytes with the compiled parser: every whole head of a request without a body becomes a
-        Request; a head announcing a body or a protocol switch hands this and all later bytes to llhttp."""
-        buf = self._buf + data if self._buf else data
+        Request; a head announcing a body or a protocol switch hands this and all later bytes to llhttp.
+
+        The parser reads a head from its start each time, so a head arriving in many small pieces is
+        parsed again only once it may be complete (a blank line arrived) or has doubled in size since
+        the last parse: linear work however it is split. CR/LF before a head are dropped here and, as
+        on the llhttp path, count as a stalled line."""
         limits = self._limits
+        if self._buf:
+            buf = self._buf + data
+            if len(buf) < 2 * self._parsed and b"\r\n\r\n" not in buf[-len(data) - 3:]:
+                self._buf = buf
+                return
+        elif data[:1] in b"\r\n":
+            buf = data.lstrip(b"\r\n")
+            self._stall += len(data) - len(buf)
+            if self._stall > limits.max_header_bytes:
+                self._reject(HTTPError(431, "header line too long"))
+                return
+        else:
+            buf = data
         completed = False
         while buf:
             try:
@@ -222,8 +240,10 @@ class Connection:
                                         self._base, self._send, self._closing), None))
             buf = buf[consumed:]
             completed = True
+            self._stall = 0
         self._buf = buf
-        if not buf:
+        self._parsed = len(buf)
+        if not buf and not self._stall:
             self._deadline = None
         elif completed:
             self._deadline = monotonic() + limits.header_timeout

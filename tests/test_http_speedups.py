@@ -242,7 +242,8 @@ def rss_kb() -> int:
 def test_no_memory_growth_over_many_calls_including_refusals():
     """Reference counting: 100,000 rounds of every function, errors included, must not grow the process."""
     good = b"GET /a?b HTTP/1.1\r\nHost: x\r\nConnection: a\r\nConnection: b\r\nX_Y: 1\r\nX-A: 1\r\n\r\n"
-    bad = [b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", b"GET / HTTP/1.1\r\nX-A: \x01\r\n\r\n", b"FOO / HTTP/1.1\r\n"]
+    bad = [b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", b"GET / HTTP/1.1\r\nX-A: \x01\r\n\r\n",
+           b"FOO / HTTP/1.1\r\n"]
     headers = [("Content-Type", "text/plain"), ("Content-Length", "2"), ("Connection", "close")]
 
     def rounds(n: int) -> None:

@@ -1,7 +1,7 @@
 /* The HTTP engine's per-request work in C: parse a request head in one call, add its headers to a WSGI
- * environ, and check and serialise a response head. microkit/http/native.py loads this module when
- * it is built and MICROKIT_PURE_PYTHON is not 1; the pure-Python path (llhttp callbacks, wsgi.py)
- * does the same work otherwise, with the same refusals.
+ * environ, and check and write a response head with its framing. microkit/http/native.py loads this
+ * module when it is built and MICROKIT_PURE_PYTHON is not 1; the pure-Python path (llhttp callbacks,
+ * wsgi.py) does the same work otherwise, with the same refusals.
  *
  * parse_head() takes only heads of requests without a body: it answers True for a complete head that
  * announces a body (Content-Length other than 0, Transfer-Encoding) or a protocol switch (Upgrade,
@@ -46,6 +46,7 @@ static const char *METHOD_NAMES[] = {
 };
 #define N_METHODS (sizeof(METHOD_NAMES) / sizeof(METHOD_NAMES[0]))
 #define LONGEST_METHOD 11
+#define CONNECT 7  /* its index above: llhttp treats CONNECT as a protocol switch */
 static PyObject *method_objects[N_METHODS];
 
 /* The str for a method, borrowed; NULL if llhttp does not know it. */
@@ -382,7 +383,7 @@ parse_head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         refuse(400, "missing Host");
         goto done;
     }
-    if (has_body || upgrade || method == method_objects[7] /* CONNECT */) {
+    if (has_body || upgrade || method == method_objects[CONNECT]) {
         result = Py_NewRef(Py_True);
         goto done;
     }
@@ -523,7 +524,8 @@ static PyObject *
 response_head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 6 || !PyList_Check(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "response_head(status: str, headers: list, body_len, head_only, http10, keep_alive)");
+        PyErr_SetString(PyExc_TypeError,
+                        "response_head(status: str, headers: list, body_len, head_only, http10, keep_alive)");
         return NULL;
     }
     PyObject *status = args[0], *headers = args[1], *body_len = args[2];

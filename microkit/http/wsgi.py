@@ -138,9 +138,10 @@ def _date_bytes() -> bytes:
 
 
 def scan_headers(status: str, headers: list) -> tuple[bytes, int, str | None, bool, bool]:
-    """Check a WSGI status and header list and serialise them (the pure-Python path; the compiled one
-    is `_speedups.response_head`, which also adds the framing): (status line and header lines but Connection, code, the last
-    Content-Length value or None, whether a Date header is there, whether Connection asks to close)."""
+    """Check a WSGI status and header list and serialise them, on the pure-Python path (the compiled
+    one, `_speedups.response_head`, also adds the framing): (the status line and every header line but
+    Connection, the code, the last Content-Length value or None, whether a Date header is there,
+    whether a Connection header asks to close)."""
     code = _STATUS_CODES.get(status) or int(status[:3])
     parts = ["HTTP/1.1 ", status, "\r\n"]
     length = None

@@ -2,9 +2,13 @@
 
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
 
 HERE = Path(__file__).parent
+
+# The HTTP engine's compiled hot path. Optional: where it cannot be built (no C compiler), pip still
+# installs microkit and the engine runs its pure-Python path (microkit/http/native.py).
+SPEEDUPS = Extension("microkit.http._speedups", ["microkit/http/_speedups.c"], optional=True)
 
 
 def read_version() -> str:
@@ -23,6 +27,7 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["microkit", "microkit.*"]) + ["microkit.templates"],
     package_dir={"microkit.templates": "templates"},
+    ext_modules=[SPEEDUPS],
     include_package_data=True,
     package_data={"microkit.templates": ["**/*", "**/.gitignore"], "microkit.dashboard": ["static/*"]},
     install_requires=[

@@ -89,6 +89,12 @@ def run_worker_iouring(app_spec: str, host: str, port: int) -> subprocess.Popen:
     return run_worker_process(app_spec, host, port, env={"GEVENT_BACKEND": "linux_iouring,epoll"})
 
 
+def run_worker_pure(app_spec: str, host: str, port: int) -> subprocess.Popen:
+    """The same `microkit up` worker on the engine's pure-Python path (`MICROKIT_PURE_PYTHON=1`): what the
+    compiled hot path (microkit/http/_speedups.c) buys."""
+    return run_worker_process(app_spec, host, port, env={"MICROKIT_PURE_PYTHON": "1"})
+
+
 def worker_pid(proc: subprocess.Popen) -> int:
     """The pid that serves: a `microkit up` process's only child, else the process itself."""
     children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
@@ -229,6 +235,7 @@ def load_python(port: int, duration: int, connections: int, path: str = "/") -> 
 SERVERS = {
     "microkit": (run_worker_process, None),
     "microkit io_uring": (run_worker_iouring, None),
+    "microkit pure": (run_worker_pure, None),
     "gunicorn -k gevent": (run_gunicorn, "gunicorn"),
     "granian": (run_granian, "granian"),
     "bjoern": (run_bjoern, "bjoern"),
@@ -346,6 +353,9 @@ def main() -> int:
                 ratios = [m[0] / o[0] for m, o in zip(runs[ours], runs[other])]
                 goal = f"  (target >= {TARGETS[other]}x)" if other in TARGETS else ""
                 print(f"{ours + ' / ' + other:39s} {spread(ratios, '{:.2f}x')}{goal}")
+            if ours != "microkit" and "microkit" in runs:
+                ratios = [m[0] / o[0] for m, o in zip(runs["microkit"], runs[ours])]
+                print(f"{'microkit / ' + ours:39s} {spread(ratios, '{:.2f}x')}")
             if workload == "wait":
                 p50 = statistics.median(row[1] for row in runs[ours])
                 print(f"{ours} p50 on the {WAIT_MS:g} ms wait: {p50:.2f} ms, {p50 - WAIT_MS:+.2f} ms over the wait "

@@ -19,7 +19,8 @@ registered by `microkit up --no-gateway`. Access logs are off.
   the kernel is not counted.
 - pyspy: wrk drives the server for `--duration` seconds while py-spy samples it (`--nonblocking`);
   printed are the Python functions by their share of samples, self and inclusive.
-Every process started is stopped on exit; every step is bounded.
+The server inherits the environment: `MICROKIT_PURE_PYTHON=1` profiles the engine's pure-Python path
+instead of its compiled one. Every process started is stopped on exit; every step is bounded.
 """
 
 from __future__ import annotations

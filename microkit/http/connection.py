@@ -1,4 +1,9 @@
-"""One client connection: llhttp parses requests into a queue, and they are answered strictly in order."""
+"""One client connection: requests are parsed into a queue and answered strictly in order.
+
+With the compiled hot path (microkit/http/native.py) whole heads of requests without a body are parsed
+in one call each; the first request with a body or a protocol switch hands the connection's bytes to
+llhttp, which parses everything from there on, as it parses everything in the pure-Python path.
+"""
 
 import sys
 import traceback
@@ -7,12 +12,13 @@ from collections.abc import Callable
 from socket import SHUT_WR
 from time import monotonic, perf_counter
 
-from gevent import getcurrent
+from gevent import get_hub, getcurrent
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from microkit.http.body import EMPTY, Input
 from microkit.http.errors import ERROR_RESPONSES, ClientDisconnected, HTTPError
-from microkit.http.io import recv_when_readable
+from microkit.http.io import recv_when_readable, timeout_setter
+from microkit.http.native import speedups
 from microkit.http.request import Request
 from microkit.http.wsgi import Response, build_environ, environ_key
 
@@ -24,6 +30,7 @@ _UNIQUE = frozenset(("CONTENT_LENGTH", "HTTP_TRANSFER_ENCODING", "HTTP_HOST"))
 _TRACKED = _UNIQUE | {"HTTP_EXPECT", "HTTP_CONNECTION"}
 _METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")}
 _PROTOCOLS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0"}
+_parse_head = speedups.parse_head if speedups is not None else None
 
 
 class Connection:
@@ -40,9 +47,12 @@ class Connection:
         self._body_timeout = limits.header_timeout if limits.body_timeout is None else limits.body_timeout
         self._sock = sock
         self._raw = getattr(sock, "_sock", sock)
+        self._settimeout = timeout_setter(sock)
         peer = address if isinstance(address, tuple) else ("", 0)
         self._base = {**server.environ, "REMOTE_ADDR": peer[0], "REMOTE_PORT": str(peer[1])}
-        self._parser = HttpRequestParser(self)
+        self._parser: HttpRequestParser | None = None if _parse_head is not None else HttpRequestParser(self)
+        self._buf = b""  # bytes of a head not yet complete, while the compiled parser reads the connection
+        self._parsed = 0  # len(self._buf) when it was last parsed
         self._ready: deque = deque()
         self._headers: list[tuple[bytes, bytes]] | None = None
         self._keys: list[str] = []
@@ -60,6 +70,7 @@ class Connection:
         self._reading: Input = EMPTY
         self.busy = False
         self.greenlet = getcurrent()
+        self._idle_timer = None
 
     # llhttp callbacks: they run inside feed_data and raise HTTPError to reject a request.
 
@@ -186,6 +197,57 @@ class Connection:
         if self._stall > self._limits.max_header_bytes:
             self._reject(HTTPError(431, "header line too long"))
 
+    def _feed_heads(self, data: bytes) -> None:
+        """Parse bytes with the compiled parser: every whole head of a request without a body becomes a
+        Request; a head announcing a body or a protocol switch hands this and all later bytes to llhttp.
+
+        The parser reads a head from its start each time, so a head arriving in many small pieces is
+        parsed again only once it may be complete (a blank line arrived) or has doubled in size since
+        the last parse: linear work however it is split. CR/LF before a head are dropped here and, as
+        on the llhttp path, count as a stalled line."""
+        limits = self._limits
+        if self._buf:
+            buf = self._buf + data
+            if len(buf) < 2 * self._parsed and b"\r\n\r\n" not in buf[-len(data) - 3:]:
+                self._buf = buf
+                return
+        elif data[:1] in b"\r\n":
+            buf = data.lstrip(b"\r\n")
+            self._stall += len(data) - len(buf)
+            if self._stall > limits.max_header_bytes:
+                self._reject(HTTPError(431, "header line too long"))
+                return
+        else:
+            buf = data
+        completed = False
+        while buf:
+            try:
+                head = _parse_head(buf, limits.max_request_line, limits.max_header_bytes, limits.max_headers)
+            except HTTPError as error:
+                self._buf = buf  # kept for the refusal's log line; the connection ends after it
+                self._url = _request_line(buf)[1]
+                self._reject(error)
+                return
+            if head is None:
+                break
+            if head is True:
+                self._buf = b""
+                self._parser = HttpRequestParser(self)
+                self._feed(buf)
+                return
+            consumed, method, target, version, headers, keys, special, keep_alive = head
+            self._ready.append((Request(method, target, version, headers, keys, special, None, False, EMPTY, keep_alive,
+                                        self._base, self._send, self._closing), None))
+            buf = buf[consumed:]
+            completed = True
+            self._stall = 0
+        self._buf = buf
+        self._parsed = len(buf)
+        if not buf and not self._stall:
+            self._deadline = None
+        elif completed:
+            self._deadline = monotonic() + limits.header_timeout
+
     def _fill(self) -> None:
         """Read more of a request body from the socket (wsgi.input calls this)."""
         sock = self._sock
@@ -233,6 +295,24 @@ class Connection:
         """Whether the response being started must end the connection (drain, or a body never asked for)."""
         return self._server.draining or self._reading.awaiting_continue
 
+    def _wait_idle(self) -> bytes:
+        """Read the start of the next request, waiting up to keepalive_timeout (TimeoutError after it).
+        One timer per connection, re-armed for each wait: a gevent Timeout per wait is a new libev
+        watcher and eight Python calls, about 5% of a small request's instructions."""
+        timer = self._idle_timer
+        if timer is None:
+            # priority -1, as gevent's Timeout: bytes that arrived in the same loop turn win over the timer
+            seconds = self._limits.keepalive_timeout
+            timer = self._idle_timer = get_hub().loop.timer(seconds, seconds, priority=-1)
+        self._settimeout(None)
+        # again(), not start(): libev's start() would resume the time left when the timer was last stopped;
+        # update: count from now, not from the loop turn's start, which a busy turn leaves far behind
+        timer.again(self.greenlet.throw, TimeoutError, update=True)
+        try:
+            return recv_when_readable(self._sock, self._raw, RECV_SIZE)
+        finally:
+            timer.stop()
+
     def _next(self) -> tuple | None:
         """Wait for the next complete request head; None when the connection should end."""
         ready = self._ready
@@ -242,14 +322,17 @@ class Connection:
             if self._dead:
                 return None
             deadline = self._deadline
-            timeout = limits.keepalive_timeout if deadline is None else deadline - monotonic()
             try:
-                if timeout <= 0:
-                    raise TimeoutError
-                sock.settimeout(timeout)
-                data = recv_when_readable(sock, self._raw, RECV_SIZE)
+                if deadline is None:
+                    data = self._wait_idle()
+                else:
+                    timeout = deadline - monotonic()
+                    if timeout <= 0:
+                        raise TimeoutError
+                    self._settimeout(timeout)
+                    data = recv_when_readable(sock, self._raw, RECV_SIZE)
             except TimeoutError:
-                if self._headers is not None or self._stall:
+                if self._headers is not None or self._stall or self._buf:
                     self._refuse(HTTPError(408))
                 return None
             except OSError:
@@ -261,7 +344,10 @@ class Connection:
             if self._deadline is None:
                 # any byte starts the header clock: blank lines llhttp skips must not renew an idle wait forever
                 self._deadline = monotonic() + limits.header_timeout
-            self._feed(data)
+            if self._parser is None:
+                self._feed_heads(data)
+            else:
+                self._feed(data)
         return ready.popleft()
 
     def _send_error(self, error: HTTPError, request: Request | None = None) -> None:
@@ -270,6 +356,8 @@ class Connection:
         if self._refused is not None:
             if request is not None:
                 method, target = request.method, request.target
+            elif self._parser is None:
+                method, target = _request_line(self._buf)[0], self._url
             else:
                 method = self._parser.get_method().decode("latin-1") if self._headers is not None else "-"
                 target = self._url
@@ -299,7 +387,7 @@ class Connection:
         started = perf_counter() if log is not None else 0.0
         self.busy = True
         server.active_requests += 1
-        self._sock.settimeout(self._limits.header_timeout)
+        self._settimeout(self._limits.header_timeout)
         status = None
         try:
             if self._raw_handler is not None:
@@ -377,11 +465,19 @@ class Connection:
 
     def run(self) -> None:
         """Answer requests in order until the client, an error, a limit or a drain ends the connection."""
+        try:
+            self._serve()
+        finally:
+            if self._idle_timer is not None:
+                self._idle_timer.close()
+
+    def _serve(self) -> None:
+        """The request loop of run(), then the lingering close."""
         unread = False  # whether the client may still be sending a request we did not read
         while True:
             item = self._next()
             if item is None:
-                unread = self._headers is not None or self._stall > 0
+                unread = self._headers is not None or self._stall > 0 or bool(self._buf)
                 break
             request, error = item
             if request is None:
@@ -395,7 +491,15 @@ class Connection:
             if not self._dispatch(request):
                 unread = not request.input.done
                 break
-            if self._headers is not None:
+            if self._headers is not None or self._buf:
                 self._deadline = monotonic() + self._limits.header_timeout
         if not self._eof:
             self._linger(unread)
+
+
+def _request_line(buf: bytes) -> tuple[str, bytes]:
+    """(method, target) as far as they can be read from the start of a refused head, for its log line."""
+    words = buf.lstrip(b"\r\n").partition(b"\r\n")[0].split(b" ", 2)
+    if len(words) < 2:
+        return "-", b""
+    return words[0].decode("latin-1"), words[1]

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
+from functools import partial
+
+from gevent._socketcommon import SocketMixin
+
+_SET_TIMEOUT = SocketMixin.timeout.__set__
 
 
 def recv_when_readable(sock: socket.socket, raw: socket.socket, size: int) -> bytes:
@@ -19,3 +25,12 @@ def recv_when_readable(sock: socket.socket, raw: socket.socket, size: int) -> by
             return raw.recv(size)
         except BlockingIOError:
             continue
+
+
+def timeout_setter(sock) -> Callable[[float], None]:
+    """`sock.settimeout` for the engine's own timeouts, which are always valid floats: on a gevent socket
+    it sets the `timeout` slot its waits read, skipping settimeout's checks (twice a request, about 3% of
+    a small request's instructions). Any other socket (a TLS stream) keeps its own settimeout."""
+    if isinstance(sock, SocketMixin):
+        return partial(_SET_TIMEOUT, sock)
+    return sock.settimeout

@@ -6,8 +6,12 @@ from email.utils import formatdate
 from time import time
 from urllib.parse import unquote_to_bytes
 
+from microkit.http.native import speedups
+
+_add_headers = speedups.add_headers if speedups is not None else None
+_response_head = speedups.response_head if speedups is not None else None
 _KEYS: dict[bytes, str] = {}
-_DATE = [0, ""]
+_DATE = [0, "", b""]  # second, `Date` line as text and as bytes
 TARGET_CACHE_SIZE = 1024
 TARGET_CACHE_LENGTH = 256
 _TARGETS: dict[bytes, tuple[str, str, str]] = {}  # request target -> split_target(target), for repeated targets
@@ -57,12 +61,15 @@ def build_environ(base: dict, request) -> dict:
     the engine's Request, whose raw header list lets a proxy rebuild the head without the environ.
     An `X-Forwarded-Prefix` header sets SCRIPT_NAME (`set_script_name`)."""
     env = base.copy()
-    for key, (_, value) in zip(request.keys, request.headers):
-        text = value.decode("latin-1")
-        if key in env:
-            env[key] += ", " + text
-        else:
-            env[key] = text
+    if _add_headers is not None:
+        _add_headers(env, request.keys, request.headers)
+    else:
+        for key, (_, value) in zip(request.keys, request.headers):
+            text = value.decode("latin-1")
+            if key in env:
+                env[key] += ", " + text
+            else:
+                env[key] = text
     if request.chunked:
         del env["HTTP_TRANSFER_ENCODING"]
         env["microkit.chunked"] = True
@@ -118,8 +125,65 @@ def _date_line() -> str:
     """The `Date` header line, formatted at most once per second."""
     now = int(time())
     if now != _DATE[0]:
-        _DATE[0], _DATE[1] = now, f"Date: {formatdate(now, usegmt=True)}\r\n"
+        line = f"Date: {formatdate(now, usegmt=True)}\r\n"
+        _DATE[:] = now, line, line.encode()
     return _DATE[1]
+
+
+def _date_bytes() -> bytes:
+    """The `Date` header line as bytes."""
+    if int(time()) != _DATE[0]:
+        _date_line()
+    return _DATE[2]
+
+
+def scan_headers(status: str, headers: list) -> tuple[bytes, int, str | None, bool, bool]:
+    """Check a WSGI status and header list and serialise them, on the pure-Python path (the compiled
+    one, `_speedups.response_head`, also adds the framing): (the status line and every header line but
+    Connection, the code, the last Content-Length value or None, whether a Date header is there,
+    whether a Connection header asks to close)."""
+    code = _STATUS_CODES.get(status) or int(status[:3])
+    parts = ["HTTP/1.1 ", status, "\r\n"]
+    length = None
+    has_date = close = False
+    lines = 1
+    for name, value in headers:
+        lower = _LOWER.get(name)
+        if lower is None:
+            lower = name.lower()
+            if len(_LOWER) < 512:
+                _LOWER[name] = lower
+        if lower in _FRAMING:
+            if lower == "content-length":
+                length = value
+            elif lower == "date":
+                has_date = True
+            elif lower == "connection":
+                close = close or "close" in value.lower()
+                continue
+            else:
+                raise ValueError("a WSGI application must not set Transfer-Encoding")
+        parts += (name, ": ", value, "\r\n")
+        lines += 1
+    if length is not None:
+        _content_length(length)
+    head = "".join(parts)
+    if head.count("\n") != lines or head.count("\r") != lines:
+        raise ValueError("CR or LF inside a response status or header")
+    return head.encode("latin-1"), code, length, has_date, close
+
+
+def _content_length(value: str) -> int:
+    """The number a response's Content-Length header gives (ValueError unless it is all ASCII digits)."""
+    number = _LENGTHS.get(value)
+    if number is None:
+        if type(value) is not str or not (value.isascii() and value.isdigit()):
+            raise ValueError(f"invalid Content-Length {value!r}")
+        number = int(value)
+        if len(_LENGTHS) >= 1024:
+            _LENGTHS.clear()
+        _LENGTHS[value] = number
+    return number
 
 
 class Response:
@@ -175,73 +239,46 @@ class Response:
         status = self.status
         if status is None:
             raise AssertionError("the application did not call start_response")
-        code = _STATUS_CODES.get(status) or int(status[:3])
+        if _response_head is not None:
+            head, code, length, bodyless, self._chunked, self.keep_alive = _response_head(
+                status, self.headers, body_len, self._head_only, self._http10, self.keep_alive and not self._closing())
+            self._bodyless = bodyless
+            if length is not None:
+                self._length = _content_length(length)
+            elif not bodyless and body_len is not None:
+                self._length = body_len
+            self.code = code
+            self.headers_sent = True
+            return head
+        head, code, length, has_date, close = scan_headers(status, self.headers)
         self._bodyless = self._head_only or code < 200 or code == 204 or code == 304
-        parts = ["HTTP/1.1 ", status, "\r\n"]
-        length = None
-        has_date = False
-        lines = 1
-        for name, value in self.headers:
-            lower = _LOWER.get(name)
-            if lower is None:
-                lower = name.lower()
-                if len(_LOWER) < 512:
-                    _LOWER[name] = lower
-            if lower in _FRAMING:
-                if lower == "content-length":
-                    length = value
-                elif lower == "date":
-                    has_date = True
-                elif lower == "connection":
-                    if "close" in value.lower():
-                        self.keep_alive = False
-                    continue
-                else:
-                    raise ValueError("a WSGI application must not set Transfer-Encoding")
-            parts += (name, ": ", value, "\r\n")
-            lines += 1
+        if close:
+            self.keep_alive = False
         if length is not None:
-            number = _LENGTHS.get(length)
-            if number is None:
-                if type(length) is not str or not (length.isascii() and length.isdigit()):
-                    raise ValueError(f"invalid Content-Length {length!r}")
-                number = int(length)
-                if len(_LENGTHS) >= 1024:
-                    _LENGTHS.clear()
-                _LENGTHS[length] = number
-            self._length = number
+            self._length = _content_length(length)
         elif self._bodyless:
             pass
         elif body_len is not None:
-            parts.append(f"Content-Length: {body_len}\r\n")
-            lines += 1
+            head += b"Content-Length: %d\r\n" % body_len
             self._length = body_len
         elif self._http10:
             self.keep_alive = False
         else:
-            parts.append("Transfer-Encoding: chunked\r\n")
-            lines += 1
+            head += b"Transfer-Encoding: chunked\r\n"
             self._chunked = True
         if not has_date:
-            parts.append(_date_line())
-            lines += 1
+            head += _date_bytes()
         if self.keep_alive and self._closing():
             self.keep_alive = False
         if not self.keep_alive:
-            parts.append("Connection: close\r\n")
-            lines += 1
+            head += b"Connection: close\r\n\r\n"
         elif self._http10:
-            parts.append("Connection: keep-alive\r\n")
-            lines += 1
-        parts.append("\r\n")
-        lines += 1
-        head = "".join(parts)
-        if head.count("\n") != lines or head.count("\r") != lines:
-            raise ValueError("CR or LF inside a response status or header")
-        data = head.encode("latin-1")
+            head += b"Connection: keep-alive\r\n\r\n"
+        else:
+            head += b"\r\n"
         self.code = code
         self.headers_sent = True
-        return data
+        return head
 
     def _emit(self, head: bytes, data: bytes) -> None:
         """Send the head (if any) and one body piece in a single sendall, framed and length-checked."""

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO
-from http_helpers import Reader, ServerThread, connect
+from support.cli import REPO
+from support.http import Reader, ServerThread, connect
 from microkit.http import HTTPError, Limits, connection, wsgi
 from microkit.http.native import speedups
 
-ENGINE_TESTS = ["tests/test_http_engine.py", "tests/test_http_strict.py", "tests/test_http_wsgi.py", __file__]
+ENGINE_TESTS = ["tests/integration/test_http_engine.py", "tests/integration/test_http_strict.py",
+                "tests/unit/test_http_wsgi.py", __file__]
 PURE = os.environ.get("MICROKIT_PURE_PYTHON") == "1"
 needs_speedups = pytest.mark.skipif(speedups is None, reason="the compiled hot path is not in use")
 

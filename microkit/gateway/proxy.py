@@ -142,6 +142,20 @@ class RetryBudget:
 
 
 _FORWARDED = frozenset({"HTTP_X_FORWARDED_FOR", "HTTP_X_FORWARDED_PROTO", "HTTP_X_FORWARDED_HOST"})
+_DROPPED: dict[str, bool] = {}  # environ key -> whether request_head drops it (whatever Connection names)
+_METHODS = {method: method.encode() for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")}
+_SCHEMES = {"http": b"http", "https": b"https"}
+
+
+def _scheme(name: str) -> bytes:
+    return _SCHEMES.get(name) or name.encode("latin-1")
+
+
+def _dropped(key: str) -> bool:
+    dropped = key in _DROP_KEYS or key.startswith(_DROP_PREFIXES)
+    if len(_DROPPED) < 1024:
+        _DROPPED[key] = dropped
+    return dropped
 
 
 def _connection_keys(value: bytes | None) -> frozenset[str]:
@@ -187,7 +201,10 @@ class Proxy:
         """Send the request to an instance and read the response head; the caller relays the body and
         must `upstream.outstanding -= 1` and `response.release()`. Raises ProxyError (413/502/503/504)."""
         method = request.method
-        body, chunked, replayable = self._request_body(request, max_body)
+        if request.content_length or request.chunked:
+            body, chunked, replayable = self._request_body(request, max_body)
+        else:
+            body, chunked, replayable = None, False, True
         resend = replayable and method in IDEMPOTENT
         self.budget.earn()
         deadline = time.monotonic() + timeout
@@ -263,17 +280,22 @@ class Proxy:
         """(the upstream request head, the request id): the client's header lines as received, minus
         hop-by-hop ones, plus Host when the client sent none, X-Forwarded-* and X-Request-Id, and any
         `extra` lines (each ending in CRLF). `rid` None keeps a sane client X-Request-ID or makes one."""
-        named = _connection_keys(request.connection)
-        drop = _DROP_KEYS | named if named else _DROP_KEYS
-        parts = [request.method.encode("latin-1"), b" ", target, b" HTTP/1.1\r\n"]
+        named = _connection_keys(request.connection) if request.connection is not None else None
+        method = request.method
+        parts = [_METHODS.get(method) or method.encode("latin-1"), b" ", target, b" HTTP/1.1\r\n"]
         given: list[bytes] = []
         forwarded: dict[str, bytes] = {}
         for key, (name, value) in zip(request.keys, request.headers):
-            if key in drop or key.startswith(_DROP_PREFIXES):
+            dropped = _DROPPED.get(key)
+            if dropped is None:
+                dropped = _dropped(key)
+            if dropped:
                 if key in _FORWARDED:
                     forwarded[key] = value if key not in forwarded else forwarded[key] + b", " + value
                 elif key == "HTTP_X_REQUEST_ID":
                     given.append(value)
+                continue
+            if named and key in named:
                 continue
             parts += (name, b": ", value, b"\r\n")
         if rid is None:
@@ -293,7 +315,7 @@ class Proxy:
             parts += (b"Host: ", own_host, b"\r\n")
         parts += (
             b"X-Forwarded-For: ", for_,
-            b"\r\nX-Forwarded-Proto: ", proto or base["wsgi.url_scheme"].encode("latin-1"),
+            b"\r\nX-Forwarded-Proto: ", proto or _scheme(base["wsgi.url_scheme"]),
             b"\r\nX-Forwarded-Host: ", host or own_host,
             b"\r\nX-Request-Id: ", rid, b"\r\n",
         )

@@ -78,7 +78,7 @@ class Connection:
     """One TCP connection to an instance, reused while both ends keep it alive; its read watcher stays
     armed (see the module docstring)."""
 
-    __slots__ = ("sock", "raw", "address", "idle", "stale", "_watcher", "_hub")
+    __slots__ = ("sock", "raw", "address", "idle", "stale", "_watcher", "_hub", "_unasked_callback")
 
     def __init__(self, sock: socket.socket, address: tuple[str, int]) -> None:
         self.sock = sock
@@ -88,7 +88,8 @@ class Connection:
         self.stale = False  # became readable while idle: closed by the instance
         self._hub = get_hub()
         self._watcher = self._hub.loop.io(self.raw.fileno(), _EV_READ, ref=False)
-        self._watcher.start(self._unasked)
+        self._unasked_callback = self._unasked
+        self._watcher.start(self._unasked_callback)
 
     def _unasked(self) -> None:
         """Readable while nobody waits: in the pool that is a close; in use, the relay is busy sending
@@ -102,7 +103,7 @@ class Connection:
         watcher = self._watcher
         current = getcurrent()
         if not watcher.active:
-            watcher.start(self._unasked)
+            watcher.start(self._unasked_callback)
         watcher.callback = current.switch
         watcher.ref = True
         timer = None
@@ -119,7 +120,7 @@ class Connection:
         finally:
             if timer is not None:
                 timer.stop()
-            watcher.callback = self._unasked
+            watcher.callback = self._unasked_callback
             watcher.ref = False
 
     def stop_watching(self) -> None:
@@ -187,7 +188,16 @@ class Response:
         self._headers_done = self._done = self._released = False
         self._parser = None
         self._left = 0  # body bytes still to come, after a quick parse
-        self._read_head(head_only, timeout)
+        try:
+            data = conn.recv(RECV_SIZE, timeout)
+        except TimeoutError:
+            raise TimedOut(f"{self._where()} sent nothing within the route's timeout") from None
+        except OSError:
+            data = b""  # a reset: as a close
+        if not data:
+            raise NoResponse(f"{self._where()} closed the connection before responding")
+        if not self._quick(data, head_only):
+            self._parse_head(data, head_only, timeout)
 
     # httptools callbacks
     def on_status(self, reason: bytes) -> None:
@@ -307,12 +317,8 @@ class Response:
         except OSError:
             return b""  # a reset reads as a close: what it means depends on how far the response got
 
-    def _read_head(self, head_only: bool, timeout: float | None) -> None:
-        data = self._recv(timeout, TimedOut)
-        if not data:
-            raise NoResponse(f"{self._where()} closed the connection before responding")
-        if self._quick(data, head_only):
-            return
+    def _parse_head(self, data: bytes, head_only: bool, timeout: float | None) -> None:
+        """The head through httptools, from the first read `data` on."""
         deadline = None if timeout is None else time.monotonic() + timeout
         self._parser = httptools.HttpResponseParser(self)
         while True:

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
 
 HERE = Path(__file__).parent
 
@@ -74,6 +74,8 @@ setup(
         "aiohttp": ["aiohttp>=3.9", "pytest-aiohttp>=1.0"],
         "soap": ["defusedxml>=0.7", "zeep>=4.2"],
     },
+    # The gateway's quick response-head parse in C; optional: without a compiler the pure-Python twin runs.
+    ext_modules=[Extension("microkit.gateway._quickhead", ["microkit/gateway/_quickhead.c"], optional=True)],
     entry_points={
         "console_scripts": ["microkit = microkit.cli:main"],
         "pytest11": ["microkit = microkit.testing.plugin"],

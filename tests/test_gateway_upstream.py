@@ -1,15 +1,18 @@
 """The gateway's upstream client (microkit/gateway/upstream.py) against real sockets in this process:
 a pooled connection the instance closed while idle is not reused, the quick head parse and httptools
-give the client the same answer, a body longer than announced ends the connection, reads time out."""
+give the client the same answer, a body longer than announced ends the connection, reads time out.
+Every test runs with the compiled quick parse (microkit/gateway/_quickhead.c) and its pure-Python twin."""
 
 from __future__ import annotations
 
+import random
 import time
 
 import gevent
 import pytest
 from gevent.server import StreamServer
 
+from microkit.gateway import upstream
 from microkit.gateway.proxy import Proxy
 from microkit.gateway.upstream import BrokenResponse, Pool, Response, TimedOut
 from microkit.http.request import Request
@@ -40,6 +43,21 @@ def serve(pieces: list[bytes], then_close: float | None = None, pause: float = 0
     server = StreamServer(("127.0.0.1", 0), handle)
     server.start()
     return server
+
+
+def compiled():
+    try:
+        from microkit.gateway._quickhead import parse
+    except ImportError:
+        pytest.skip("microkit/gateway/_quickhead.c is not built (pip install -e . with a C compiler)")
+    return parse
+
+
+@pytest.fixture(autouse=True, params=["c", "python"])
+def quick_head(request, monkeypatch):
+    parse = compiled() if request.param == "c" else upstream._quick_head
+    monkeypatch.setattr(upstream, "quick_head", parse)
+    return parse
 
 
 @pytest.fixture
@@ -179,3 +197,26 @@ def test_a_silent_instance_times_out_and_a_stalled_body_breaks(pool):
     finally:
         silent.stop()
         stalled.stop()
+
+
+def test_the_compiled_and_the_python_quick_parse_agree_on_mutated_heads():
+    parse = compiled()
+    heads = [BJOERN + b'{"hello": "world", "n": 1}', ANSWERS[1][0], ANSWERS[2][0], ANSWERS[3][0],
+             b"HTTP/1.1 200 OK\r\nContent-Length:  12 \t\r\nX: \xc3\xa9\r\n\r\n"]
+    rng = random.Random(8)
+    taken = 0
+    for _ in range(20000):
+        data = bytearray(rng.choice(heads))
+        for _ in range(rng.randint(0, 3)):  # insert, delete or replace a byte a parser must care about
+            at, byte = rng.randrange(len(data)), rng.choice(b"\r\n \t:aZ0\x00\x7f\x80-")
+            choice = rng.random()
+            if choice < 0.4:
+                data[at:at] = bytes([byte])
+            elif choice < 0.8:
+                del data[at]
+            else:
+                data[at] = byte
+        data = bytes(data)
+        assert parse(data) == upstream._quick_head(data), data
+        taken += parse(data) is not None
+    assert 2000 < taken < 18000, "both kinds of heads were tried"

@@ -74,6 +74,57 @@ def kind_of(name: bytes) -> int:
     return kind
 
 
+def _quick_head(data: bytes) -> tuple | None:
+    """The quick parse of a response head (the pure-Python twin of microkit/gateway/_quickhead.c):
+    (status, reason, the header lines the relay passes on, the Content-Length value, keep-alive, whether
+    there is a Date, whether there is a Vary, where the body starts), or None for httptools."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0 or _QUICK_HEAD.fullmatch(data, 0, end + 2) is None:
+        return None
+    lines = data[:end].split(b"\r\n")
+    kept = []
+    length = None
+    keep_alive = True
+    has_date = has_vary = False
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        kind = _KINDS.get(name)
+        if kind is None:
+            kind = kind_of(name)
+        if kind == PLAIN:
+            kept.append(line)
+        elif kind == LENGTH:
+            value = value.strip(b" \t")
+            if length is not None or not value.isdigit():
+                return None
+            length = value
+            kept.append(line)
+        elif kind == DATE:
+            kept.append(line)
+            has_date = True
+        elif kind == VARY:
+            kept.append(line)
+            has_vary = True
+        elif kind == CONNECTION:
+            token = value.strip(b" \t").lower()
+            if token == b"close":
+                keep_alive = False
+            elif token != b"keep-alive":
+                return None  # it names other headers as hop-by-hop: the relay's filter decides
+        elif kind == FRAMING:
+            return None
+    if length is None:
+        return None
+    block = b"\r\n".join(kept) + b"\r\n" if kept else b""
+    return int(lines[0][9:12]), lines[0][13:], block, length, keep_alive, has_date, has_vary, end + 4
+
+
+try:
+    from microkit.gateway._quickhead import parse as quick_head
+except ImportError:  # not compiled (setup.py builds it when a C compiler is there)
+    quick_head = _quick_head
+
+
 class Connection:
     """One TCP connection to an instance, reused while both ends keep it alive; its read watcher stays
     armed (see the module docstring)."""
@@ -165,18 +216,20 @@ class Response:
 
     `block` is set when the quick parse took the head: the header lines the relay passes on unchanged
     (all but hop-by-hop ones and X-Request-Id, as received, each ending in CRLF), with `length` the Content-Length
-    value, `has_date` and `has_vary`; otherwise None, and the relay filters `headers` itself."""
+    value, `has_date` and `has_vary`; otherwise None, and the relay filters `headers` itself. After a
+    quick parse, `headers` is made from the head when first asked for."""
 
-    __slots__ = ("conn", "pool", "status", "reason", "headers", "keep_alive", "upgraded", "rest", "timeout",
-                 "block", "length", "has_date", "has_vary", "_chunks", "_headers_done", "_done", "_released",
-                 "_parser", "_left")
+    __slots__ = ("conn", "pool", "status", "reason", "_headers", "keep_alive", "upgraded", "rest", "timeout",
+                 "block", "length", "has_date", "has_vary", "_head", "_chunks", "_headers_done", "_done",
+                 "_released", "_parser", "_left")
 
     def __init__(self, conn: Connection, pool: Pool, head_only: bool, timeout: float | None = None) -> None:
         self.conn = conn
         self.pool = pool
         self.status = 0
         self.reason = b""
-        self.headers: list[tuple[bytes, bytes]] = []
+        self._headers: list[tuple[bytes, bytes]] | None = []
+        self._head = b""  # the whole head, after a quick parse
         self.keep_alive = False
         self.upgraded = False
         self.rest = b""
@@ -199,17 +252,25 @@ class Response:
         if not self._quick(data, head_only):
             self._parse_head(data, head_only, timeout)
 
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """(name, value) pairs as received, values without surrounding spaces and tabs."""
+        if self._headers is None:
+            self._headers = [(name, value.strip(b" \t")) for name, _, value in
+                             (line.partition(b":") for line in self._head.split(b"\r\n")[1:-2])]
+        return self._headers
+
     # httptools callbacks
     def on_status(self, reason: bytes) -> None:
         self.reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+        self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
         if 100 <= status < 200 and status != 101:
-            self.reason, self.headers = b"", []  # an interim response (100 Continue): the real one follows
+            self.reason, self._headers = b"", []  # an interim response (100 Continue): the real one follows
             return
         self.keep_alive = self._parser.should_keep_alive()  # llhttp forgets it once the message completes
         self._headers_done = True
@@ -222,56 +283,21 @@ class Response:
             self._done = True
 
     def _quick(self, data: bytes, head_only: bool) -> bool:
-        """Parse a complete head with one Content-Length (see the module docstring); False leaves it
-        untouched for httptools."""
-        end = data.find(b"\r\n\r\n")
-        if end < 0 or _QUICK_HEAD.fullmatch(data, 0, end + 2) is None:
+        """Take a complete head with one Content-Length and the body bytes after it (`quick_head`);
+        False leaves the response untouched for httptools."""
+        parsed = quick_head(data)
+        if parsed is None:
             return False
-        lines = data[:end].split(b"\r\n")
-        status = int(lines[0][9:12])
-        headers = []
-        kept = []
-        length = None
-        keep_alive = True
-        has_date = has_vary = False
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            value = value.strip(b" \t")
-            headers.append((name, value))
-            kind = _KINDS.get(name)
-            if kind is None:
-                kind = kind_of(name)
-            if kind == PLAIN:
-                kept.append(line)
-            elif kind == LENGTH:
-                if length is not None or not value.isdigit():
-                    return False
-                length = value
-                kept.append(line)
-            elif kind == DATE:
-                kept.append(line)
-                has_date = True
-            elif kind == VARY:
-                kept.append(line)
-                has_vary = True
-            elif kind == CONNECTION:
-                token = value.lower()
-                if token == b"close":
-                    keep_alive = False
-                elif token != b"keep-alive":
-                    return False  # it names other headers as hop-by-hop: the relay's filter decides
-            elif kind == FRAMING:
-                return False
-        if length is None:
-            return False
-        body = data[end + 4:]
+        status, reason, block, length, keep_alive, has_date, has_vary, start = parsed
+        body = data[start:]
         left = 0 if head_only or status == 204 or status == 304 else int(length)
         if len(body) > left:
             return False
         self.status = status
-        self.reason = lines[0][13:]
-        self.headers = headers
-        self.block = b"\r\n".join(kept) + b"\r\n" if kept else b""
+        self.reason = reason
+        self._headers = None
+        self._head = data[:start]
+        self.block = block
         self.length = length
         self.has_date = has_date
         self.has_vary = has_vary

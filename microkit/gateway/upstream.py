@@ -4,15 +4,18 @@ Failures are typed by how far the exchange got, because that decides whether a r
 `ConnectFailed` (nothing was sent), `NoResponse` (the request went out, no response byte came back),
 `BrokenResponse` (the response had started) and `TimedOut` (no response head within the time given).
 
-Two things keep the system calls per request at one send and one recv:
+Each connection keeps the system calls per request at one send and one recv, and the common answer
+costs little to parse:
 - each connection has one read watcher, armed for its whole life instead of once per wait (gevent's
   socket waits start and stop theirs: a failing `epoll_ctl` a request). While the connection idles in
   the pool, the watcher firing means the instance closed it (or sent bytes unasked), and the
   connection is marked stale: this replaces a `MSG_PEEK` before each reuse. A close the loop has not
   seen yet is caught as before, by the proxy's one resend of a stale pooled connection.
-- the common response, a complete head with a Content-Length in the first read, is parsed with a few
-  bytes operations (`Response._quick`); anything else (chunked, 1xx, 101, close-delimited, HTTP/1.0,
-  a head split over reads, any byte the quick path does not accept) goes through httptools.
+- the common response, a complete head with a Content-Length in the first read, is parsed in one pass
+  by `quick_head` (microkit/gateway/_quickhead.c when built, else its Python twin `_quick_head`), which
+  also gives the relay the header lines it passes on as one block; anything else (chunked, 1xx, 101,
+  close-delimited, HTTP/1.0, a head split over reads, any byte the quick parse does not take) goes
+  through httptools, which refuses what is malformed.
 """
 
 from __future__ import annotations

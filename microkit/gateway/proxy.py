@@ -243,12 +243,11 @@ class Proxy:
 
     def _exchange(self, upstream: Upstream, head: bytes, body, chunked: bool, method: str,
                   remaining: float, resend: bool, resent: bool, service: str = "") -> Response:
-        """Send and read the response head within `remaining` seconds (TimedOut, or gevent.Timeout for a
-        slow send, after it). A pooled connection that gives no
-        response is taken for stale: the request is sent once more on a fresh one if `resend` and the
-        budget allow; a fresh connection's failure is final. Once `resent` (the request's one resend was
-        granted on an instance that then refused the connection: each worker has a port of its own), only a
-        fresh connection is tried. Raises _ResendRefused when the resend could not connect."""
+        """Send and read the response head within `remaining` seconds (TimedOut after it, or gevent.Timeout
+        for a slow send). A pooled connection that gives no response is taken for stale: the request is
+        sent once more on a fresh one if `resend` and the budget allow; a fresh connection's failure is
+        final. Once `resent` (the request's one resend was granted on an instance that then refused the
+        connection: each worker has a port of its own), only a fresh connection is tried. Raises _ResendRefused when the resend could not connect."""
         deadline = time.monotonic() + remaining
         head_only = method == "HEAD"
         if not resent:

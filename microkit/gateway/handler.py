@@ -133,8 +133,9 @@ class ProxyHandler:
 
     def _resolve(self, target: bytes) -> tuple | object:
         """What a raw request target leads to: _OWN (the gateway's own endpoints), _UNROUTED, or (route,
-        checks, prefix line, normalised path, query, the target sent upstream); remembered for targets up to 256 bytes (the
-        route table does not change during a handler's life). BadPath for a target that cannot be routed."""
+        checks, prefix line, normalised path, query, the target sent upstream); remembered for targets
+        up to 256 bytes (the route table does not change during a handler's life). BadPath for a target
+        that cannot be routed."""
         raw = target
         if target[:1] != b"/" or b"#" in target:
             target = origin_form(target)
@@ -150,7 +151,8 @@ class ProxyHandler:
             else:
                 route = match.target[0]
                 below = route.strip_prefix and route.prefix != "/"
-                known = (*match.target, normal, query, (below_prefix(normal, route.prefix) if below else normal) + query)
+                upstream_target = (below_prefix(normal, route.prefix) if below else normal) + query
+                known = (*match.target, normal, query, upstream_target)
         if len(raw) <= 256:
             if len(self._targets) >= 1024:
                 self._targets.clear()

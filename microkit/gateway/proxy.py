@@ -247,7 +247,8 @@ class Proxy:
         for a slow send). A pooled connection that gives no response is taken for stale: the request is
         sent once more on a fresh one if `resend` and the budget allow; a fresh connection's failure is
         final. Once `resent` (the request's one resend was granted on an instance that then refused the
-        connection: each worker has a port of its own), only a fresh connection is tried. Raises _ResendRefused when the resend could not connect."""
+        connection: each worker has a port of its own), only a fresh connection is tried. Raises
+        _ResendRefused when the resend could not connect."""
         deadline = time.monotonic() + remaining
         head_only = method == "HEAD"
         if not resent:

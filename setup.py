@@ -6,9 +6,13 @@ from setuptools import Extension, find_packages, setup
 
 HERE = Path(__file__).parent
 
-# The HTTP engine's compiled hot path. Optional: where it cannot be built (no C compiler), pip still
-# installs microkit and the engine runs its pure-Python path (microkit/http/native.py).
-SPEEDUPS = Extension("microkit.http._speedups", ["microkit/http/_speedups.c"], optional=True)
+# The compiled hot paths: the HTTP engine's (microkit/http/native.py) and the gateway's quick parse of
+# upstream response heads. Optional: where they cannot be built (no C compiler), pip still installs
+# microkit and each runs its pure-Python twin.
+EXTENSIONS = [
+    Extension("microkit.http._speedups", ["microkit/http/_speedups.c"], optional=True),
+    Extension("microkit.gateway._quickhead", ["microkit/gateway/_quickhead.c"], optional=True),
+]
 
 
 def read_version() -> str:
@@ -27,7 +31,7 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["microkit", "microkit.*"]) + ["microkit.templates"],
     package_dir={"microkit.templates": "templates"},
-    ext_modules=[SPEEDUPS],
+    ext_modules=EXTENSIONS,
     include_package_data=True,
     package_data={"microkit.templates": ["**/*", "**/.gitignore"], "microkit.dashboard": ["static/*"]},
     install_requires=[

@@ -4,7 +4,7 @@ Run from the repository root:
 
     python benchmarks/profile_hotpath.py worker callgrind [--requests 3000] [--path /]
     python benchmarks/profile_hotpath.py worker pyspy [--duration 5]
-    python benchmarks/profile_hotpath.py gateway callgrind|pyspy
+    python benchmarks/profile_hotpath.py gateway callgrind|pyspy|strace
 
 One server process is started the way a worker serves (monkey-patching, then
 `microkit.supervisor.worker.serve` on a listening socket): the Bottle app of benchmarks/app.py, or the
@@ -17,6 +17,8 @@ registered by `microkit up --no-gateway`. Access logs are off.
   the functions (C level: the interpreter, libev, llhttp, libc) that execute most of them. Instruction
   counts repeat from run to run on a shared machine, where times do not; system calls' time inside
   the kernel is not counted.
+- strace: `strace -c -f` attaches after a warm-up, for exactly `--requests` requests as under callgrind;
+  printed is its table of system calls (calls and errors per kind).
 - pyspy: wrk drives the server for `--duration` seconds while py-spy samples it (`--nonblocking`);
   printed are the Python functions by their share of samples, self and inclusive.
 The server inherits the environment: `MICROKIT_PURE_PYTHON=1` profiles the engine's pure-Python path
@@ -32,6 +34,7 @@ import os
 import re
 import selectors
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -188,6 +191,21 @@ def run_callgrind(kind: str, port: int, env: dict, path: str, requests: int, tmp
         print(f"{count / requests:10,.0f}  {100 * count / total:5.1f}%  {obj}")
 
 
+def run_strace(kind: str, port: int, env: dict, path: str, requests: int, tmp: Path) -> None:
+    out = tmp / "strace.txt"
+    proc = start_server(kind, port, env, [])
+    wait_ready(port, proc)
+    drive(port, path, 500)  # warm-up: imports, caches, pooled upstream connections
+    tracer = subprocess.Popen(["strace", "-c", "-f", "-o", str(out), "-p", str(proc.pid)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)  # attached
+    seconds = drive(port, path, requests)
+    tracer.send_signal(signal.SIGINT)
+    tracer.wait(30)
+    print(f"{kind} {path}: {requests} requests under strace in {seconds:.1f} s")
+    print(out.read_text())
+
+
 def run_pyspy(kind: str, port: int, env: dict, path: str, duration: int, tmp: Path) -> None:
     proc = start_server(kind, port, env, [])
     wait_ready(port, proc)
@@ -227,17 +245,18 @@ def main() -> int:
                         help="worker: the Bottle app; raw: a plain WSGI callable on the same engine; floor: gevent "
                              "alone (a canned answer per read, no parsing: what any gevent server pays); gateway; "
                              "bjoern, bjoern-raw: the Bottle app or the plain callable on bjoern, for reference")
-    parser.add_argument("tool", choices=("callgrind", "pyspy"))
-    parser.add_argument("--requests", type=int, default=3000, help="requests counted under callgrind")
+    parser.add_argument("tool", choices=("callgrind", "pyspy", "strace"))
+    parser.add_argument("--requests", type=int, default=3000, help="requests counted under callgrind or strace")
     parser.add_argument("--duration", type=int, default=5, help="seconds sampled by py-spy")
     parser.add_argument("--path", default="/", help="path requested (worker: /, /wait, /pg)")
     args = parser.parse_args()
-    needed = {"callgrind": ["valgrind", "callgrind_control", "callgrind_annotate"], "pyspy": ["wrk"]}[args.tool]
+    needed = {"callgrind": ["valgrind", "callgrind_control", "callgrind_annotate"], "pyspy": ["wrk"],
+              "strace": ["strace"]}[args.tool]
     missing = [tool for tool in needed if not shutil.which(tool)]
     if args.tool == "pyspy" and not Path(sys.executable).with_name("py-spy").exists():
         missing.append(f"py-spy ({sys.executable} -m pip install py-spy)")
     if missing:
-        print(f"missing: {', '.join(missing)} (apt-get install valgrind wrk)", file=sys.stderr)
+        print(f"missing: {', '.join(missing)} (apt-get install valgrind wrk strace)", file=sys.stderr)
         return 1
     atexit.register(_stop_all)
     tmp = Path(tempfile.mkdtemp(prefix="microkit-profile-"))
@@ -251,6 +270,8 @@ def main() -> int:
     try:
         if args.tool == "callgrind":
             run_callgrind(args.kind, port, env, args.path, args.requests, tmp)
+        elif args.tool == "strace":
+            run_strace(args.kind, port, env, args.path, args.requests, tmp)
         else:
             run_pyspy(args.kind, port, env, args.path, args.duration, tmp)
     finally:

@@ -33,6 +33,9 @@ from microkit.http import Request
 from microkit.http.errors import ClientDisconnected, HTTPError
 
 DISCARD_LIMIT = 65536  # what the engine reads and drops after an answer to keep the connection (connection.py)
+STALE_CHECK_INTERVAL = 0.5  # how often the plain path calls `before_proxy` (a stale registry warning)
+_OWN = object()  # a target for the gateway's own endpoints (the Bottle app)
+_UNROUTED = object()  # a target no route matches
 
 
 def origin_form(target: bytes) -> bytes:
@@ -56,7 +59,8 @@ def below_prefix(path: bytes, prefix: str) -> bytes:
 
 class ProxyHandler:
     """The gateway's raw handler (see the module docstring); its collaborators are narrow: the routes
-    with their checks, the proxy, the access log and a callable warning of a stale registry snapshot."""
+    with their checks, the proxy, the access log and a callable warning of a stale registry snapshot
+    (called at most every STALE_CHECK_INTERVAL seconds)."""
 
     def __init__(self, routes: Iterable[tuple[Route, tuple[Check, ...]]], proxy: Proxy, own_prefix: str,
                  own_paths: Iterable[str] = (), access_log: AccessLog | None = None,
@@ -74,6 +78,8 @@ class ProxyHandler:
         self.access_log = access_log
         self.before_proxy = before_proxy
         self.tunnels = TunnelCount()
+        self._targets: dict[bytes, tuple | object] = {}
+        self._next_stale_check = 0.0
         self.meter = None  # a microkit.metrics.gateway.GatewayMeter, set by microkit.metrics.scrape.install
 
     def __call__(self, request: Request) -> int | None:
@@ -81,23 +87,22 @@ class ProxyHandler:
         started = time.monotonic()
         trace = tracing.from_headers(request.keys, request.headers)
         target = request.target
-        try:
-            if target[:1] != b"/" or b"#" in target:
-                target = origin_form(target)
-            path, query = split_target(target)
-            normal = normalize(path)
-        except BadPath as exc:
-            return self._answer(request, ProxyError(400, str(exc)), started, trace=trace)
-        decoded = unquote_to_bytes(normal) if b"%" in normal else normal
-        if decoded.startswith(self.own_prefix) or decoded in self.own:
+        known = self._targets.get(target)
+        if known is None:
+            try:
+                known = self._resolve(target)
+            except BadPath as exc:
+                return self._answer(request, ProxyError(400, str(exc)), started, trace=trace)
+        if known is _OWN:
             return None
-        match = self.table.match(decoded.decode("latin-1"))
-        if match is None:
+        if known is _UNROUTED:
             return self._answer(request, ProxyError(404, "no route for this path"), started, trace=trace)
-        route, checks, prefix_line = match.target
+        route, checks, prefix_line, normal, query, upstream_target = known
         if self.migration is not None and route.prefix in self.migration.steered:
             return self.migration_path(request, route, checks, prefix_line, normal, query, started, trace)
-        self.before_proxy()
+        if started >= self._next_stale_check:
+            self._next_stale_check = started + STALE_CHECK_INTERVAL
+            self.before_proxy()
         call = Call(request, normal, query)
         call.upstream_headers += trace.header_lines()
         rid = None
@@ -106,10 +111,7 @@ class ProxyHandler:
             for check in checks:
                 check(call)
             if route.strip_prefix and route.prefix != "/":
-                upstream_target = below_prefix(normal, route.prefix) + query
                 call.upstream_headers.append(prefix_line)
-            else:
-                upstream_target = normal + query
             if request.upgrade is not None and wants_websocket(request):
                 return self._tunnel(request, route, call, upstream_target, started, trace)
             head, rid = self.proxy.request_head(request, upstream_target, None, call.upstream_headers)
@@ -121,13 +123,41 @@ class ProxyHandler:
         try:
             status = self.proxy.relay(request, response, rid, call.response_headers, route.timeout, call.vary)
         except ClientDisconnected:
-            self._log(request, 499, started, "%s:%d" % upstream.address, rid, route, trace, sent)
+            self._log(request, 499, started, upstream.address, rid, route, trace, sent)
             raise
         finally:
             upstream.outstanding -= 1
             response.release()
-        self._log(request, status, started, "%s:%d" % upstream.address, rid, route, trace, sent)
+        self._log(request, status, started, upstream.address, rid, route, trace, sent)
         return status
+
+    def _resolve(self, target: bytes) -> tuple | object:
+        """What a raw request target leads to: _OWN (the gateway's own endpoints), _UNROUTED, or (route,
+        checks, prefix line, normalised path, query, the target sent upstream); remembered for targets
+        up to 256 bytes (the route table does not change during a handler's life). BadPath for a target
+        that cannot be routed."""
+        raw = target
+        if target[:1] != b"/" or b"#" in target:
+            target = origin_form(target)
+        path, query = split_target(target)
+        normal = normalize(path)
+        decoded = unquote_to_bytes(normal) if b"%" in normal else normal
+        if decoded.startswith(self.own_prefix) or decoded in self.own:
+            known = _OWN
+        else:
+            match = self.table.match(decoded.decode("latin-1"))
+            if match is None:
+                known = _UNROUTED
+            else:
+                route = match.target[0]
+                below = route.strip_prefix and route.prefix != "/"
+                upstream_target = (below_prefix(normal, route.prefix) if below else normal) + query
+                known = (*match.target, normal, query, upstream_target)
+        if len(raw) <= 256:
+            if len(self._targets) >= 1024:
+                self._targets.clear()
+            self._targets[raw] = known
+        return known
 
     def migration_path(self, request: Request, route: Route, checks: tuple[Check, ...], prefix_line: bytes,
                        normal: bytes, query: bytes, started: float, trace: tracing.TraceContext) -> int:
@@ -192,14 +222,14 @@ class ProxyHandler:
             if shadow is not None:
                 shadow.primary_failed()
             if isinstance(sys.exc_info()[1], ClientDisconnected):
-                self._log(request, 499, started, "%s:%d" % upstream.address, rid, route, trace, sent)
+                self._log(request, 499, started, upstream.address, rid, route, trace, sent)
             raise
         finally:
             upstream.outstanding -= 1
             response.release()
         if shadow is not None:
             shadow.primary_done(status, response.headers, rid)
-        self._log(request, status, started, "%s:%d" % upstream.address, rid, route, trace, sent)
+        self._log(request, status, started, upstream.address, rid, route, trace, sent)
         return status
 
     def _tunnel(self, request: Request, route: Route, call: Call, target: bytes, started: float,
@@ -214,7 +244,7 @@ class ProxyHandler:
             head, rid = self.proxy.request_head(request, target, None, [*call.upstream_headers, UPGRADE_LINES])
             response, upstream = self.proxy.open(request, head, route.service, route.balancer, route.timeout,
                                                  route.max_body)
-            address = "%s:%d" % upstream.address
+            address = upstream.address
             try:
                 if not response.upgraded:
                     status = self.proxy.relay(request, response, rid, call.response_headers, route.timeout, call.vary)
@@ -242,7 +272,7 @@ class ProxyHandler:
         if rid is None:
             rid = request_id_of(request)
         if isinstance(exc, ClientDisconnected):
-            self._log(request, 499, started, "-", rid, route, trace)
+            self._log(request, 499, started, None, rid, route, trace)
             raise exc
         extra = call.answer_headers() if call is not None else []
         inp = request.input
@@ -260,7 +290,7 @@ class ProxyHandler:
             message = exc.message if isinstance(exc, Denied) else str(exc)
             data = error_response(status, message, rid, [*_lines(getattr(exc, "headers", ())), *extra], close)
         request.send(data)
-        self._log(request, status, started, "-", rid, route, trace)
+        self._log(request, status, started, None, rid, route, trace)
         return status
 
     def refused(self, status: int, message: str, request: Request | None, method: str, target: bytes) -> bytes:
@@ -272,15 +302,17 @@ class ProxyHandler:
                                         rid.decode("latin-1")))
         return error_response(status, message, rid, (), close=True)
 
-    def _log(self, request: Request, status: int, started: float, upstream: str, rid: bytes,
+    def _log(self, request: Request, status: int, started: float, upstream: tuple[str, int] | None, rid: bytes,
              route: Route | None = None, trace: tracing.TraceContext | None = None, sent: float = 0.0) -> None:
-        """The access line, and the route's metrics (`sent`: when the request went upstream, 0 if it did not)."""
+        """The access line, and the route's metrics (`upstream`: the instance's address, None if the gateway
+        answered; `sent`: when the request went upstream, 0 if it did not)."""
         if route is not None and self.meter is not None:
             self.meter.record(route, request.method, status, started, sent, rid, trace)
         log = self.access_log
         if log is not None:
-            log(access_line(request.method, request.target.decode("latin-1"), status, started, upstream,
-                            rid.decode("latin-1"), trace.trace_id.decode() if trace is not None else ""))
+            log(access_line(request.method, request.target.decode("latin-1"), status, started,
+                            "%s:%d" % upstream if upstream is not None else "-", rid.decode("latin-1"),
+                            trace.trace_id.decode() if trace is not None else ""))
 
 
 def _lines(headers: Iterable[tuple[str, str]]) -> list[bytes]:

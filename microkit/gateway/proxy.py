@@ -34,7 +34,7 @@ from microkit.gateway.balancer import Balancer, Upstream
 from microkit.gateway.checks import merged_vary
 from microkit.gateway.render import phrase
 from microkit.gateway.spool import Buffering, Spool
-from microkit.gateway.upstream import BrokenResponse, ConnectFailed, NoResponse, Pool, Response
+from microkit.gateway.upstream import BrokenResponse, ConnectFailed, NoResponse, Pool, Response, TimedOut
 from microkit.http import Request
 from microkit.http.wsgi import _date_line, environ_key
 
@@ -51,6 +51,15 @@ READ_SIZE = 64 * 1024
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:@/+=-]{1,200}$")
 _LOWER: dict[bytes, bytes] = {}
 _CHUNKED_LINE = b"\r\nTransfer-Encoding: chunked\r\n"  # what request_head adds for a chunked request
+_DATE: list = [None, b""]
+
+
+def _date_bytes() -> bytes:
+    """The engine's `Date` line as bytes, encoded once per second."""
+    line = _date_line()
+    if line is not _DATE[0]:
+        _DATE[0], _DATE[1] = line, line.encode()
+    return _DATE[1]
 
 
 class _RequestIds:
@@ -137,6 +146,20 @@ class RetryBudget:
 
 
 _FORWARDED = frozenset({"HTTP_X_FORWARDED_FOR", "HTTP_X_FORWARDED_PROTO", "HTTP_X_FORWARDED_HOST"})
+_DROPPED: dict[str, bool] = {}  # environ key -> whether request_head drops it (whatever Connection names)
+_METHODS = {method: method.encode() for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")}
+_SCHEMES = {"http": b"http", "https": b"https"}
+
+
+def _scheme(name: str) -> bytes:
+    return _SCHEMES.get(name) or name.encode("latin-1")
+
+
+def _dropped(key: str) -> bool:
+    dropped = key in _DROP_KEYS or key.startswith(_DROP_PREFIXES)
+    if len(_DROPPED) < 1024:
+        _DROPPED[key] = dropped
+    return dropped
 
 
 def _connection_keys(value: bytes | None) -> frozenset[str]:
@@ -212,7 +235,7 @@ class Proxy:
                 response = self._exchange(upstream, head, body, chunked, method, remaining, resend, resent, service)
             except BaseException as exc:  # whatever ends the attempt (client gone too): not in flight any more
                 upstream.outstanding -= 1
-                if isinstance(exc, gevent.Timeout):
+                if isinstance(exc, (TimedOut, gevent.Timeout)):
                     raise ProxyError(504, f"{service} did not answer within {timeout:g} s") from None
                 if isinstance(exc, _BodyTooLarge):
                     raise ProxyError(413, f"request body larger than {max_body} bytes") from None
@@ -232,52 +255,59 @@ class Proxy:
 
     def _exchange(self, upstream: Upstream, head: bytes, body, chunked: bool, method: str,
                   remaining: float, resend: bool, resent: bool, service: str = "") -> Response:
-        """Send and read the response head within `remaining` seconds. A pooled connection that gives no
-        response is taken for stale: the request is sent once more on a fresh one if `resend` and the
-        budget allow; a fresh connection's failure is final. Once `resent` (the request's one resend was
-        granted on an instance that then refused the connection: each worker has a port of its own), only a
-        fresh connection is tried. Raises _ResendRefused when the resend could not connect."""
-        with gevent.Timeout(remaining):
-            if not resent:
-                conn, reused = self.pool.acquire(upstream.address)
-                try:
-                    conn.send(head, body, chunked)
-                    return Response(conn, self.pool, head_only=method == "HEAD")
-                except NoResponse:
-                    conn.close()
-                    if not (reused and resend and self.budget.spend()):
-                        raise
-                    self.retries[service] += 1
-                except BaseException:
-                    conn.close()
+        """Send and read the response head within `remaining` seconds (TimedOut after it, or gevent.Timeout
+        for a slow send). A pooled connection that gives no response is taken for stale: the request is
+        sent once more on a fresh one if `resend` and the budget allow; a fresh connection's failure is
+        final. Once `resent` (the request's one resend was granted on an instance that then refused the
+        connection: each worker has a port of its own), only a fresh connection is tried. Raises
+        _ResendRefused when the resend could not connect."""
+        deadline = time.monotonic() + remaining
+        head_only = method == "HEAD"
+        if not resent:
+            conn, reused = self.pool.acquire(upstream.address, remaining)
+            try:
+                conn.send(head, body, chunked, remaining)
+                return Response(conn, self.pool, head_only, deadline - time.monotonic())
+            except NoResponse:
+                conn.close()
+                if not (reused and resend and self.budget.spend()):
                     raise
-            try:
-                conn = self.pool.connect(upstream.address)
-            except ConnectFailed as exc:
-                raise _ResendRefused(str(exc)) from None
-            try:
-                conn.send(head, body, chunked)
-                return Response(conn, self.pool, head_only=method == "HEAD")
+                self.retries[service] += 1
             except BaseException:
                 conn.close()
                 raise
+        try:
+            conn = self.pool.connect(upstream.address, deadline - time.monotonic())
+        except ConnectFailed as exc:
+            raise _ResendRefused(str(exc)) from None
+        try:
+            conn.send(head, body, chunked, deadline - time.monotonic())
+            return Response(conn, self.pool, head_only, deadline - time.monotonic())
+        except BaseException:
+            conn.close()
+            raise
 
     def request_head(self, request: Request, target: bytes, rid: bytes | None = None,
                      extra: Iterable[bytes] = ()) -> tuple[bytes, bytes]:
         """(the upstream request head, the request id): the client's header lines as received, minus
         hop-by-hop ones, plus Host when the client sent none, X-Forwarded-* and X-Request-Id, and any
         `extra` lines (each ending in CRLF). `rid` None keeps a sane client X-Request-ID or makes one."""
-        named = _connection_keys(request.connection)
-        drop = _DROP_KEYS | named if named else _DROP_KEYS
-        parts = [request.method.encode("latin-1"), b" ", target, b" HTTP/1.1\r\n"]
+        named = _connection_keys(request.connection) if request.connection is not None else None
+        method = request.method
+        parts = [_METHODS.get(method) or method.encode("latin-1"), b" ", target, b" HTTP/1.1\r\n"]
         given: list[bytes] = []
         forwarded: dict[str, bytes] = {}
         for key, (name, value) in zip(request.keys, request.headers):
-            if key in drop or key.startswith(_DROP_PREFIXES):
+            dropped = _DROPPED.get(key)
+            if dropped is None:
+                dropped = _dropped(key)
+            if dropped:
                 if key in _FORWARDED:
                     forwarded[key] = value if key not in forwarded else forwarded[key] + b", " + value
                 elif key == "HTTP_X_REQUEST_ID":
                     given.append(value)
+                continue
+            if named and key in named:
                 continue
             parts += (name, b": ", value, b"\r\n")
         if rid is None:
@@ -297,7 +327,7 @@ class Proxy:
             parts += (b"Host: ", own_host, b"\r\n")
         parts += (
             b"X-Forwarded-For: ", for_,
-            b"\r\nX-Forwarded-Proto: ", proto or base["wsgi.url_scheme"].encode("latin-1"),
+            b"\r\nX-Forwarded-Proto: ", proto or _scheme(base["wsgi.url_scheme"]),
             b"\r\nX-Forwarded-Host: ", host or own_host,
             b"\r\nX-Request-Id: ", rid, b"\r\n",
         )
@@ -364,29 +394,18 @@ class Proxy:
         for the client (chunked for HTTP/1.1 when the upstream gave no length, close-delimited for 1.0).
         `tap` (a shadow comparison's capture) is handed every body piece as it goes out."""
         status = request.status = response.status
-        headers = response.headers
-        named = response_named(headers)
-        parts = [b"HTTP/1.1 %d %s\r\n" % (status, response.reason.strip() or phrase(status).encode())]
-        has_date = False
-        length = None
-        for name, value in headers:
-            lower = lower_name(name)
-            if lower in RESPONSE_DROP or lower.startswith(b"proxy-") or lower in named:
-                continue
-            if lower == b"content-length":
-                length = value
-            elif lower == b"date":
-                has_date = True
-            elif vary is not None and lower == b"vary":
-                value = merged_vary(value, vary)
-                vary = None
-            parts += (name, b": ", value, b"\r\n")
-        parts += (b"X-Request-Id: ", rid, b"\r\n")
-        parts += extra
-        if vary is not None:
-            parts += (b"Vary: ", vary, b"\r\n")
+        block = response.block
+        if block is not None and (vary is None or not response.has_vary):  # the quick parse kept what passes
+            parts = [b"HTTP/1.1 %d %s\r\n" % (status, response.reason), block, b"X-Request-Id: ", rid, b"\r\n"]
+            parts += extra
+            if vary is not None:
+                parts += (b"Vary: ", vary, b"\r\n")
+            length = response.length
+            has_date = response.has_date
+        else:
+            parts, length, has_date = self._filtered_head(response, rid, extra, vary)
         if not has_date:
-            parts.append(_date_line().encode())
+            parts.append(_date_bytes())
         bodyless = request.method == "HEAD" or status < 200 or status == 204 or status == 304
         http10 = request.version == "HTTP/1.0"
         chunked = not bodyless and length is None and not http10
@@ -412,7 +431,7 @@ class Proxy:
             request.send(b"".join(parts))
             return status
         request.send(b"".join(parts))
-        response.conn.sock.settimeout(timeout)
+        response.timeout = timeout
         sent = 0
         try:
             for chunk in response.body():
@@ -431,3 +450,31 @@ class Proxy:
         elif not bodyless and length is not None and sent != int(length):
             request.keep_alive = False
         return status
+
+    def _filtered_head(self, response: Response, rid: bytes, extra: list[bytes],
+                       vary: bytes | None) -> tuple[list[bytes], bytes | None, bool]:
+        """The client's response head up to the framing lines, header by header: (parts, the
+        Content-Length value, whether a Date was given)."""
+        status = response.status
+        headers = response.headers
+        named = response_named(headers)
+        parts = [b"HTTP/1.1 %d %s\r\n" % (status, response.reason.strip() or phrase(status).encode())]
+        has_date = False
+        length = None
+        for name, value in headers:
+            lower = lower_name(name)
+            if lower in RESPONSE_DROP or lower.startswith(b"proxy-") or lower in named:
+                continue
+            if lower == b"content-length":
+                length = value
+            elif lower == b"date":
+                has_date = True
+            elif vary is not None and lower == b"vary":
+                value = merged_vary(value, vary)
+                vary = None
+            parts += (name, b": ", value, b"\r\n")
+        parts += (b"X-Request-Id: ", rid, b"\r\n")
+        parts += extra
+        if vary is not None:
+            parts += (b"Vary: ", vary, b"\r\n")
+        return parts, length, has_date

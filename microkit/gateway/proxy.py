@@ -95,6 +95,12 @@ class _ResendRefused(ConnectFailed):
     """The request's one resend could not connect: it may go to another instance, on a fresh connection."""
 
 
+class _StaleResend(Exception):
+    """A pooled connection gave no response and the request's one resend is granted: it goes to another
+    instance when there is one (the instance may be going away: killed, crashed, restarting), else to
+    the same one, on a fresh connection."""
+
+
 class ProxyError(Exception):
     """A request the gateway answers itself: status, message, and extra headers."""
 
@@ -222,8 +228,12 @@ class Proxy:
         deadline = time.monotonic() + timeout
         tried: list[Upstream] = []
         resent = False  # the one resend is granted: from now on only fresh connections, whose failure is final
+        stale: Upstream | None = None  # the instance whose pooled connection went stale, while nothing else is tried
         while True:
             upstream = balancer.pick(exclude=tried)
+            if upstream is None and stale is not None:
+                upstream = stale  # the only instance there is: the resend goes to it again
+            stale = None
             if upstream is None:
                 raise ProxyError(503, f"no healthy instance of {service}", (("Retry-After", "1"),))
             tried.append(upstream)
@@ -235,6 +245,9 @@ class Proxy:
                 response = self._exchange(upstream, head, body, chunked, method, remaining, resend, resent, service)
             except BaseException as exc:  # whatever ends the attempt (client gone too): not in flight any more
                 upstream.outstanding -= 1
+                if isinstance(exc, _StaleResend):
+                    resent, stale = True, upstream
+                    continue
                 if isinstance(exc, (TimedOut, gevent.Timeout)):
                     raise ProxyError(504, f"{service} did not answer within {timeout:g} s") from None
                 if isinstance(exc, _BodyTooLarge):
@@ -256,11 +269,10 @@ class Proxy:
     def _exchange(self, upstream: Upstream, head: bytes, body, chunked: bool, method: str,
                   remaining: float, resend: bool, resent: bool, service: str = "") -> Response:
         """Send and read the response head within `remaining` seconds (TimedOut after it, or gevent.Timeout
-        for a slow send). A pooled connection that gives no response is taken for stale: the request is
-        sent once more on a fresh one if `resend` and the budget allow; a fresh connection's failure is
-        final. Once `resent` (the request's one resend was granted on an instance that then refused the
-        connection: each worker has a port of its own), only a fresh connection is tried. Raises
-        _ResendRefused when the resend could not connect."""
+        for a slow send). A pooled connection that gives no response is taken for stale: if `resend` and
+        the budget allow, _StaleResend tells the caller to send it once more, on a fresh connection to an
+        instance it picks; a fresh connection's failure is final. Once `resent`, only a fresh connection
+        is tried. Raises _ResendRefused when the resend could not connect."""
         deadline = time.monotonic() + remaining
         head_only = method == "HEAD"
         if not resent:
@@ -273,6 +285,7 @@ class Proxy:
                 if not (reused and resend and self.budget.spend()):
                     raise
                 self.retries[service] += 1
+                raise _StaleResend() from None
             except BaseException:
                 conn.close()
                 raise

@@ -122,8 +122,8 @@ def test_outage_keeps_the_last_snapshot_and_converges_after_restart(private_redi
         private_redis.start()
         # the restarted server is empty: converged once the heartbeat has written the instance again and the
         # watcher has read it
-        converged = seconds_until(lambda: watcher.error is None and watcher.age < 0.5 and watcher.instances("users"),
-                                  5.0, "the watcher converged")
+        converged = seconds_until(lambda: watcher.error is None and watcher.age < 0.5 and registry.instances("users")
+                                  and watcher.instances("users"), 5.0, "the watcher converged")
         assert [i.instance_id for i in watcher.instances("users")] == [instance.instance_id]
         assert [i.instance_id for i in registry.instances("users")] == [instance.instance_id]
         print(f"\nwatcher converged {converged:.2f} s after redis-server came back")

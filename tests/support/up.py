@@ -102,8 +102,16 @@ class Up:
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)
 
+    def supervisor(self) -> dict:
+        """The supervisor's own status (what `status --json` shows as "supervisor"), asked on its control
+        socket from this process: polling it starts no CLI process."""
+        from microkit import config
+        from microkit.supervisor import control
+
+        return control.request(config.load(self.root / "microkit.toml").root, {"command": "status"})
+
     def service(self, name: str) -> dict:
-        return next(s for s in self.status()["supervisor"]["services"] if s["name"] == name)
+        return next(s for s in self.supervisor()["services"] if s["name"] == name)
 
     def pids(self, name: str) -> set[int]:
         return {i["pid"] for i in self.service(name)["instances"]}

@@ -5,6 +5,7 @@ in one call each; the first request with a body or a protocol switch hands the c
 llhttp, which parses everything from there on, as it parses everything in the pure-Python path.
 """
 
+import re
 import sys
 import traceback
 from collections import deque
@@ -31,6 +32,7 @@ _TRACKED = _UNIQUE | {"HTTP_EXPECT", "HTTP_CONNECTION"}
 _METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")}
 _PROTOCOLS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0"}
 _parse_head = speedups.parse_head if speedups is not None else None
+_BARE_CR = re.compile(rb"\r[^\n]")  # a head that can never be valid: parsed (and refused) at once, as llhttp does
 
 
 class Connection:
@@ -202,13 +204,14 @@ class Connection:
         Request; a head announcing a body or a protocol switch hands this and all later bytes to llhttp.
 
         The parser reads a head from its start each time, so a head arriving in many small pieces is
-        parsed again only once it may be complete (a blank line arrived) or has doubled in size since
-        the last parse: linear work however it is split. CR/LF before a head are dropped here and, as
+        parsed again only once it may be complete (a blank line arrived), can no longer be valid (a CR
+        not followed by LF) or has doubled in size since the last parse: linear work however it is split. CR/LF before a head are dropped here and, as
         on the llhttp path, count as a stalled line."""
         limits = self._limits
         if self._buf:
             buf = self._buf + data
-            if len(buf) < 2 * self._parsed and b"\r\n\r\n" not in buf[-len(data) - 3:]:
+            window = buf[-len(data) - 3:]
+            if len(buf) < 2 * self._parsed and b"\r\n\r\n" not in window and not _BARE_CR.search(window):
                 self._buf = buf
                 return
         elif data[:1] in b"\r\n":

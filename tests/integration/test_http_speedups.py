@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -173,6 +174,20 @@ def test_both_paths_give_the_same_answers():
     statuses = [answers[0][0][0] if answers[0] else None for answers in results["pure"]]
     assert statuses[:21] == [200] * 21 and None not in statuses
     assert all(status >= 400 for status in statuses[21:])
+
+
+def test_a_trickled_head_that_can_no_longer_be_valid_is_refused_at_once():
+    """A bare CR arriving in a later piece ends the head: 400 now, not a wait for a blank line that the
+    compiled path's deferred re-parse would otherwise sit out until the header timeout."""
+    with ServerThread(summary) as st, connect(st.port, timeout=3) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        reader = Reader(sock)
+        time.sleep(0.2)  # pieces that arrive apart (the behaviour under test), each read on its own
+        sock.sendall(b"X-A: aaaaaaaaaa\r\n")  # less than doubles the head: no parse yet
+        time.sleep(0.2)
+        sock.sendall(b"\rX")
+        status, headers, _ = reader.response()
+    assert status == 400 and headers.get("connection") == "close"
 
 
 @needs_speedups

@@ -85,6 +85,31 @@ class Process:
                 self.proc.kill()
                 self.proc.wait()
 
+    def started(self, condition, timeout: float, what: str):
+        """Wait for `condition` as `wait_for` does, failing early if this process exits; a process that never
+        gets there is stopped before the failure reaches the test."""
+        try:
+            return wait_for(condition, timeout, what, self.check_alive, self.output)
+        except BaseException:
+            self.stop()
+            raise
+
+
+class OwnsProcess:
+    """What a fixture that runs one CLI process offers: its log, a graceful stop and a sure stop."""
+
+    process: Process
+
+    def log(self) -> str:
+        """Everything the process (and the processes it forked) printed so far."""
+        return self.process.log()
+
+    def terminate(self) -> None:
+        self.process.terminate()
+
+    def stop(self) -> None:
+        self.process.stop()
+
 
 def consuming(log: str, name: str) -> list[int]:
     """The pids of the consumer processes of service `name` that said they are subscribed."""
@@ -92,7 +117,7 @@ def consuming(log: str, name: str) -> list[int]:
     return sorted({int(pid) for pid in re.findall(line, log)})
 
 
-class ProcessService(Running):
+class ProcessService(OwnsProcess, Running):
     """A service run by the real CLI, `microkit run NAME`: its supervisor binds the socket (port 0) and
     forks `workers` gevent workers, which register in the test's registry once healthy, and `consumers`
     consumer processes for its events handlers; the service is ready when all of the workers are listed
@@ -109,29 +134,14 @@ class ProcessService(Running):
             subscribed = len(consuming(self.process.log(), name)) >= consumers
             return found if len(found) >= workers and subscribed else []
 
-        try:
-            self.instances = wait_for(ready, timeout, f"service {name} (`microkit run {name}`)",
-                                      self.process.check_alive, self.process.output)
-        except BaseException:
-            self.process.stop()
-            raise
+        self.instances = self.process.started(ready, timeout, f"service {name} (`microkit run {name}`)")
         first = self.instances[0]
         super().__init__(name, f"http://{first.host}:{first.port}")
         self.pids = sorted({i.pid for i in self.instances})
         self.consumer_pids = consuming(self.process.log(), name)
 
-    def log(self) -> str:
-        """Everything the service's supervisor and workers printed so far."""
-        return self.process.log()
 
-    def terminate(self) -> None:
-        self.process.terminate()
-
-    def stop(self) -> None:
-        self.process.stop()
-
-
-class ConsumerProcesses:
+class ConsumerProcesses(OwnsProcess):
     """A service's consumer processes alone, `microkit run NAME` on a microkit.toml in which the service has
     no HTTP side (a consumers-only service, or one whose app the test serves in-process); ready once every
     consumer is subscribed."""
@@ -145,44 +155,26 @@ class ConsumerProcesses:
             pids = consuming(self.process.log(), name)
             return pids if len(pids) >= consumers else []
 
-        try:
-            self.consumer_pids = wait_for(subscribed, timeout, f"the consumers of {name} (`microkit run {name}`)",
-                                          self.process.check_alive, self.process.output)
-        except BaseException:
-            self.process.stop()
-            raise
+        self.consumer_pids = self.process.started(subscribed, timeout,
+                                                  f"the consumers of {name} (`microkit run {name}`)")
         self.pids = self.consumer_pids
 
     def __repr__(self) -> str:
         return f"<ConsumerProcesses {self.name} {self.pids}>"
-
-    def log(self) -> str:
-        """Everything the consumers and their supervisor printed so far."""
-        return self.process.log()
-
-    def terminate(self) -> None:
-        self.process.terminate()
-
-    def stop(self) -> None:
-        self.process.stop()
 
 
 READY = re.compile(r"ready: gateway (https?://\S+)")
 GATEWAY_HEALTH = "/__microkit/health"
 
 
-class GatewayProcess(Running):
+class GatewayProcess(OwnsProcess, Running):
     """The project's own gateway, `microkit gateway`, with every policy of its microkit.toml, routing to
     what the test's registry lists."""
 
     def __init__(self, project: TestProject, timeout: float = START_TIMEOUT) -> None:
         self.process = Process(project, ["gateway", "-c", str(project.path)], "gateway")
-        try:
-            url = wait_for(lambda: READY.search(self.process.log()), timeout, "the gateway (`microkit gateway`)",
-                           self.process.check_alive, self.process.output).group(1)
-        except BaseException:
-            self.process.stop()
-            raise
+        url = self.process.started(lambda: READY.search(self.process.log()), timeout,
+                                   "the gateway (`microkit gateway`)").group(1)
         super().__init__("gateway", url)
         self.project = project
 
@@ -199,12 +191,3 @@ class GatewayProcess(Running):
         wait_for(lambda: self.routed().get(name, 0) >= count, timeout,
                  f"the gateway routing to {count} instance(s) of {name}", self.process.check_alive,
                  self.process.output)
-
-    def log(self) -> str:
-        return self.process.log()
-
-    def terminate(self) -> None:
-        self.process.terminate()
-
-    def stop(self) -> None:
-        self.process.stop()

@@ -36,7 +36,7 @@ from microkit.gateway.render import phrase
 from microkit.gateway.spool import Buffering, Spool
 from microkit.gateway.upstream import BrokenResponse, ConnectFailed, NoResponse, Pool, Response, TimedOut
 from microkit.http import Request
-from microkit.http.wsgi import _date_line, environ_key
+from microkit.http.wsgi import _date_bytes, environ_key
 
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade"})
 SET_BY_GATEWAY = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-prefix",
@@ -51,15 +51,6 @@ READ_SIZE = 64 * 1024
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:@/+=-]{1,200}$")
 _LOWER: dict[bytes, bytes] = {}
 _CHUNKED_LINE = b"\r\nTransfer-Encoding: chunked\r\n"  # what request_head adds for a chunked request
-_DATE: list = [None, b""]
-
-
-def _date_bytes() -> bytes:
-    """The engine's `Date` line as bytes, encoded once per second."""
-    line = _date_line()
-    if line is not _DATE[0]:
-        _DATE[0], _DATE[1] = line, line.encode()
-    return _DATE[1]
 
 
 class _RequestIds:

@@ -34,7 +34,7 @@ from microkit.gateway.balancer import Balancer, Upstream
 from microkit.gateway.checks import merged_vary
 from microkit.gateway.render import phrase
 from microkit.gateway.spool import Buffering, Spool
-from microkit.gateway.upstream import BrokenResponse, ConnectFailed, NoResponse, Pool, Response, TimedOut
+from microkit.gateway.upstream import BrokenResponse, ConnectFailed, NoResponse, Pool, Reset, Response, TimedOut
 from microkit.http import Request
 from microkit.http.wsgi import _date_bytes, environ_key
 
@@ -260,9 +260,10 @@ class Proxy:
     def _exchange(self, upstream: Upstream, head: bytes, body, chunked: bool, method: str,
                   remaining: float, resend: bool, resent: bool, service: str = "") -> Response:
         """Send and read the response head within `remaining` seconds (TimedOut after it, or gevent.Timeout
-        for a slow send). A pooled connection that gives no response is taken for stale: if `resend` and
-        the budget allow, _StaleResend tells the caller to send it once more, on a fresh connection to an
-        instance it picks; a fresh connection's failure is final. Once `resent`, only a fresh connection
+        for a slow send). A pooled connection that gives no response is taken for stale, and a fresh one
+        reset before any response byte for a listener that closed with it in its backlog: if `resend`
+        and the budget allow, _StaleResend tells the caller to send it once more, on a fresh connection to
+        an instance it picks; any other failure of a fresh connection is final. Once `resent`, only a fresh connection
         is tried. Raises _ResendRefused when the resend could not connect."""
         deadline = time.monotonic() + remaining
         head_only = method == "HEAD"
@@ -271,9 +272,9 @@ class Proxy:
             try:
                 conn.send(head, body, chunked, remaining)
                 return Response(conn, self.pool, head_only, deadline - time.monotonic())
-            except NoResponse:
+            except NoResponse as exc:
                 conn.close()
-                if not (reused and resend and self.budget.spend()):
+                if not ((reused or isinstance(exc, Reset)) and resend and self.budget.spend()):
                     raise
                 self.retries[service] += 1
                 raise _StaleResend() from None

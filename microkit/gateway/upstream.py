@@ -1,7 +1,8 @@
 """The gateway's HTTP/1.1 client: pooled keep-alive connections to instances.
 
 Failures are typed by how far the exchange got, because that decides whether a retry is safe:
-`ConnectFailed` (nothing was sent), `NoResponse` (the request went out, no response byte came back),
+`ConnectFailed` (nothing was sent), `NoResponse` (the request went out, no response byte came back;
+`Reset` when the instance reset the connection),
 `BrokenResponse` (the response had started) and `TimedOut` (no response head within the time given).
 
 Each connection keeps the system calls per request at one send and one recv, and the common answer
@@ -56,6 +57,13 @@ class ConnectFailed(UpstreamError):
 
 class NoResponse(UpstreamError):
     """The connection failed after the request started going out, before any response byte."""
+
+
+class Reset(NoResponse):
+    """The instance reset the connection before any response byte. On a fresh connection this is what a
+    listener that closed with the connection still in its backlog does (a killed process's sockets
+    close one by one): no application read the request. An instance that read the request and then
+    closed (a crash, a kill after a blocked loop) gives a plain close instead."""
 
 
 class BrokenResponse(UpstreamError):
@@ -203,6 +211,8 @@ class Connection:
                         self.sock.sendall(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
                 if chunked:
                     self.sock.sendall(b"0\r\n\r\n")
+        except (ConnectionResetError, BrokenPipeError) as exc:
+            raise Reset(f"sending to {self.address[0]}:{self.address[1]} failed: {exc}") from exc
         except OSError as exc:
             raise NoResponse(f"sending to {self.address[0]}:{self.address[1]} failed: {exc}") from exc
 
@@ -248,8 +258,10 @@ class Response:
             data = conn.recv(RECV_SIZE, timeout)
         except TimeoutError:
             raise TimedOut(f"{self._where()} sent nothing within the route's timeout") from None
+        except ConnectionResetError:
+            raise Reset(f"{self._where()} reset the connection before responding") from None
         except OSError:
-            data = b""  # a reset: as a close
+            data = b""  # as a close
         if not data:
             raise NoResponse(f"{self._where()} closed the connection before responding")
         if not self._quick(data, head_only):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -98,11 +99,28 @@ def sqlite(path: Path, schema: str = "") -> sqlite3.Connection:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
-    db.execute("PRAGMA journal_mode=wal")
+    _wal(db)
     db.execute("PRAGMA synchronous=normal")
     if schema:
         db.executescript(schema)
     return db
+
+
+def _wal(db: sqlite3.Connection) -> None:
+    """Put the file in WAL mode (it stays so: later opens only read the mode). Switching needs the file
+    to itself, and SQLite answers "database is locked" at once, without its busy handler, while another
+    process opens the same new file: so retry within the busy timeout (8 processes opening one new
+    file failed 7 times in 240 without this)."""
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    while True:
+        try:
+            if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                db.execute("PRAGMA journal_mode=wal")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.005)
 
 
 @contextmanager

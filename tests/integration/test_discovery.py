@@ -39,8 +39,16 @@ def project(tmp_path):
 
 def replaced(up: Up, victim: int, service: str = "users") -> None:
     """Wait until `victim` is out of the registry and its replacement registered."""
-    eventually(lambda: victim not in (pids := registered_pids(up.root, service)) and pids == set(worker_pids(up, service))
-               and len(pids) == 2, 15, f"{service}'s pid {victim} replaced in the registry")
+    seen: list = []
+
+    def done() -> bool:
+        seen[:] = [registered_pids(up.root, service), set(worker_pids(up, service))]
+        return victim not in seen[0] and seen[0] == seen[1] and len(seen[0]) == 2
+
+    try:
+        eventually(done, 15, f"{service}'s pid {victim} replaced in the registry")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; registered {seen[0]}, workers {seen[1]}; output:\n" + up.output[-3000:]) from None
 
 
 def gateway_url(up: Up) -> str:
@@ -87,7 +95,7 @@ def test_kill_9_of_one_of_two_instances_under_a_get_loop_fails_nothing(project, 
         replaced(up, victim)
         after = len(loop.statuses)
         eventually(lambda: len(loop.statuses) >= after + 25, 10, "requests after the replacement")
-    assert loop.failures() == []
+    assert loop.failures() == [], "\n".join(line for line in up.lines if " 502 " in line or "users" in line)[-4000:]
 
 
 def test_sigterm_of_an_instance_under_load_gives_no_5xx(project, ups):

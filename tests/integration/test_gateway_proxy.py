@@ -344,6 +344,20 @@ def test_an_upload_the_client_abandons_is_not_left_in_flight(tmp_path):
     assert json.loads(result.stdout.strip().splitlines()[-1]) == [0, 0]
 
 
+def test_a_request_reset_in_a_closing_listeners_backlog_goes_to_another_instance(procs):
+    """A killed worker's listener can take a connection into its backlog and then reset it as the
+    process's sockets close: no byte of the request reached the application, so an idempotent request
+    goes once to another instance instead of failing with 502 (a request an instance read and then
+    closed on is not resent: the poison-request tests)."""
+    dying_proc, dying = procs.start("backlogbackend")
+    gw = procs.gateway([f"users=127.0.0.1:{dying}", f"users=127.0.0.1:{procs.backend('users')}"])
+    statuses = [get(gw, "/users/1")[0] for _ in range(4)]
+    assert procs.lines(dying_proc, "closed"), "the request did reach the closing listener's backlog"
+    assert statuses == [200] * 4
+    seen = json.loads(get(gw, "/users/seen")[2])
+    assert len([r for r in seen if r["uri"] == "/users/1"]) == 4, "each request answered once"
+
+
 def test_resends_stay_within_the_retry_budget(procs):
     """A backend that drops every pooled connection would have every request sent twice: the budget
     (about 20% of requests, after a small reserve) lets only some be resent; the rest get 502."""

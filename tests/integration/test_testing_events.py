@@ -17,6 +17,7 @@ import pytest
 
 from support.cli import REPO, run_cli
 from support.servers import server_missing
+from support.up import gone
 
 pytest_plugins = ["pytester"]
 
@@ -165,13 +166,6 @@ def vhosts() -> list[str]:
     assert listed.returncode == 0, listed.stderr
     return listed.stdout.split()
 
-
-def gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
 
 
 @pytest.mark.parametrize("bus", ["embedded", "redis", "amqp"])

@@ -13,6 +13,7 @@ import pytest
 
 from microkit.testing import eventually
 from support.cli import MICROKIT_ENVIRONMENT, run_cli
+from support.up import gone
 
 def scaffold(folder: Path, *services: str) -> Path:
     """`microkit new project shop` and `microkit new service NAME` for each name, through the real CLI."""
@@ -44,13 +45,6 @@ def section(result, test: str) -> str:
     end = min((i for i in (text.find("\n___", start + 1), text.find("\n===", start + 1)) if i > 0), default=len(text))
     return text[start:end]
 
-
-def gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
 
 
 def test_services_in_process_and_as_workers_with_a_database_each(runner, generated):

@@ -1,6 +1,9 @@
 """Processes for the gateway tests: an echo backend and a gateway with a fixed instance list.
 
     python gateway_harness.py backend PORT NAME
+    python gateway_harness.py backlogbackend PORT   (never accepts: closes its listener once a
+                                                    connection waits in its backlog, as a killed
+                                                    process's sockets close)
     python gateway_harness.py gateway PORT CONFIG_FILE SERVICE=HOST:PORT ...
 
 Both run on microkit's HTTP engine under gevent, as real workers do.
@@ -104,6 +107,18 @@ def stale_backend(sock: socket.socket, address) -> None:
             answered, data = True, b""
 
 
+def backlog_backend(sock: socket.socket) -> None:
+    """Wait for a connection in the backlog and its request's bytes, then close the listener without
+    accepting: the kernel resets the waiting connection, as when a killed worker's sockets close."""
+    import select
+
+    select.select([sock], [], [])
+    gevent.sleep(0.2)
+    sock.close()
+    print("closed", flush=True)
+    gevent.sleep(3600)
+
+
 def listen(port: int) -> socket.socket:
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -131,6 +146,9 @@ def gateway_app(config_file: str, instances: list[str]):
 def main(argv: list[str]) -> None:
     role, port = argv[0], int(argv[1])
     sock = listen(port)
+    if role == "backlogbackend":
+        print(f"listening {sock.getsockname()[1]}", flush=True)
+        return backlog_backend(sock)
     if role in ("rawbackend", "stalebackend"):
         from gevent.server import StreamServer
 

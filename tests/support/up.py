@@ -217,3 +217,8 @@ class Loop:
     def __exit__(self, *exc) -> None:
         self.stopping.set()
         self.thread.join(15)
+
+
+def gone(pid: int) -> bool:
+    """True once `pid` has exited (a zombie counts: only its parent's wait is left)."""
+    return not alive(pid)

@@ -139,9 +139,9 @@ def test_a_header_with_an_underscore_cannot_be_sticky():
     assert "services.users.sticky: expected" in error(BASE.format(legacy="old") + 'sticky = "header:X_User"\n')
 
 
-def test_mismatches_waiting_for_the_store_are_bounded():
+def test_mismatches_waiting_for_the_store_are_bounded(tmp_path):
     from microkit.gateway.app import Gateway
-    config = parse(BASE.format(legacy="old") + "shadow = { keep = 3 }\n", Path("microkit.toml"))
+    config = parse(BASE.format(legacy="old") + "shadow = { keep = 3 }\n", tmp_path / "microkit.toml")
     migration = Gateway(config).migration
     for n in range(10):
         migration.remember("users", {"n": n}, 3)

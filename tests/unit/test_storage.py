@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -63,3 +64,30 @@ def test_sqlite_is_shared_in_wal_mode(tmp_path):
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     db.execute("INSERT INTO t VALUES (1)")
     assert storage.sqlite(tmp_path / "sub" / "x.db").execute("SELECT v FROM t").fetchall() == [(1,)]
+
+
+
+def _open_shared(path: str, barrier) -> str:
+    barrier.wait()
+    try:
+        db = storage.sqlite(Path(path), "CREATE TABLE IF NOT EXISTS a (k TEXT PRIMARY KEY); CREATE TABLE IF NOT EXISTS b (k TEXT);")
+        db.execute("INSERT INTO a VALUES (?)", (str(os.getpid()),))
+        return "ok"
+    except Exception as exc:  # what the test reports
+        return repr(exc)
+
+
+def test_processes_opening_one_new_sqlite_file_at_once_all_get_it(tmp_path):
+    """Switching a new file to WAL needs it to itself, and SQLite answers "database is locked" at once
+    to the others (no busy handler): 8 processes starting together (an `up` whose workers all open the
+    embedded registry) must each get the file, not that error (7 of 240 opens failed before)."""
+    import multiprocessing
+
+    fork = multiprocessing.get_context("fork")
+    failures = []
+    with fork.Manager() as manager, fork.Pool(8) as pool:
+        barrier = manager.Barrier(8)
+        for attempt in range(30):
+            results = pool.starmap(_open_shared, [(str(tmp_path / f"r{attempt}.db"), barrier)] * 8)
+            failures += [result for result in results if result != "ok"]
+    assert failures == []

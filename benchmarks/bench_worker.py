@@ -54,9 +54,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+PIN: dict[str, list[str]] = {"server": [], "load": []}  # `taskset -c CPU` prefixes, set by --pin
+
+
 def _spawn(argv: list[str], env: dict | None = None) -> subprocess.Popen:
     """Start a server subprocess in its own session, so it and its children can be stopped together."""
-    return subprocess.Popen(argv, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
+    return subprocess.Popen(PIN["server"] + argv, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
                             env={**os.environ, **env} if env else None)
 
 
@@ -195,7 +198,7 @@ def _ms(text: str) -> float:
 def load_wrk(port: int, duration: int, connections: int, path: str = "/") -> tuple[float, float, float, int]:
     """Drive the server with wrk; return (req/s, p50 ms, p99 ms, requests)."""
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", f"http://{HOST}:{port}{path}"],
+        PIN["load"] + ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", f"http://{HOST}:{port}{path}"],
         capture_output=True, text=True, timeout=duration + 30, check=True,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
@@ -280,7 +283,16 @@ def main() -> int:
     parser.add_argument("--servers", default="microkit,microkit io_uring,gunicorn -k gevent,granian,bjoern",
                         help=f"comma-separated, from: {', '.join(SERVERS)}")
     parser.add_argument("--workloads", default="tiny,wait,pg", help=f"comma-separated, from: {', '.join(WORKLOADS)}")
+    parser.add_argument("--pin", action="store_true",
+                        help="every server (all its threads) on the last CPU and wrk on the first, so each gets "
+                             "exactly one core: the capacity of one worker per core, as deployed")
     args = parser.parse_args()
+    if args.pin:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2 or not shutil.which("taskset"):
+            print("--pin needs two CPUs and taskset (util-linux)", file=sys.stderr)
+            return 2
+        PIN["server"], PIN["load"] = ["taskset", "-c", str(cpus[-1])], ["taskset", "-c", str(cpus[0])]
     names = [n.strip() for n in args.servers.split(",") if n.strip()]
     workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
     unknown = [n for n in names if n not in SERVERS] + [w for w in workloads if w not in WORKLOADS]
@@ -340,7 +352,7 @@ def main() -> int:
 
     tool = "wrk" if load is load_wrk else "python client"
     print(f"\n{tool} -t1 -c{args.connections} -d{args.duration}s, {args.rounds} alternating rounds, "
-          "median (min-max), 1 process each")
+          "median (min-max), 1 process each" + (", each server pinned to one CPU and wrk to another" if args.pin else ""))
     for workload, runs in results.items():
         print(f"\n{workload} ({WORKLOADS[workload]})")
         print(f"{'server':20s} {'req/s':>22s} {'p50 ms':>20s} {'p99 ms':>8s} {'CPU us/req':>11s}")

@@ -204,6 +204,8 @@ class ChildProcess:
         monkey.patch_all()
         from . import drivers
         drivers.install()  # psycopg2 and psycopg 3 wait on the hub
+        from . import sleep
+        sleep.install()  # time.sleep wakes on time, not at the next whole millisecond
         die_with_parent(parent)
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         signal.signal(signal.SIGINT, signal.SIG_IGN)

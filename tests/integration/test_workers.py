@@ -152,3 +152,14 @@ def test_each_worker_is_a_balanced_target_and_a_sick_one_is_ejected_alone(start,
     answers = hammer(gateway, "/bal/work", clients=1, requests=40)
     assert 1 <= answers[503] <= 3, f"ejected after 3 failures in a row, alone: {answers}"
     assert set(answers) - {503} == pids - {victim}, f"the other three kept serving: {answers}"
+
+
+def test_workers_sleep_on_their_precise_timer(start):
+    """Every worker's `time.sleep` is microkit's timerfd one (microkit/supervisor/sleep.py), installed before the
+    app is imported, and a sleep in a request lasts at least what was asked."""
+    up = start({"sleepy": {"app": "services.sleepy.app:app"}}, {"sleepy": "sleep_app.py"})
+    url = up.ready()["sleepy"]
+    status, body = get(url + "/which")
+    assert status == 200 and json.loads(body) == {"module": "microkit.supervisor.sleep"}
+    status, body = get(url + "/sleep?0.005")
+    assert status == 200 and json.loads(body)["slept"] >= 0.005

@@ -14,11 +14,12 @@ from socket import SHUT_WR
 from time import monotonic, perf_counter
 
 from gevent import get_hub, getcurrent
+from gevent._socketcommon import SocketMixin
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from microkit.http.body import EMPTY, Input
 from microkit.http.errors import ERROR_RESPONSES, ClientDisconnected, HTTPError
-from microkit.http.io import recv_when_readable, timeout_setter
+from microkit.http.io import Reader, recv_when_readable, timeout_setter
 from microkit.http.native import speedups
 from microkit.http.request import Request
 from microkit.http.wsgi import Response, build_environ, environ_key
@@ -50,6 +51,7 @@ class Connection:
         self._sock = sock
         self._raw = getattr(sock, "_sock", sock)
         self._settimeout = timeout_setter(sock)
+        self._reader = Reader(self._raw) if isinstance(sock, SocketMixin) else None  # not a TLS stream
         peer = address if isinstance(address, tuple) else ("", 0)
         self._base = {**server.environ, "REMOTE_ADDR": peer[0], "REMOTE_PORT": str(peer[1])}
         self._parser: HttpRequestParser | None = None if _parse_head is not None else HttpRequestParser(self)
@@ -273,6 +275,9 @@ class Connection:
         """For a request asking to switch protocols: what hands a raw handler the socket to tunnel."""
         def take_over() -> tuple:
             self._eof = True  # the handler owns the socket now: no lingering afterwards
+            if self._reader is not None:  # nor a watcher of ours on it
+                self._reader.close()
+                self._reader = None
             return self._sock, rest
         return take_over
 
@@ -307,11 +312,15 @@ class Connection:
             # priority -1, as gevent's Timeout: bytes that arrived in the same loop turn win over the timer
             seconds = self._limits.keepalive_timeout
             timer = self._idle_timer = get_hub().loop.timer(seconds, seconds, priority=-1)
-        self._settimeout(None)
+        reader = self._reader
+        if reader is None:
+            self._settimeout(None)
         # again(), not start(): libev's start() would resume the time left when the timer was last stopped;
         # update: count from now, not from the loop turn's start, which a busy turn leaves far behind
         timer.again(self.greenlet.throw, TimeoutError, update=True)
         try:
+            if reader is not None:
+                return reader.recv(RECV_SIZE)
             return recv_when_readable(self._sock, self._raw, RECV_SIZE)
         finally:
             timer.stop()
@@ -332,8 +341,11 @@ class Connection:
                     timeout = deadline - monotonic()
                     if timeout <= 0:
                         raise TimeoutError
-                    self._settimeout(timeout)
-                    data = recv_when_readable(sock, self._raw, RECV_SIZE)
+                    if self._reader is not None:
+                        data = self._reader.recv(RECV_SIZE, timeout)
+                    else:
+                        self._settimeout(timeout)
+                        data = recv_when_readable(sock, self._raw, RECV_SIZE)
             except TimeoutError:
                 if self._headers is not None or self._stall or self._buf:
                     self._refuse(HTTPError(408))
@@ -473,6 +485,8 @@ class Connection:
         finally:
             if self._idle_timer is not None:
                 self._idle_timer.close()
+            if self._reader is not None:
+                self._reader.close()
 
     def _serve(self) -> None:
         """The request loop of run(), then the lingering close."""

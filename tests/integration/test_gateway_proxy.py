@@ -358,6 +358,41 @@ def test_a_request_reset_in_a_closing_listeners_backlog_goes_to_another_instance
     assert len([r for r in seen if r["uri"] == "/users/1"]) == 4, "each request answered once"
 
 
+def test_keep_alive_requests_make_no_epoll_ctl_each(procs):
+    """The client side keeps one read watcher for the connection's life (microkit/http/io.py Reader), as the
+    upstream side does: gevent's own wait started and stopped one per request, and libev re-added the
+    socket at each start (a failing epoll_ctl a request: 4,950 in 5,000 before)."""
+    import shutil
+    import subprocess
+
+    assert shutil.which("strace"), "strace is needed (apt-get install strace; .ci/run installs it)"
+    gw = procs.gateway([f"users=127.0.0.1:{procs.backend('users')}"])
+    gw_proc = procs.last_gateway
+    with socket.create_connection(("127.0.0.1", gw), timeout=10) as sock:
+        for _ in range(20):  # warm: the upstream pool and caches
+            sock.sendall(b"GET /users/1 HTTP/1.1\r\nHost: h\r\n\r\n")
+            read_response(sock)
+        trace = subprocess.Popen(["strace", "-f", "-c", "-e", "trace=epoll_ctl", "-p", str(gw_proc.pid)],
+                                 stderr=subprocess.PIPE, text=True)
+        try:
+            eventually(lambda: tracer_of(gw_proc.pid) == trace.pid, 10, "strace attached")
+            for _ in range(300):
+                sock.sendall(b"GET /users/1 HTTP/1.1\r\nHost: h\r\n\r\n")
+                assert read_response(sock)[0] == 200
+        finally:
+            trace.send_signal(signal.SIGINT)
+            report = trace.communicate(timeout=10)[1]
+    calls = [int(line.split()[3]) for line in report.splitlines() if line.rstrip().endswith("epoll_ctl")]
+    assert sum(calls) < 30, report
+
+
+def tracer_of(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("TracerPid:"):
+            return int(line.split()[1])
+    return 0
+
+
 def test_resends_stay_within_the_retry_budget(procs):
     """A backend that drops every pooled connection would have every request sent twice: the budget
     (about 20% of requests, after a small reserve) lets only some be resent; the rest get 502."""

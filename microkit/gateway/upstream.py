@@ -29,12 +29,11 @@ from typing import Iterable, Iterator
 
 import gevent
 import httptools
-from gevent import get_hub
 from gevent import socket as gsocket
-from greenlet import getcurrent
+
+from microkit.http.io import Reader
 
 RECV_SIZE = 65536
-_EV_READ = 1
 # A response head the quick parse takes: an HTTP/1.1 status line with a plain reason, then header
 # lines of token names and values of visible characters, spaces and tabs (no obs-fold, no controls).
 _QUICK_HEAD = re.compile(rb"HTTP/1\.1 [2-5][0-9][0-9] [\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?\r\n"
@@ -136,58 +135,30 @@ except ImportError:  # not compiled (setup.py builds it when a C compiler is the
     quick_head = _quick_head
 
 
-class Connection:
+class Connection(Reader):
     """One TCP connection to an instance, reused while both ends keep it alive; its read watcher stays
-    armed (see the module docstring)."""
+    armed (see the module docstring): reads are the engine's `Reader`'s, and bytes that arrive while
+    the connection idles in the pool mark it stale."""
 
-    __slots__ = ("sock", "raw", "address", "idle", "stale", "_watcher", "_hub", "_unasked_callback")
+    __slots__ = ("sock", "address", "idle", "stale")
 
     def __init__(self, sock: socket.socket, address: tuple[str, int]) -> None:
         self.sock = sock
-        self.raw = getattr(sock, "_sock", sock)
         self.address = address
         self.idle = False  # in the pool
         self.stale = False  # became readable while idle: closed by the instance
-        self._hub = get_hub()
-        self._watcher = self._hub.loop.io(self.raw.fileno(), _EV_READ, ref=False)
-        self._unasked_callback = self._unasked
-        self._watcher.start(self._unasked_callback)
+        super().__init__(getattr(sock, "_sock", sock))
 
     def _unasked(self) -> None:
         """Readable while nobody waits: in the pool that is a close; in use, the relay is busy sending
         and re-arms the watcher on its next wait (a level-triggered watcher would fire every loop turn)."""
-        self._watcher.stop()
+        self.watcher.stop()
         if self.idle:
             self.stale = True
 
-    def recv(self, size: int, timeout: float | None = None) -> bytes:
-        """Wait until readable, then read; TimeoutError after `timeout` seconds without a byte."""
-        watcher = self._watcher
-        current = getcurrent()
-        if not watcher.active:
-            watcher.start(self._unasked_callback)
-        watcher.callback = current.switch
-        watcher.ref = True
-        timer = None
-        if timeout is not None:
-            timer = self._hub.loop.timer(max(timeout, 0.0))
-            timer.start(current.throw, TimeoutError)
-        try:
-            while True:
-                self._hub.switch()
-                try:
-                    return self.raw.recv(size)
-                except BlockingIOError:
-                    continue
-        finally:
-            if timer is not None:
-                timer.stop()
-            watcher.callback = self._unasked_callback
-            watcher.ref = False
-
     def stop_watching(self) -> None:
         """Stop the watcher for good: the socket becomes a tunnel's, read with gevent's own waits."""
-        self._watcher.stop()
+        self.watcher.stop()
 
     def send(self, head: bytes, body: bytes | Iterable[bytes] | None, chunked: bool,
              timeout: float | None = None) -> None:
@@ -217,7 +188,7 @@ class Connection:
             raise NoResponse(f"sending to {self.address[0]}:{self.address[1]} failed: {exc}") from exc
 
     def close(self) -> None:
-        self._watcher.stop()
+        self.watcher.close()
         try:
             self.sock.close()
         except OSError:

@@ -72,10 +72,12 @@ def tail(types: tuple[str, ...], count: int | None, timeout: float | None, confi
                                "request_id": event.request_id, "payload": event.payload}), nl=True)
         seen[0] += 1
 
-    click.echo(f"tailing {', '.join(types) or 'every type'} on {found.scheme}:// (Ctrl-C stops)", err=True)
+    def ready() -> None:  # said once the tail is in place: what is published after this line is shown
+        click.echo(f"tailing {', '.join(types) or 'every type'} on {found.scheme}:// (Ctrl-C stops)", err=True)
+
     try:
         events.backend().tail(list(types), show, lambda: (count is not None and seen[0] >= count) or (
-            deadline is not None and time.monotonic() >= deadline))
+            deadline is not None and time.monotonic() >= deadline), ready)
     finally:
         events.backend().close()
 

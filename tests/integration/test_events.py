@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from support.cli import run_cli
+from support.cli import PROGRAMS, run_cli
 from support.events import EventsProject, Vhost, persistent_redis
 from support.servers import REDIS_URL, delete_namespace, free_port, require_redis
 from microkit.testing import eventually
@@ -274,6 +274,22 @@ def test_cli_publish_and_tail(make, kind):
     assert bad.returncode == 2 and bad.stderr.startswith("microkit: error: JSON: not valid JSON")
     wrong = run_cli("events", "publish", "bad type!", "{}", cwd=project.root)
     assert wrong.returncode == 2 and "bad event type 'bad type!'" in wrong.stderr
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_tail_shows_an_event_published_the_moment_it_is_ready(make, kind):
+    """`events tail` says "tailing" once it is positioned (the stream ends read, the queue bound): before, it
+    said so first, and an event published right after the line could land before the tail was in place
+    and never be shown (a CI run timed out waiting for one on Redis)."""
+    import subprocess
+    import sys
+
+    project = make(kind, {"orders": {}}, {"orders": [pool()]})
+    run = subprocess.run([sys.executable, str(PROGRAMS / "tail_ready.py")], cwd=project.root, capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    facts = json.loads(run.stdout)
+    assert len(facts["published"]) == 1 and facts["shown"] == facts["published"]
 
 
 def test_handlers_module_that_fails_to_import_makes_the_consumers_fatal(make):

@@ -130,7 +130,8 @@ class AmqpBackend(Backend):
             _close(conn)
         return found
 
-    def tail(self, types: list[str], on_event: Callable[[Event], None], stop: Callable[[], bool]) -> None:
+    def tail(self, types: list[str], on_event: Callable[[Event], None], stop: Callable[[], bool],
+             ready: Callable[[], None] = lambda: None) -> None:
         conn = self.connect(heartbeat=HEARTBEAT)
         try:
             channel = conn.channel()
@@ -139,6 +140,7 @@ class AmqpBackend(Backend):
             for key in types or ["#"]:
                 channel.queue_bind(queue, self.exchange, key)
             channel.basic_consume(queue, no_ack=True, callback=lambda m: on_event(Event.from_json(m.body)))
+            ready()
             while not stop():
                 try:
                     conn.drain_events(timeout=0.5)

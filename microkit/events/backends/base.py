@@ -127,8 +127,11 @@ class Backend(ABC):
         """Send dead letters (one by event id, or all for None) back to the group they died in; how many."""
 
     @abstractmethod
-    def tail(self, types: list[str], on_event: Callable[[Event], None], stop: Callable[[], bool]) -> None:
-        """Call `on_event` for each event published from now on (of `types`, or all), until `stop()`."""
+    def tail(self, types: list[str], on_event: Callable[[Event], None], stop: Callable[[], bool],
+             ready: Callable[[], None] = lambda: None) -> None:
+        """Call `on_event` for each event published from now on (of `types`, or all), until `stop()`;
+        `ready()` once "from now on" is fixed (the stream ends read, the queue bound): an event published
+        after it is shown, however soon."""
 
     def lag(self, pools: list[tuple[str, str]] = ()) -> dict[tuple[str, str], tuple[int | None, int | None]]:
         """(group, type) -> (events waiting for the group, delivered and not acked), where cheap to tell

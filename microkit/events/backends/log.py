@@ -180,10 +180,12 @@ class LogBackend(Backend):
                 count += 1
         return count
 
-    def tail(self, types: list[str], on_event: Callable[[Event], None], stop: Callable[[], bool]) -> None:
+    def tail(self, types: list[str], on_event: Callable[[Event], None], stop: Callable[[], bool],
+             ready: Callable[[], None] = lambda: None) -> None:
         streams = [type_stream(t) for t in types] or None
         after: dict[str, str] = {}
         self.store().tail(streams, after, 0)  # positions at the current ends
+        ready()
         while not stop():
             for entry in self.store().tail(streams, after, READ_BLOCK):
                 if entry.body is not None:

@@ -14,7 +14,8 @@ deadline order. A sleep that becomes the earliest re-arms the timer (one `timerf
 others cost a heap push. libev's io_uring backend has exact timeouts too, but with it as the
 default, timeouts of the gateway and the supervisor failed to fire in microkit's own tests.
 
-A sleep of zero or less, sleeps in other threads, and kernels without timerfd keep gevent's sleep.
+A sleep of zero or less (or NaN, or over 1e9 s), sleeps in other threads, and kernels without timerfd keep
+gevent's sleep.
 `install()` replaces `time.sleep` (which monkey-patching made gevent's); `gevent.sleep` stays as it is.
 """
 
@@ -151,11 +152,12 @@ _state: dict = {"sleeper": None, "pid": None}
 _gevent_sleep = gevent.sleep
 _thread_ident = monkey.get_original("_thread", "get_ident")  # the OS thread's (patched, it is the greenlet's)
 _MAIN = _thread_ident()
+_LONGEST = 1e9  # seconds; longer ones (inf included) are gevent's, as are zero, negative and NaN ones
 
 
 def precise_sleep(seconds: float) -> None:
     """`time.sleep(seconds)`: the main thread's sleeps wake on a timerfd; anything else is gevent's sleep."""
-    if seconds > 0 and _thread_ident() == _MAIN:
+    if 0 < seconds < _LONGEST and _thread_ident() == _MAIN:
         sleeper = _state["sleeper"]
         if sleeper is None or _state["pid"] != os.getpid():
             sleeper = _start()

@@ -58,6 +58,13 @@ began = time.monotonic()
 gevent.wait(timeout=5)  # the loop ends at once: the timer watcher no longer holds it
 facts["loop_ended_s"] = round(time.monotonic() - began, 3)
 
+# what a timerfd cannot take goes to gevent's sleep, and leaves nothing behind
+odd = gevent.spawn(time.sleep, float("inf"))
+gevent.sleep(0.01)
+odd.kill()
+time.sleep(0)
+facts["odd_left"] = sum(1 for entry in state.heap if entry[3])
+
 # sleeps in a real thread are gevent's (the thread has a hub of its own)
 pool = gevent.get_hub().threadpool
 facts["thread"] = pool.spawn(lambda: (time.sleep(0.002), "slept")[1]).get(timeout=5)

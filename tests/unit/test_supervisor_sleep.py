@@ -21,5 +21,6 @@ def test_sleeps_wake_in_order_never_early_and_leave_nothing_behind():
     assert facts["timeout"] == "raised", "a gevent.Timeout interrupts a sleep"
     assert facts["left_sleeping"] == 0 and facts["holds_loop"] is False, "killed and interrupted sleeps are forgotten"
     assert facts["loop_ended_s"] < 1, "with nobody asleep the timer does not hold the loop open"
+    assert facts["odd_left"] == 0, "an infinite sleep is gevent's, and a kill ends it"
     assert facts["thread"] == "slept", "a real thread sleeps with gevent's sleep"
     assert facts["child"] == {"own": True} and facts["parent_same_timer"] is True, "a forked child makes its own timer"

@@ -161,7 +161,7 @@ def precise_sleep(seconds: float) -> None:
         sleeper = _state["sleeper"]
         if sleeper is None or _state["pid"] != os.getpid():
             sleeper = _start()
-        if sleeper is not False:
+        if sleeper is not False and getcurrent() is not sleeper.hub:  # the hub itself cannot wait: gevent says so
             return sleeper.sleep(seconds)
     return _gevent_sleep(seconds)
 

@@ -18,7 +18,7 @@ from peewee import OperationalError, SqliteDatabase
 
 from support.cli import PROGRAMS, REPO
 from support.servers import free_port
-from support.up import make_project
+from support.up import concurrent, make_project
 
 from microkit import db as pooled
 from microkit.testing import eventually
@@ -241,20 +241,6 @@ def make_db_project(root, env: dict):
     with open(root / "microkit.toml", "a") as config:
         config.write(f"env = {{ {table} }}\n")  # [services.dbs] is the file's last table
     return root
-
-
-def concurrent(url: str, count: int) -> tuple[float, list]:
-    """`count` GETs at once, each on its own connection: seconds for all, and the answers."""
-    import urllib.request
-
-    def one(_: int):
-        with urllib.request.urlopen(url, timeout=30) as reply:
-            return reply.status, json.load(reply)
-
-    started = time.monotonic()
-    with ThreadPoolExecutor(count) as pool:
-        answers = list(pool.map(one, range(count)))
-    return time.monotonic() - started, answers
 
 
 def test_worker_makes_every_driver_cooperative(tmp_path, postgres_url, mysql_url, ups):

@@ -11,14 +11,12 @@ import sys
 import textwrap
 import threading
 import time
-import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlparse, urlunparse
 
 import pytest
 
 from support.cli import REPO
-from support.up import Up, make_project
+from support.up import Up, concurrent, make_project
 
 HANDSHAKE_DELAY = 0.5
 CONCURRENT = 8
@@ -83,17 +81,6 @@ def slow_servers(postgres_url, mysql_url):
         proxy.close()
 
 
-def concurrent_gets(url: str, count: int) -> tuple[float, list]:
-    def one(_: int):
-        with urllib.request.urlopen(url, timeout=30) as reply:
-            return reply.status, json.load(reply)
-
-    started = time.monotonic()
-    with ThreadPoolExecutor(count) as pool:
-        answers = list(pool.map(one, range(count)))
-    return time.monotonic() - started, answers
-
-
 @pytest.mark.parametrize("route", ["/raw/psycopg2", "/raw/psycopg", "/raw/pymysql"])
 def test_a_connect_never_blocks_the_worker(tmp_path, slow_servers, route):
     """8 requests at once on one worker, each connecting while the server holds its handshake 0.5 s:
@@ -106,7 +93,7 @@ def test_a_connect_never_blocks_the_worker(tmp_path, slow_servers, route):
     up = Up(root)
     try:
         base = up.ready()["dbs"]
-        elapsed, answers = concurrent_gets(f"{base}{route}?0", CONCURRENT)
+        elapsed, answers = concurrent(f"{base}{route}?0", CONCURRENT)
     finally:
         up.close()
     assert all(status == 200 for status, _ in answers), answers

@@ -36,13 +36,6 @@ BODY = 200_000  # larger than the 64 KB kept in memory: spooled to a file
 
 
 @pytest.fixture
-def procs(tmp_path):
-    processes = Processes(tmp_path)
-    yield processes
-    processes.close()
-
-
-@pytest.fixture
 def spool(tmp_path) -> Path:
     folder = tmp_path / "spool"
     folder.mkdir()

@@ -222,3 +222,19 @@ class Loop:
 def gone(pid: int) -> bool:
     """True once `pid` has exited (a zombie counts: only its parent's wait is left)."""
     return not alive(pid)
+
+
+def concurrent(url: str, count: int) -> tuple[float, list]:
+    """`count` GETs of a JSON answer at once, each on its own connection: seconds for all, and the
+    (status, decoded body) answers."""
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(_: int):
+        with urllib.request.urlopen(url, timeout=30) as reply:
+            return reply.status, json.load(reply)
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(count) as pool:
+        answers = list(pool.map(one, range(count)))
+    return time.monotonic() - started, answers

@@ -312,24 +312,26 @@ class Connection:
             # priority -1, as gevent's Timeout: bytes that arrived in the same loop turn win over the timer
             seconds = self._limits.keepalive_timeout
             timer = self._idle_timer = get_hub().loop.timer(seconds, seconds, priority=-1)
-        reader = self._reader
-        if reader is None:
-            self._settimeout(None)
         # again(), not start(): libev's start() would resume the time left when the timer was last stopped;
         # update: count from now, not from the loop turn's start, which a busy turn leaves far behind
         timer.again(self.greenlet.throw, TimeoutError, update=True)
         try:
-            if reader is not None:
-                return reader.recv(RECV_SIZE)
-            return recv_when_readable(self._sock, self._raw, RECV_SIZE)
+            return self._read(None)
         finally:
             timer.stop()
+
+    def _read(self, timeout: float | None) -> bytes:
+        """The next bytes from the client, waiting up to `timeout` seconds (None: no limit of its own),
+        on the connection's kept watcher, or with gevent's wait for a TLS stream."""
+        if self._reader is not None:
+            return self._reader.recv(RECV_SIZE, timeout)
+        self._settimeout(timeout)
+        return recv_when_readable(self._sock, self._raw, RECV_SIZE)
 
     def _next(self) -> tuple | None:
         """Wait for the next complete request head; None when the connection should end."""
         ready = self._ready
         limits = self._limits
-        sock = self._sock
         while not ready:
             if self._dead:
                 return None
@@ -341,11 +343,7 @@ class Connection:
                     timeout = deadline - monotonic()
                     if timeout <= 0:
                         raise TimeoutError
-                    if self._reader is not None:
-                        data = self._reader.recv(RECV_SIZE, timeout)
-                    else:
-                        self._settimeout(timeout)
-                        data = recv_when_readable(sock, self._raw, RECV_SIZE)
+                    data = self._read(timeout)
             except TimeoutError:
                 if self._headers is not None or self._stall or self._buf:
                     self._refuse(HTTPError(408))

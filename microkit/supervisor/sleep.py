@@ -66,10 +66,10 @@ class Timerfd:
         self._ref = ctypes.byref(self._spec)
 
     def set(self, deadline: float) -> None:
-        """Expire at `deadline` (a past one expires at once); 0 disarms."""
+        """Expire at `deadline`, a monotonic time after the boot (a past one expires at once)."""
         value = self._spec.it_value
         seconds = int(deadline)
-        value.tv_sec, value.tv_nsec = seconds, int((deadline - seconds) * 1e9) or (0 if seconds else 1)
+        value.tv_sec, value.tv_nsec = seconds, int((deadline - seconds) * 1e9)
         if self._libc.timerfd_settime(self.fd, TFD_TIMER_ABSTIME, self._ref, None) < 0:
             raise OSError(ctypes.get_errno(), "timerfd_settime failed")
 
@@ -95,8 +95,7 @@ class Sleeper:
         self.heap: list[list] = []
         self.order = itertools.count()
         self.armed = float("inf")
-        self.watcher = hub.loop.io(self.timer.fd, _EV_READ)
-        self.watcher.ref = False
+        self.watcher = hub.loop.io(self.timer.fd, _EV_READ, ref=False)
         self.watcher.start(self._expired)
 
     def sleep(self, seconds: float) -> None:
@@ -148,7 +147,7 @@ class Sleeper:
         self.timer.close()
 
 
-_state: dict = {"sleeper": None, "pid": None}
+_state: dict = {"sleeper": None}  # the main thread's Sleeper once made (False: no timerfd); None again after a fork
 _gevent_sleep = gevent.sleep
 _thread_ident = monkey.get_original("_thread", "get_ident")  # the OS thread's (patched, it is the greenlet's)
 _MAIN = _thread_ident()
@@ -159,7 +158,7 @@ def precise_sleep(seconds: float) -> None:
     """`time.sleep(seconds)`: the main thread's sleeps wake on a timerfd; anything else is gevent's sleep."""
     if 0 < seconds < _LONGEST and _thread_ident() == _MAIN:
         sleeper = _state["sleeper"]
-        if sleeper is None or _state["pid"] != os.getpid():
+        if sleeper is None:
             sleeper = _start()
         if sleeper is not False and getcurrent() is not sleeper.hub:  # the hub itself cannot wait: gevent says so
             return sleeper.sleep(seconds)
@@ -173,7 +172,7 @@ def _start():
         sleeper = Sleeper(get_hub())
     except (OSError, AttributeError):
         sleeper = False
-    _state["sleeper"], _state["pid"] = sleeper, os.getpid()
+    _state["sleeper"] = sleeper
     return sleeper
 
 
@@ -181,7 +180,7 @@ def _forget_in_child() -> None:
     """A forked child closes its copy of the parent's timerfd (reading it would take the parent's
     expiries) and makes its own at its first sleep."""
     sleeper = _state["sleeper"]
-    _state["sleeper"] = _state["pid"] = None
+    _state["sleeper"] = None
     if sleeper:
         try:
             sleeper.close()
